@@ -1,0 +1,390 @@
+"""A journey definition: the data a marketer drafts and publishes as an immutable version.
+
+The shape is deliberately plain JSON: every union is tagged by a ``type`` field, every step names
+its targets explicitly, and nothing here does I/O, so the enrollment workflow can interpret it
+deterministically. Graph-level rules (unknown targets, unreachable steps, ...) live in
+`nurture.journeys.validation`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, time
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from nurture.journeys.durations import Duration
+
+StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
+Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are refused, so a typo such as "nxet" is an error, not a silent default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def check_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Europe/Warsaw')")
+    return name
+
+
+TimeZone = Annotated[str, AfterValidator(check_time_zone), Field(examples=["Europe/Warsaw"])]
+
+
+# --- conditions (branches and goals) -------------------------------------------------------------
+
+FieldOperator = Literal[
+    "eq", "ne", "contains", "not_contains", "gt", "gte", "lt", "lte", "in", "not_in",
+    "exists", "not_exists",
+]  # fmt: skip
+
+
+class FieldCondition(_Strict):
+    """A contact field compared with a value; standard fields are email, phone, time_zone."""
+
+    type: Literal["field"]
+    field: FieldName
+    op: FieldOperator = "eq"
+    value: JsonValue = None
+
+    @model_validator(mode="after")
+    def _value_fits_operator(self) -> FieldCondition:
+        if self.op in ("in", "not_in") and not isinstance(self.value, list):
+            raise ValueError(f"operator {self.op!r} needs a list as value")
+        if self.op not in ("exists", "not_exists") and self.value is None:
+            raise ValueError(f"operator {self.op!r} needs a value")
+        return self
+
+
+class TagCondition(_Strict):
+    type: Literal["tag"]
+    tag: str = Field(min_length=1)
+
+
+class ListCondition(_Strict):
+    type: Literal["in_list"]
+    list: Key
+
+
+class OpenedCondition(_Strict):
+    """The contact opened (or clicked, which proves an open) a message of this journey."""
+
+    type: Literal["opened"]
+    step: StepId | None = Field(default=None, description="a send step; none means any message")
+    min_count: int = Field(default=1, ge=1)
+
+
+class ClickedCondition(_Strict):
+    type: Literal["clicked"]
+    step: StepId | None = Field(default=None, description="a send step; none means any message")
+    link: str | None = Field(default=None, description="a named link; none means any link")
+    min_count: int = Field(default=1, ge=1)
+
+
+class EventCondition(_Strict):
+    """A custom event (e.g. "purchase") received during this enrollment."""
+
+    type: Literal["event"]
+    name: str = Field(min_length=1)
+    min_count: int = Field(default=1, ge=1)
+
+
+class AllCondition(_Strict):
+    type: Literal["all"]
+    conditions: list[Condition] = Field(min_length=1)
+
+
+class AnyCondition(_Strict):
+    type: Literal["any"]
+    conditions: list[Condition] = Field(min_length=1)
+
+
+class NotCondition(_Strict):
+    type: Literal["not"]
+    condition: Condition
+
+
+Condition = Annotated[
+    FieldCondition
+    | TagCondition
+    | ListCondition
+    | OpenedCondition
+    | ClickedCondition
+    | EventCondition
+    | AllCondition
+    | AnyCondition
+    | NotCondition,
+    Field(discriminator="type"),
+]
+
+
+# --- triggers and entry rules --------------------------------------------------------------------
+
+
+class ApiTrigger(_Strict):
+    """Contacts enter only when enrolled through the API."""
+
+    type: Literal["api"]
+
+
+class ListJoinedTrigger(_Strict):
+    type: Literal["list_joined"]
+    list: Key
+    only_new: bool = Field(
+        default=True, description="only contacts added after publishing, not existing members"
+    )
+
+
+class SegmentEnteredTrigger(_Strict):
+    type: Literal["segment_entered"]
+    segment: Key
+
+
+class EventTrigger(_Strict):
+    type: Literal["event"]
+    name: str = Field(min_length=1)
+    where: dict[str, JsonValue] = Field(
+        default_factory=dict, description="event properties that must match exactly"
+    )
+
+
+Trigger = Annotated[
+    ApiTrigger | ListJoinedTrigger | SegmentEnteredTrigger | EventTrigger,
+    Field(discriminator="type"),
+]
+
+
+class EntryRules(_Strict):
+    reentry: Literal["never", "after_exit", "always"] = Field(
+        default="never",
+        description="never: once per contact; after_exit: again once the previous enrollment "
+        "ended; always: at most one at a time, up to max_entries",
+    )
+    max_entries: int | None = Field(default=None, ge=1)
+    exclusion_segment: Key | None = Field(
+        default=None, description="contacts in this segment are never enrolled"
+    )
+
+
+# --- steps ---------------------------------------------------------------------------------------
+
+
+class _Step(_Strict):
+    title: str | None = Field(default=None, description="a label for people; the id is the key")
+
+
+class SendEmailStep(_Step):
+    type: Literal["send_email"]
+    template: str = Field(min_length=1)
+    next: StepId | None = Field(default=None, description="no next step: the journey completes")
+
+
+class SendSmsStep(_Step):
+    type: Literal["send_sms"]
+    template: str = Field(min_length=1)
+    next: StepId | None = None
+
+
+class WaitStep(_Step):
+    """Wait a duration, until a date-time, or until a date field of the contact (+/- offset)."""
+
+    type: Literal["wait"]
+    duration: Duration | None = None
+    until: datetime | None = Field(
+        default=None, description="absolute; without an offset it is read in time_zone"
+    )
+    until_field: FieldName | None = Field(
+        default=None, description="a contact field holding a date, e.g. renewal_date"
+    )
+    offset: Duration | None = Field(
+        default=None, description="added to until_field, e.g. '-7d' for a week before"
+    )
+    at: time | None = Field(
+        default=None, description="time of day for until_field, in the contact's time zone"
+    )
+    yearly: bool = Field(default=False, description="until_field recurs yearly (birthdays)")
+    time_zone: TimeZone | None = Field(
+        default=None, description="overrides the contact's and journey's time zone"
+    )
+    next: StepId | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_target(self) -> WaitStep:
+        given = [n for n in ("duration", "until", "until_field") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "a wait needs exactly one of duration, until, until_field"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        if self.until_field is None and (self.offset is not None or self.at or self.yearly):
+            raise ValueError("offset, at and yearly apply only to until_field")
+        if self.duration is not None and self.duration.total_seconds() <= 0:
+            raise ValueError("duration must be positive")
+        return self
+
+
+class OpenEvent(_Strict):
+    type: Literal["open"]
+    step: StepId = Field(description="the send_email step whose message is opened")
+
+
+class ClickEvent(_Strict):
+    type: Literal["click"]
+    step: StepId = Field(description="the send step whose message is clicked")
+    link: str | None = Field(default=None, description="a named link; none means any link")
+
+
+class CustomEvent(_Strict):
+    type: Literal["custom"]
+    name: str = Field(min_length=1)
+    where: dict[str, JsonValue] = Field(
+        default_factory=dict, description="event properties that must match exactly"
+    )
+
+
+AwaitedEvent = Annotated[OpenEvent | ClickEvent | CustomEvent, Field(discriminator="type")]
+
+
+class WaitForStep(_Step):
+    """Wait for an engagement or a custom event, at most `timeout`; two exits."""
+
+    type: Literal["wait_for"]
+    event: AwaitedEvent
+    timeout: Duration
+    on_event: StepId | None = None
+    on_timeout: StepId | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: Any) -> Any:
+        if value.total_seconds() <= 0:
+            raise ValueError("timeout must be positive")
+        return value
+
+
+class BranchRule(_Strict):
+    condition: Condition
+    next: StepId | None = None
+
+
+class BranchStep(_Step):
+    """The first rule whose condition holds decides the exit; otherwise `default`."""
+
+    type: Literal["branch"]
+    rules: list[BranchRule] = Field(min_length=1)
+    default: StepId | None = None
+
+
+class UpdateContactStep(_Step):
+    type: Literal["update_contact"]
+    set: dict[FieldName, JsonValue] = Field(default_factory=dict)
+    unset: list[FieldName] = Field(default_factory=list)
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
+    increment: dict[FieldName, int | float] = Field(default_factory=dict)
+    next: StepId | None = None
+
+    @model_validator(mode="after")
+    def _does_something(self) -> UpdateContactStep:
+        if not (self.set or self.unset or self.add_tags or self.remove_tags or self.increment):
+            raise ValueError("update_contact needs at least one of set, unset, add_tags, "
+                             "remove_tags, increment")
+        clash = (set(self.set) & set(self.unset)) | (set(self.set) & set(self.increment))
+        if clash:
+            raise ValueError(f"fields changed twice in one step: {', '.join(sorted(clash))}")
+        return self
+
+
+class AddToListStep(_Step):
+    type: Literal["add_to_list"]
+    list: Key
+    next: StepId | None = None
+
+
+class RemoveFromListStep(_Step):
+    type: Literal["remove_from_list"]
+    list: Key
+    next: StepId | None = None
+
+
+class ExitStep(_Step):
+    type: Literal["exit"]
+    reason: str = Field(default="exit_step", min_length=1, max_length=64)
+
+
+Step = Annotated[
+    SendEmailStep
+    | SendSmsStep
+    | WaitStep
+    | WaitForStep
+    | BranchStep
+    | UpdateContactStep
+    | AddToListStep
+    | RemoveFromListStep
+    | ExitStep,
+    Field(discriminator="type"),
+]
+SendStep = SendEmailStep | SendSmsStep
+WAITING_STEP_TYPES = frozenset({"wait", "wait_for"})
+
+
+class Goal(_Strict):
+    """Met at entry: not enrolled. Met later: unenrolled before the next action."""
+
+    criteria: Condition
+    name: str | None = None
+
+
+class JourneyDefinition(_Strict):
+    key: Key
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    trigger: Trigger = Field(default_factory=lambda: ApiTrigger(type="api"))
+    entry: EntryRules = Field(default_factory=EntryRules)
+    goal: Goal | None = None
+    time_zone: TimeZone = Field(
+        default="UTC", description="default for contacts that have no time zone of their own"
+    )
+    start: StepId
+    steps: dict[StepId, Step] = Field(min_length=1)
+
+
+def step_targets(step: Step) -> list[tuple[str, str | None]]:
+    """The exits of a step as (place, target) pairs; a None target completes the journey."""
+    match step:
+        case WaitForStep():
+            return [("on_event", step.on_event), ("on_timeout", step.on_timeout)]
+        case BranchStep():
+            rules = [(f"rules.{i}.next", rule.next) for i, rule in enumerate(step.rules)]
+            return [*rules, ("default", step.default)]
+        case ExitStep():
+            return []
+        case _:
+            return [("next", step.next)]
+
+
+def template_references(definition: JourneyDefinition) -> set[tuple[str, str]]:
+    """(channel, template) pairs the journey sends, for "content ready" checks at publish."""
+    refs: set[tuple[str, str]] = set()
+    for step in definition.steps.values():
+        if isinstance(step, SendEmailStep):
+            refs.add(("email", step.template))
+        elif isinstance(step, SendSmsStep):
+            refs.add(("sms", step.template))
+    return refs

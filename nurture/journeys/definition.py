@@ -303,8 +303,9 @@ class UpdateContactStep(_Step):
     @model_validator(mode="after")
     def _does_something(self) -> UpdateContactStep:
         if not (self.set or self.unset or self.add_tags or self.remove_tags or self.increment):
-            raise ValueError("update_contact needs at least one of set, unset, add_tags, "
-                             "remove_tags, increment")
+            raise ValueError(
+                "update_contact needs at least one of set, unset, add_tags, remove_tags, increment"
+            )
         clash = (set(self.set) & set(self.unset)) | (set(self.set) & set(self.increment))
         if clash:
             raise ValueError(f"fields changed twice in one step: {', '.join(sorted(clash))}")

@@ -21,7 +21,9 @@ def parse_duration(value: Any) -> timedelta:
     if isinstance(value, int | float):
         return timedelta(seconds=value)
     if not isinstance(value, str):
-        raise ValueError(f"a duration must be text like '1d' or '3h30m', got {type(value).__name__}")
+        raise ValueError(
+            f"a duration must be text like '1d' or '3h30m', got {type(value).__name__}"
+        )
     text = value.strip()
     sign = 1
     if text.startswith("-"):

@@ -103,14 +103,18 @@ def _graph_problems(definition: JourneyDefinition) -> Iterator[Problem]:
     reachable = _reachable(definition.start, steps)
     for step_id in steps:
         if step_id not in reachable and definition.start in steps:
-            yield Problem(f"steps.{step_id}", f'unreachable from the start step "{definition.start}"')
+            yield Problem(
+                f"steps.{step_id}", f'unreachable from the start step "{definition.start}"'
+            )
 
     yield from _loops_without_wait(steps)
 
     for step_id, step in steps.items():
         if isinstance(step, WaitForStep) and isinstance(step.event, OpenEvent | ClickEvent):
             yield from _check_message_reference(
-                f"steps.{step_id}.event.step", step.event.step, steps,
+                f"steps.{step_id}.event.step",
+                step.event.step,
+                steps,
                 opens=isinstance(step.event, OpenEvent),
             )
             sender = steps.get(step.event.step)
@@ -142,7 +146,9 @@ def _check_message_reference(
         yield Problem(path, f'step "{ref}" sends an SMS, and SMS opens are not tracked')
 
 
-def _check_condition(path: str, condition: Condition, steps: Mapping[str, Step]) -> Iterator[Problem]:
+def _check_condition(
+    path: str, condition: Condition, steps: Mapping[str, Step]
+) -> Iterator[Problem]:
     match condition:
         case OpenedCondition(step=str(ref)):
             yield from _check_message_reference(f"{path}.step", ref, steps, opens=True)

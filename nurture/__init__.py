@@ -1,0 +1,1 @@
+"""Nurture: marketing-automation journeys on Temporal."""

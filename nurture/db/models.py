@@ -1,0 +1,267 @@
+"""The tables. API models are separate classes (in `api/`); these are never returned directly.
+
+Idempotency lives here as UNIQUE constraints: a message per idempotency key, an event per dedupe
+key, a contact operation per operation key, a step record per (enrollment, step, visit). Retried
+activities insert with ON CONFLICT and so never send or increment twice.
+"""
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(nullable: bool = False, default_now: bool = True) -> Any:
+    return Field(
+        default_factory=utcnow if default_now else None,
+        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        nullable=nullable,
+    )
+
+
+def _json(default: Any = dict) -> Any:
+    return Field(
+        default_factory=default,
+        sa_column_kwargs={
+            "server_default": text("'{}'::jsonb" if default is dict else "'[]'::jsonb")
+        },
+        sa_type=JSONB,  # type: ignore[call-overload]
+        nullable=False,
+    )
+
+
+class JourneyStatus(StrEnum):
+    DRAFT = "draft"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    ARCHIVED = "archived"
+
+
+class EnrollmentStatus(StrEnum):
+    PENDING = "pending"  # row committed, workflow not yet confirmed running
+    ACTIVE = "active"
+    COMPLETED = "completed"  # ran off the end of the graph
+    EXITED = "exited"  # left early: goal met, exit step, unenrolled; see exit_reason
+    NOT_ENROLLED = "not_enrolled"  # refused at entry, e.g. goal already met
+    FAILED = "failed"
+
+
+ACTIVE_ENROLLMENT_STATUSES = (EnrollmentStatus.PENDING, EnrollmentStatus.ACTIVE)
+
+
+class MessageStatus(StrEnum):
+    SENDING = "sending"
+    SENT = "sent"
+    SKIPPED = "skipped"  # never reached a provider; see reason
+    FAILED = "failed"  # a provider refused it for good
+
+
+class Contact(SQLModel, table=True):
+    __tablename__ = "contacts"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    external_id: str | None = Field(default=None, unique=True, index=True, max_length=255)
+    email: str | None = Field(default=None, max_length=320, index=True)
+    phone: str | None = Field(default=None, max_length=32)
+    time_zone: str | None = Field(default=None, max_length=64)
+    fields: dict[str, Any] = _json()
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    )
+    # channel -> "granted" | "revoked"; a channel not listed has no recorded choice.
+    consent: dict[str, str] = _json()
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class ContactList(SQLModel, table=True):
+    __tablename__ = "lists"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str = Field(unique=True, max_length=64)
+    name: str = Field(max_length=200)
+    created_at: datetime = _timestamp()
+
+
+class ListMembership(SQLModel, table=True):
+    __tablename__ = "list_memberships"
+
+    list_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("lists.id", ondelete="CASCADE"), primary_key=True)
+    )
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    )
+    added_at: datetime = _timestamp()
+
+
+class Journey(SQLModel, table=True):
+    """The editable draft; what runs is always a `JourneyVersion`."""
+
+    __tablename__ = "journeys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str = Field(unique=True, max_length=64)
+    name: str = Field(max_length=200)
+    status: str = Field(default=JourneyStatus.DRAFT, max_length=16)
+    draft: dict[str, Any] = _json()
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class JourneyVersion(SQLModel, table=True):
+    """A published, immutable definition (a database trigger refuses updates)."""
+
+    __tablename__ = "journey_versions"
+    __table_args__ = (UniqueConstraint("journey_id", "version"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    journey_id: uuid.UUID = Field(foreign_key="journeys.id", index=True)
+    version: int = Field(sa_column=Column(Integer, nullable=False))
+    definition: dict[str, Any] = _json()
+    published_at: datetime = _timestamp()
+
+
+class Enrollment(SQLModel, table=True):
+    __tablename__ = "enrollments"
+    __table_args__ = (
+        # At most one enrollment in flight per (journey, contact); history rows may repeat.
+        Index(
+            "uq_enrollments_active",
+            "journey_id",
+            "contact_id",
+            unique=True,
+            postgresql_where=text("status IN ('pending', 'active')"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    journey_id: uuid.UUID = Field(foreign_key="journeys.id", index=True)
+    journey_version_id: uuid.UUID = Field(foreign_key="journey_versions.id")
+    version: int
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    workflow_id: str = Field(max_length=255, index=True)
+    status: str = Field(default=EnrollmentStatus.PENDING, max_length=16, index=True)
+    current_step: str | None = Field(default=None, max_length=64)
+    exit_reason: str | None = Field(default=None, max_length=64)
+    detail: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
+    enrolled_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+    ended_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class EnrollmentStep(SQLModel, table=True):
+    """The path a contact took: one row per visit of a step."""
+
+    __tablename__ = "enrollment_steps"
+    __table_args__ = (UniqueConstraint("enrollment_id", "step_id", "visit"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("enrollments.id", ondelete="CASCADE"), nullable=False)
+    )
+    step_id: str = Field(max_length=64)
+    visit: int
+    step_type: str = Field(max_length=32)
+    entered_at: datetime = _timestamp()
+    left_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    outcome: str | None = Field(default=None, max_length=255)
+
+
+class Message(SQLModel, table=True):
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('sending', 'sent', 'skipped', 'failed')", name="message_status"
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    # {enrollment}:{step}:{visit}: a retried send finds its own row instead of sending again.
+    idempotency_key: str = Field(unique=True, max_length=255)
+    enrollment_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(
+            ForeignKey("enrollments.id", ondelete="SET NULL"), nullable=True, index=True
+        ),
+    )
+    contact_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True, index=True),
+    )
+    step_id: str | None = Field(default=None, max_length=64)
+    channel: str = Field(max_length=16)
+    template: str = Field(max_length=255)
+    status: str = Field(default=MessageStatus.SENDING, max_length=16)
+    reason: str | None = Field(default=None, max_length=255)
+    provider: str | None = Field(default=None, max_length=32)
+    provider_message_id: str | None = Field(default=None, max_length=255, index=True)
+    created_at: datetime = _timestamp()
+    sent_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class OutboxMessage(SQLModel, table=True):
+    """The development channel's "provider": what would have been delivered, once per key."""
+
+    __tablename__ = "outbox_messages"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    idempotency_key: str = Field(unique=True, max_length=255)
+    channel: str = Field(max_length=16)
+    to_address: str = Field(max_length=320)
+    template: str = Field(max_length=255)
+    payload: dict[str, Any] = _json()
+    created_at: datetime = _timestamp()
+
+
+class Event(SQLModel, table=True):
+    """Engagement (open, click) and custom events, stored before they are signalled."""
+
+    __tablename__ = "events"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    dedupe_key: str = Field(unique=True, max_length=255)
+    contact_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=True, index=True),
+    )
+    kind: str = Field(max_length=16)  # open | click | custom
+    name: str | None = Field(default=None, max_length=128)
+    message_id: uuid.UUID | None = Field(default=None, foreign_key="messages.id")
+    link: str | None = Field(default=None, max_length=128)
+    properties: dict[str, Any] = _json()
+    occurred_at: datetime = _timestamp()
+    received_at: datetime = _timestamp()
+
+
+class AppliedOperation(SQLModel, table=True):
+    """Keys of contact changes already applied, so a retried increment is not applied twice."""
+
+    __tablename__ = "applied_operations"
+
+    key: str = Field(
+        sa_column=Column(String(255), primary_key=True),
+    )
+    applied_at: datetime = _timestamp()

@@ -40,7 +40,9 @@ def check_time_zone(name: str) -> str:
     try:
         ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Europe/Warsaw')")
+        raise ValueError(
+            f"unknown time zone {name!r} (use an IANA name such as 'Europe/Warsaw')"
+        ) from None
     return name
 
 

@@ -1,0 +1,114 @@
+"""Activities that record an enrollment's progress in Postgres and read the contact.
+
+Each is idempotent: a retry after a crash rewrites the same row with the same values.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio import activity
+
+from nurture.contracts import ContactFacts, EnrollmentFinished, StepEntered, StepOutcome
+from nurture.db.engine import SessionFactory
+from nurture.db.models import (
+    ACTIVE_ENROLLMENT_STATUSES,
+    Contact,
+    ContactList,
+    Enrollment,
+    EnrollmentStatus,
+    EnrollmentStep,
+    ListMembership,
+)
+
+
+async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> ContactFacts:
+    contact = await session.get(Contact, contact_id, populate_existing=True)
+    if contact is None:
+        return ContactFacts(contact_id=contact_id, exists=False)
+    list_keys = await session.scalars(
+        select(ContactList.key)
+        .join(ListMembership, ListMembership.list_id == ContactList.id)  # type: ignore[arg-type]
+        .where(ListMembership.contact_id == contact_id)  # type: ignore[arg-type]
+        .order_by(ContactList.key)
+    )
+    return ContactFacts(
+        contact_id=contact.id,
+        has_email=bool(contact.email),
+        has_phone=bool(contact.phone),
+        time_zone=contact.time_zone,
+        fields=contact.fields,
+        tags=list(contact.tags),
+        lists=list(list_keys),
+        consent=contact.consent,
+    )
+
+
+async def _close_step(
+    session: AsyncSession, enrollment_id: uuid.UUID, done: StepOutcome, at: object
+) -> None:
+    await session.execute(
+        update(EnrollmentStep)
+        .where(
+            EnrollmentStep.enrollment_id == enrollment_id,  # type: ignore[arg-type]
+            EnrollmentStep.step_id == done.step,  # type: ignore[arg-type]
+            EnrollmentStep.visit == done.visit,  # type: ignore[arg-type]
+        )
+        .values(left_at=at, outcome=done.outcome)
+    )
+
+
+class EnrollmentActivities:
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    @activity.defn
+    async def load_contact(self, contact_id: uuid.UUID) -> ContactFacts:
+        async with self._sessions() as session:
+            return await contact_facts(session, contact_id)
+
+    @activity.defn
+    async def record_step(self, entered: StepEntered) -> None:
+        """Close the previous step, open this one, and show it as the enrollment's current step."""
+        async with self._sessions.begin() as session:
+            if entered.previous is not None:
+                await _close_step(session, entered.enrollment_id, entered.previous, entered.at)
+            await session.execute(
+                insert(EnrollmentStep)
+                .values(
+                    enrollment_id=entered.enrollment_id,
+                    step_id=entered.step,
+                    visit=entered.visit,
+                    step_type=entered.step_type,
+                    entered_at=entered.at,
+                )
+                .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "visit"])
+            )
+            await session.execute(
+                update(Enrollment)
+                .where(Enrollment.id == entered.enrollment_id)  # type: ignore[arg-type]
+                .where(Enrollment.status.in_(ACTIVE_ENROLLMENT_STATUSES))  # type: ignore[attr-defined]
+                .values(
+                    current_step=entered.step, status=EnrollmentStatus.ACTIVE, updated_at=entered.at
+                )
+            )
+
+    @activity.defn
+    async def finish_enrollment(self, finished: EnrollmentFinished) -> None:
+        async with self._sessions.begin() as session:
+            if finished.last is not None:
+                await _close_step(session, finished.enrollment_id, finished.last, finished.at)
+            await session.execute(
+                update(Enrollment)
+                .where(Enrollment.id == finished.enrollment_id)  # type: ignore[arg-type]
+                .values(
+                    status=finished.status,
+                    exit_reason=finished.reason,
+                    detail=finished.detail,
+                    updated_at=finished.at,
+                    ended_at=finished.at,
+                )
+            )

@@ -1,0 +1,113 @@
+"""The send activity: one message per idempotency key, whatever the retries.
+
+The message row is claimed first (UNIQUE idempotency key). A retry that finds it finished returns
+the recorded result; one that finds it still "sending" (the worker died mid-call) calls the
+channel again with the same key, which the channel passes to the provider to dedupe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from temporalio import activity
+
+from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
+from nurture.contracts import SendRequest, SendResult
+from nurture.db.engine import SessionFactory
+from nurture.db.models import Contact, Message, MessageStatus, utcnow
+
+_FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
+
+
+def skip_reason(contact: Contact | None, channel: str) -> str | None:
+    """Why a message must not reach a provider, or None when it may."""
+    if contact is None:
+        return "contact_deleted"
+    if channel == "email" and not contact.email:
+        return "no_email_address"
+    if channel == "sms" and not contact.phone:
+        return "no_phone_number"
+    if contact.consent.get(channel) == "revoked":
+        return f"{channel}_consent_revoked"
+    return None
+
+
+class MessagingActivities:
+    def __init__(self, sessions: SessionFactory, channels: Mapping[str, ChannelSender]) -> None:
+        self._sessions = sessions
+        self._channels = channels
+
+    @activity.defn
+    async def send_message(self, request: SendRequest) -> SendResult:
+        channel = self._channels.get(request.channel)
+        async with self._sessions.begin() as session:
+            await session.execute(
+                insert(Message)
+                .values(
+                    idempotency_key=request.idempotency_key,
+                    enrollment_id=request.enrollment_id,
+                    contact_id=request.contact_id,
+                    step_id=request.step,
+                    channel=request.channel,
+                    template=request.template,
+                    status=MessageStatus.SENDING,
+                )
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            )
+            message = (
+                await session.scalars(
+                    select(Message)
+                    .where(Message.idempotency_key == request.idempotency_key)  # type: ignore[arg-type]
+                    .with_for_update()
+                )
+            ).one()
+            if message.status in _FINISHED:
+                return SendResult(
+                    message_id=message.id, status=message.status, reason=message.reason
+                )  # type: ignore[arg-type]
+            contact = await session.get(Contact, request.contact_id)
+            reason = skip_reason(contact, request.channel)
+            if reason is None and channel is None:
+                reason = f"no {request.channel} channel configured"
+            if reason is not None:
+                message.status, message.reason = MessageStatus.SKIPPED, reason
+                return SendResult(message_id=message.id, status="skipped", reason=reason)
+            assert contact is not None and channel is not None
+            outgoing = OutgoingMessage(
+                idempotency_key=request.idempotency_key,
+                message_id=message.id,
+                channel=request.channel,
+                to_address=(contact.email if request.channel == "email" else contact.phone) or "",
+                template=request.template,
+                variables={"journey": request.journey_key, "step": request.step},
+            )
+
+        # The provider call happens outside the transaction: no row lock held over the network.
+        try:
+            receipt = await channel.send(outgoing)
+        except PermanentSendError as err:
+            await self._finish(request.idempotency_key, MessageStatus.FAILED, reason=str(err)[:255])
+            return SendResult(
+                message_id=outgoing.message_id, status="failed", reason=str(err)[:255]
+            )
+        await self._finish(
+            request.idempotency_key,
+            MessageStatus.SENT,
+            provider=receipt.provider,
+            provider_message_id=receipt.provider_message_id,
+        )
+        return SendResult(message_id=outgoing.message_id, status="sent")
+
+    async def _finish(self, key: str, status: MessageStatus, **values: object) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Message)
+                .where(Message.idempotency_key == key)  # type: ignore[arg-type]
+                .values(
+                    status=status,
+                    sent_at=utcnow() if status == MessageStatus.SENT else None,
+                    **values,
+                )
+            )

@@ -1,0 +1,35 @@
+"""The development channel: "delivers" by writing to the outbox_messages table, once per key."""
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+
+from nurture.channels.base import DeliveryReceipt, OutgoingMessage
+from nurture.db.engine import SessionFactory
+from nurture.db.models import OutboxMessage
+
+
+class OutboxChannel:
+    provider = "outbox"
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                insert(OutboxMessage)
+                .values(
+                    idempotency_key=message.idempotency_key,
+                    channel=message.channel,
+                    to_address=message.to_address,
+                    template=message.template,
+                    payload={"message_id": str(message.message_id), **message.variables},
+                )
+                .on_conflict_do_nothing(index_elements=["idempotency_key"])
+            )
+            outbox_id = await session.scalar(
+                select(OutboxMessage.id).where(
+                    OutboxMessage.idempotency_key == message.idempotency_key  # type: ignore[arg-type]
+                )
+            )
+        return DeliveryReceipt(provider=self.provider, provider_message_id=str(outbox_id))

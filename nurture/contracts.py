@@ -1,0 +1,180 @@
+"""What the enrollment workflow, its activities and its callers send each other.
+
+Everything here travels through Temporal (pydantic data converter), so it holds ids and facts,
+never ORM objects, and no email addresses or phone numbers: the workflow history is visible in
+the Temporal UI, and contact PII stays in Postgres.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from nurture.journeys.definition import JourneyDefinition
+
+ENROLLMENT_WORKFLOW = "JourneyEnrollment"
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+def enrollment_workflow_id(journey_key: str, contact_id: uuid.UUID) -> str:
+    """One workflow id per (journey, contact): at most one enrollment at a time. No PII."""
+    return f"journey:{journey_key}:contact:{contact_id}"
+
+
+class ContactFacts(_Message):
+    """What conditions and waits may look at; addresses are reduced to "has one"."""
+
+    contact_id: uuid.UUID
+    exists: bool = True
+    has_email: bool = False
+    has_phone: bool = False
+    time_zone: str | None = None
+    fields: dict[str, JsonValue] = Field(default_factory=dict)
+    tags: list[str] = Field(default_factory=list)
+    lists: list[str] = Field(default_factory=list)
+    consent: dict[str, str] = Field(default_factory=dict)
+
+
+EventKind = Literal["open", "click", "custom"]
+
+
+class EnrollmentEvent(_Message):
+    """An engagement or custom event signalled to an enrollment (stored in Postgres first)."""
+
+    event_id: str = Field(min_length=1, max_length=255, description="dedupe key")
+    kind: EventKind
+    step: str | None = Field(default=None, description="for open/click: the send step")
+    visit: int | None = Field(default=None, description="for open/click: which send of the step")
+    link: str | None = Field(default=None, description="for click: the named link")
+    name: str | None = Field(default=None, description="for custom: the event name")
+    properties: dict[str, JsonValue] = Field(default_factory=dict)
+    occurred_at: datetime | None = None
+
+
+class ReceivedEvent(_Message):
+    """An event as the workflow keeps it: in arrival order, with the time it arrived."""
+
+    seq: int
+    event: EnrollmentEvent
+    received_at: datetime
+
+
+class PathEntry(BaseModel):
+    step: str
+    type: str
+    visit: int
+    entered_at: datetime
+    left_at: datetime | None = None
+    outcome: str | None = None
+
+
+class StepOutcome(_Message):
+    step: str
+    visit: int
+    outcome: str
+
+
+class CarriedState(_Message):
+    """What a run hands to its successor on continue-as-new."""
+
+    next_step: str | None
+    visits: dict[str, int]
+    passed: dict[str, int]
+    path: list[PathEntry]
+    events: list[ReceivedEvent]
+    seen_event_ids: list[str]
+    contact_dirty: bool
+    unenroll_reason: str | None = None
+    unrecorded: StepOutcome | None = None
+
+
+class EnrollmentInput(_Message):
+    enrollment_id: uuid.UUID
+    contact_id: uuid.UUID
+    journey_key: str
+    version: int
+    definition: JourneyDefinition
+    max_steps_per_run: int = Field(default=500, ge=1)
+    carried: CarriedState | None = None
+
+
+EnrollmentOutcome = Literal["completed", "exited", "not_enrolled", "failed"]
+
+
+class EnrollmentResult(_Message):
+    status: EnrollmentOutcome
+    reason: str | None = None
+    path: list[PathEntry] = Field(default_factory=list)
+
+
+class EnrollmentProgress(_Message):
+    """The answer to the `progress` query."""
+
+    status: str
+    current_step: str | None
+    path: list[PathEntry]
+    events_received: int
+
+
+# --- activity inputs and outputs -----------------------------------------------------------------
+
+
+class StepEntered(_Message):
+    enrollment_id: uuid.UUID
+    step: str
+    step_type: str
+    visit: int
+    at: datetime
+    previous: StepOutcome | None = None
+
+
+class EnrollmentFinished(_Message):
+    enrollment_id: uuid.UUID
+    status: EnrollmentOutcome
+    reason: str | None
+    at: datetime
+    last: StepOutcome | None = None
+    detail: str | None = None
+
+
+Channel = Literal["email", "sms"]
+
+
+class SendRequest(_Message):
+    idempotency_key: str
+    enrollment_id: uuid.UUID
+    contact_id: uuid.UUID
+    journey_key: str
+    step: str
+    channel: Channel
+    template: str
+
+
+class SendResult(_Message):
+    message_id: uuid.UUID
+    status: Literal["sent", "skipped", "failed"]
+    reason: str | None = None
+
+
+class ContactChange(_Message):
+    """One update_contact step's changes, applied at most once per `operation_key`."""
+
+    operation_key: str
+    contact_id: uuid.UUID
+    set: dict[str, JsonValue] = Field(default_factory=dict)
+    unset: list[str] = Field(default_factory=list)
+    add_tags: list[str] = Field(default_factory=list)
+    remove_tags: list[str] = Field(default_factory=list)
+    increment: dict[str, int | float] = Field(default_factory=dict)
+
+
+class ListChange(_Message):
+    contact_id: uuid.UUID
+    list_key: str
+    member: bool

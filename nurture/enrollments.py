@@ -1,0 +1,167 @@
+"""Enrolling and unenrolling contacts: the row first, committed, then the workflow.
+
+Enrolling is idempotent: while an enrollment of the contact in the journey is in flight, asking
+again returns it; a row whose workflow never started (Temporal was down) is started on the next
+ask, and Temporal's "use existing" conflict policy makes that start safe to repeat.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from nurture.contracts import (
+    ENROLLMENT_WORKFLOW,
+    EnrollmentInput,
+    enrollment_workflow_id,
+)
+from nurture.db.engine import SessionFactory
+from nurture.db.models import (
+    ACTIVE_ENROLLMENT_STATUSES,
+    Contact,
+    Enrollment,
+    EnrollmentStatus,
+    Journey,
+    JourneyStatus,
+    JourneyVersion,
+)
+from nurture.errors import Conflict, NotFound
+from nurture.journeys.definition import JourneyDefinition
+from nurture.journeys.publishing import latest_version
+
+
+@dataclass(frozen=True)
+class EnrollmentOptions:
+    """How enrollment workflows are started; from settings in the API and worker."""
+
+    task_queue: str
+    max_steps_per_run: int = 500
+
+
+async def enroll(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    journey_key: str,
+    contact_id: uuid.UUID,
+) -> Enrollment:
+    """Enroll a contact in the latest published version of a journey (or return the live one)."""
+    for attempt in (1, 2):
+        try:
+            enrollment, version, started = await _claim(sessions, journey_key, contact_id)
+            break
+        except IntegrityError:
+            # A concurrent request inserted the in-flight row first; the retry returns it.
+            if attempt == 2:
+                raise
+    if not started:
+        await start_workflow(client, options, enrollment, journey_key, version)
+    return enrollment
+
+
+async def _claim(
+    sessions: SessionFactory, journey_key: str, contact_id: uuid.UUID
+) -> tuple[Enrollment, JourneyVersion, bool]:
+    """The in-flight enrollment row, created and committed if needed; True if already started."""
+    async with sessions.begin() as session:
+        journey = await session.scalar(
+            select(Journey).where(Journey.key == journey_key)  # type: ignore[arg-type]
+        )
+        if journey is None:
+            raise NotFound(f"no journey {journey_key!r}")
+        if await session.get(Contact, contact_id) is None:
+            raise NotFound(f"no contact {contact_id}")
+        existing = await session.scalar(
+            select(Enrollment).where(
+                Enrollment.journey_id == journey.id,  # type: ignore[arg-type]
+                Enrollment.contact_id == contact_id,  # type: ignore[arg-type]
+                Enrollment.status.in_(ACTIVE_ENROLLMENT_STATUSES),  # type: ignore[attr-defined]
+            )
+        )
+        if existing is not None:
+            pinned = await session.get(JourneyVersion, existing.journey_version_id)
+            assert pinned is not None
+            return existing, pinned, existing.status != EnrollmentStatus.PENDING
+        if journey.status != JourneyStatus.ACTIVE:
+            raise Conflict(f"journey {journey_key!r} is {journey.status}, not active")
+        version = await latest_version(session, journey)
+        if version is None:
+            raise Conflict(f"journey {journey_key!r} has no published version")
+        definition = JourneyDefinition.model_validate(version.definition)
+        await _check_reentry(session, journey, definition, contact_id)
+        enrollment = Enrollment(
+            journey_id=journey.id,
+            journey_version_id=version.id,
+            version=version.version,
+            contact_id=contact_id,
+            workflow_id=enrollment_workflow_id(journey_key, contact_id),
+        )
+        session.add(enrollment)
+        await session.flush()
+        return enrollment, version, False
+
+
+async def start_workflow(
+    client: Client,
+    options: EnrollmentOptions,
+    enrollment: Enrollment,
+    journey_key: str,
+    version: JourneyVersion,
+) -> None:
+    definition = JourneyDefinition.model_validate(version.definition)
+    await client.start_workflow(
+        ENROLLMENT_WORKFLOW,
+        EnrollmentInput(
+            enrollment_id=enrollment.id,
+            contact_id=enrollment.contact_id,
+            journey_key=journey_key,
+            version=version.version,
+            definition=definition,
+            max_steps_per_run=options.max_steps_per_run,
+        ),
+        id=enrollment.workflow_id,
+        task_queue=options.task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        static_summary=f"{definition.name} (v{version.version}) for contact {enrollment.contact_id}",
+    )
+
+
+async def _check_reentry(
+    session: AsyncSession, journey: Journey, definition: JourneyDefinition, contact_id: uuid.UUID
+) -> None:
+    previous = await session.scalar(
+        select(func.count())
+        .select_from(Enrollment)
+        .where(
+            Enrollment.journey_id == journey.id,  # type: ignore[arg-type]
+            Enrollment.contact_id == contact_id,  # type: ignore[arg-type]
+        )
+    )
+    rules = definition.entry
+    if previous and rules.reentry == "never":
+        raise Conflict(
+            f"contact {contact_id} was already enrolled in {journey.key!r}, which allows no re-entry"
+        )
+    if rules.max_entries is not None and (previous or 0) >= rules.max_entries:
+        raise Conflict(f"contact {contact_id} reached the {rules.max_entries} entries allowed")
+
+
+async def unenroll(
+    sessions: SessionFactory, client: Client, enrollment_id: uuid.UUID, reason: str = "unenrolled"
+) -> Enrollment:
+    """Ask an in-flight enrollment to stop; the workflow records the exit before it ends."""
+    async with sessions() as session:
+        enrollment = await session.get(Enrollment, enrollment_id)
+    if enrollment is None:
+        raise NotFound(f"no enrollment {enrollment_id}")
+    if enrollment.status in ACTIVE_ENROLLMENT_STATUSES:
+        handle = client.get_workflow_handle(enrollment.workflow_id)
+        await handle.signal("unenroll", reason)
+    return enrollment

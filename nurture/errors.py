@@ -1,0 +1,28 @@
+"""Domain errors. Each carries the HTTP status the API answers with, so there is one handler."""
+
+from typing import Any
+
+
+class NurtureError(Exception):
+    status_code = 400
+    error = "bad_request"
+
+    def __init__(self, message: str, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class NotFound(NurtureError):
+    status_code = 404
+    error = "not_found"
+
+
+class Conflict(NurtureError):
+    status_code = 409
+    error = "conflict"
+
+
+class Invalid(NurtureError):
+    status_code = 422
+    error = "invalid"

@@ -1,0 +1,14 @@
+"""Connecting to Temporal: one client per process, pydantic payloads everywhere."""
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from nurture.settings import Settings
+
+
+async def connect(settings: Settings) -> Client:
+    return await Client.connect(
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        data_converter=pydantic_data_converter,
+    )

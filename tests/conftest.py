@@ -1,0 +1,93 @@
+"""Shared fixtures: a real Postgres (embedded unless DATABASE_URL is set) migrated once, and
+Temporal's time-skipping test server from the pip-installed binary (never downloaded)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from nurture.binaries import find_binary
+from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.db.migrate import upgrade_async
+from nurture.embedded import start_embedded_postgres
+
+TABLES = (
+    "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
+    "journeys, list_memberships, lists, contacts, applied_operations"
+)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield external
+        return
+    server, url = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data", "nurture_test")
+    yield url
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    await upgrade_async(database_url)
+    engine = create_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: AsyncEngine) -> SessionFactory:
+    return session_factory(engine)
+
+
+@pytest.fixture(autouse=True)
+async def clean_database(request: pytest.FixtureRequest) -> None:
+    """Each database test starts from empty tables (activities commit, so no rollback trick)."""
+    if "sessions" not in request.fixturenames:
+        return
+    engine: AsyncEngine = request.getfixturevalue("engine")
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {TABLES} CASCADE"))
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    async with await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=find_binary("temporal-test-server"),
+    ) as env:
+        yield env
+
+
+@pytest.fixture
+def client(env: WorkflowEnvironment) -> Client:
+    return env.client
+
+
+@pytest.fixture
+def task_queue() -> str:
+    return f"test-{uuid.uuid4()}"
+
+
+@pytest.fixture(scope="session")
+def examples_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples" / "journeys"
+
+
+@pytest.fixture
+async def worker(client: Client, sessions: SessionFactory, task_queue: str) -> AsyncIterator[None]:
+    """The real worker (real activities, development outbox) on this test's own task queue."""
+    from worker import build_worker
+
+    async with build_worker(client, sessions, task_queue):
+        yield

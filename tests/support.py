@@ -1,0 +1,137 @@
+"""Test helpers: make contacts and journeys, run enrollments, read back what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from nurture.contracts import EnrollmentEvent, EnrollmentProgress, EnrollmentResult
+from nurture.db.engine import SessionFactory
+from nurture.db.models import (
+    Contact,
+    ContactList,
+    Enrollment,
+    EnrollmentStep,
+    Message,
+    OutboxMessage,
+)
+from nurture.enrollments import EnrollmentOptions, enroll
+from nurture.journeys.publishing import publish, save_draft
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "journeys"
+
+
+def example(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((EXAMPLES / f"{name}.json").read_text())
+    return data
+
+
+async def make_contact(sessions: SessionFactory, **values: Any) -> uuid.UUID:
+    values.setdefault("email", f"{uuid.uuid4().hex[:8]}@example.com")
+    async with sessions.begin() as session:
+        contact = Contact(**values)
+        session.add(contact)
+    return contact.id
+
+
+async def make_lists(sessions: SessionFactory, *keys: str) -> None:
+    async with sessions.begin() as session:
+        for key in keys:
+            session.add(ContactList(key=key, name=key))
+
+
+async def publish_journey(sessions: SessionFactory, definition: Mapping[str, Any]) -> int:
+    async with sessions.begin() as session:
+        await save_draft(session, dict(definition))
+        version = await publish(session, definition["key"])
+    return version.version
+
+
+async def start(
+    sessions: SessionFactory,
+    client: Client,
+    task_queue: str,
+    journey_key: str,
+    contact_id: uuid.UUID,
+    max_steps_per_run: int = 500,
+) -> tuple[Enrollment, WorkflowHandle[Any, EnrollmentResult]]:
+    options = EnrollmentOptions(task_queue=task_queue, max_steps_per_run=max_steps_per_run)
+    enrollment = await enroll(sessions, client, options, journey_key, contact_id)
+    handle = client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult)
+    return enrollment, handle
+
+
+async def finish(
+    env: WorkflowEnvironment, handle: WorkflowHandle[Any, EnrollmentResult]
+) -> EnrollmentResult:
+    """Wait for the result with the test server's clock running free (days pass in moments).
+
+    Only handles returned by the test client's own start_workflow unlock time skipping by
+    themselves; enrollments are started by `nurture.enrollments.enroll`, so unlock it here.
+    """
+    async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        return await handle.result()
+
+
+async def progress(handle: WorkflowHandle[Any, Any]) -> EnrollmentProgress:
+    return await handle.query("progress", result_type=EnrollmentProgress)
+
+
+async def reach_step(handle: WorkflowHandle[Any, Any], step: str, timeout: float = 15) -> None:
+    """Poll the workflow until it is at `step` (queries do not advance the test server's clock)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            current = await progress(handle)
+            if current.current_step == step:
+                return
+            await asyncio.sleep(0.05)
+
+
+async def signal_event(handle: WorkflowHandle[Any, Any], **fields: Any) -> EnrollmentEvent:
+    fields.setdefault("event_id", str(uuid.uuid4()))
+    event = EnrollmentEvent(**fields)
+    await handle.signal("event", event)
+    return event
+
+
+async def sent_templates(sessions: SessionFactory, contact_id: uuid.UUID) -> list[str]:
+    """Templates of messages that reached the outbox for this contact, in send order."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(Message.template)
+            .where(Message.contact_id == contact_id, Message.status == "sent")  # type: ignore[arg-type]
+            .order_by(Message.created_at)  # type: ignore[arg-type]
+        )
+        return list(rows)
+
+
+async def outbox_count(sessions: SessionFactory) -> int:
+    async with sessions() as session:
+        return len((await session.scalars(select(OutboxMessage.id))).all())
+
+
+async def recorded_path(sessions: SessionFactory, enrollment_id: uuid.UUID) -> list[str]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(EnrollmentStep)
+            .where(EnrollmentStep.enrollment_id == enrollment_id)  # type: ignore[arg-type]
+            .order_by(EnrollmentStep.entered_at, EnrollmentStep.id)  # type: ignore[arg-type]
+        )
+        return [row.step_id for row in rows]
+
+
+async def reload(sessions: SessionFactory, model: type[Any], key: Any) -> Any:
+    async with sessions() as session:
+        return await session.get(model, key)
+
+
+def steps_of(result: EnrollmentResult) -> Sequence[str]:
+    return [entry.step for entry in result.path]

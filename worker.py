@@ -1,0 +1,86 @@
+"""The Nurture worker: runs enrollment workflows and their activities.
+
+    python worker.py            # or: nurture worker
+
+Configured by the environment (see `nurture.settings.Settings`): TEMPORAL_ADDRESS,
+TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, DATABASE_URL. Scale out by running more of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.contacts import ContactActivities
+from activities.enrollment import EnrollmentActivities
+from activities.messaging import MessagingActivities
+from nurture.channels.base import ChannelSender
+from nurture.channels.outbox import OutboxChannel
+from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.settings import Settings, get_settings
+from nurture.temporal import connect
+from workflows.enrollment import JourneyEnrollment
+
+logger = logging.getLogger("nurture.worker")
+
+
+def default_channels(sessions: SessionFactory) -> dict[str, ChannelSender]:
+    outbox = OutboxChannel(sessions)
+    return {"email": outbox, "sms": outbox}
+
+
+def build_worker(
+    client: Client,
+    sessions: SessionFactory,
+    task_queue: str,
+    channels: Mapping[str, ChannelSender] | None = None,
+) -> Worker:
+    enrollment = EnrollmentActivities(sessions)
+    messaging = MessagingActivities(sessions, channels or default_channels(sessions))
+    contacts = ContactActivities(sessions)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[JourneyEnrollment],
+        activities=[
+            enrollment.load_contact,
+            enrollment.record_step,
+            enrollment.finish_enrollment,
+            messaging.send_message,
+            contacts.update_contact,
+            contacts.change_list_membership,
+        ],
+    )
+
+
+async def run_worker(settings: Settings, database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        client = await connect(settings)
+        worker = build_worker(client, session_factory(engine), settings.temporal_task_queue)
+        logger.info(
+            "worker polling %s on %s/%s",
+            settings.temporal_task_queue,
+            settings.temporal_address,
+            settings.temporal_namespace,
+        )
+        await worker.run()
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    from nurture.cli import resolve_database_url
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    with resolve_database_url(settings) as database_url:
+        asyncio.run(run_worker(settings, database_url))
+
+
+if __name__ == "__main__":
+    main()

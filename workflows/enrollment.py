@@ -1,0 +1,407 @@
+"""`JourneyEnrollment`: one contact going through one pinned journey version.
+
+The workflow interprets the definition it was started with (see samples-python/dsl), so editing
+or republishing a journey never changes what an enrolled contact does. Signal handlers only
+record state; the run loop waits on conditions over that state, so an event that arrives before
+the workflow waits for it is never lost. Before every step the workflow checks, in this order:
+unenroll requested, contact deleted, goal met; so a goal met during a wait ends the enrollment
+before the next action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.contacts import ContactActivities
+    from activities.enrollment import EnrollmentActivities
+    from activities.messaging import MessagingActivities
+    from nurture.contracts import (
+        ENROLLMENT_WORKFLOW,
+        CarriedState,
+        ContactChange,
+        ContactFacts,
+        EnrollmentEvent,
+        EnrollmentFinished,
+        EnrollmentInput,
+        EnrollmentOutcome,
+        EnrollmentProgress,
+        EnrollmentResult,
+        ListChange,
+        PathEntry,
+        ReceivedEvent,
+        SendRequest,
+        StepEntered,
+        StepOutcome,
+    )
+    from nurture.journeys.conditions import Engagement, evaluate, matches_awaited
+    from nurture.journeys.definition import (
+        AddToListStep,
+        BranchStep,
+        CustomEvent,
+        ExitStep,
+        RemoveFromListStep,
+        SendEmailStep,
+        SendSmsStep,
+        Step,
+        UpdateContactStep,
+        WaitForStep,
+        WaitStep,
+    )
+    from nurture.journeys.durations import format_duration
+    from nurture.journeys.schedule import plan_wait
+
+# Postgres or a provider being down for a while must delay a journey, never break it.
+_PATIENT = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+)
+_DB_TIMEOUT = timedelta(seconds=30)
+_SEND_TIMEOUT = timedelta(minutes=2)
+
+
+class _Finish(Exception):
+    """Raised inside the run loop to end the enrollment with a status and reason."""
+
+    def __init__(self, status: EnrollmentOutcome, reason: str | None, detail: str | None = None):
+        super().__init__(reason)
+        self.status, self.reason, self.detail = status, reason, detail
+
+
+@workflow.defn(name=ENROLLMENT_WORKFLOW)
+class JourneyEnrollment:
+    @workflow.init
+    def __init__(self, input: EnrollmentInput) -> None:
+        carried = input.carried
+        self._input = input
+        self._status = "active"
+        self._events: list[ReceivedEvent] = list(carried.events) if carried else []
+        self._seen: set[str] = set(carried.seen_event_ids) if carried else set()
+        self._seq = self._events[-1].seq if self._events else 0
+        self._visits: dict[str, int] = dict(carried.visits) if carried else {}
+        self._passed: dict[str, int] = dict(carried.passed) if carried else {}
+        self._path: list[PathEntry] = list(carried.path) if carried else []
+        self._contact_dirty = carried.contact_dirty if carried else True
+        self._unenroll_reason: str | None = carried.unenroll_reason if carried else None
+        self._facts: ContactFacts | None = None
+        self._unrecorded: StepOutcome | None = carried.unrecorded if carried else None
+
+    # --- signals and query: they only record; the run loop acts -----------------------------
+
+    @workflow.signal
+    def event(self, event: EnrollmentEvent) -> None:
+        """An open, click or custom event; repeats of an event id are ignored."""
+        if event.event_id in self._seen:
+            return
+        self._seen.add(event.event_id)
+        self._seq += 1
+        self._events.append(ReceivedEvent(seq=self._seq, event=event, received_at=workflow.now()))
+
+    @workflow.signal
+    def contact_changed(self) -> None:
+        """The contact was edited elsewhere: reload it before the next decision."""
+        self._contact_dirty = True
+
+    @workflow.signal
+    def unenroll(self, reason: str | None = None) -> None:
+        self._unenroll_reason = reason or "unenrolled"
+
+    @workflow.query
+    def progress(self) -> EnrollmentProgress:
+        current = self._path[-1].step if self._path else None
+        return EnrollmentProgress(
+            status=self._status,
+            current_step=current,
+            path=self._path,
+            events_received=len(self._events),
+        )
+
+    # --- the interpreter ---------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: EnrollmentInput) -> EnrollmentResult:
+        definition = input.definition
+        step_id: str | None = input.carried.next_step if input.carried else definition.start
+        try:
+            if input.carried is None:
+                await self._check_entry()
+            steps_this_run = 0
+            while step_id is not None:
+                await self._checkpoint()
+                if steps_this_run >= input.max_steps_per_run or (
+                    workflow.info().is_continue_as_new_suggested()
+                ):
+                    self._continue_as_new(step_id)
+                step = definition.steps[step_id]
+                visit = await self._enter(step_id, step)
+                outcome, step_id = await self._run_step(step_id, step, visit)
+                self._path[-1].left_at = workflow.now()
+                self._path[-1].outcome = outcome
+                self._unrecorded = StepOutcome(
+                    step=self._path[-1].step, visit=visit, outcome=outcome
+                )
+                steps_this_run += 1
+            raise _Finish("completed", None)
+        except _Finish as finish:
+            return await self._finish(finish.status, finish.reason, finish.detail)
+        except asyncio.CancelledError:
+            # Cancelled through Temporal rather than unenrolled: still leave a true record.
+            await self._finish("exited", "cancelled")
+            raise
+
+    async def _check_entry(self) -> None:
+        """HubSpot's rule: a contact who already meets the goal is not enrolled at all."""
+        if self._unenroll_reason is not None:
+            raise _Finish("exited", self._unenroll_reason)
+        facts = await self._refresh_contact()
+        if not facts.exists:
+            raise _Finish("not_enrolled", "contact_deleted")
+        if self._goal_met():
+            raise _Finish("not_enrolled", "goal_already_met")
+
+    async def _checkpoint(self) -> None:
+        """Between actions: honour unenroll, a deleted contact, and the goal."""
+        if self._unenroll_reason is not None:
+            raise _Finish("exited", self._unenroll_reason)
+        if self._contact_dirty:
+            await self._refresh_contact()
+        assert self._facts is not None
+        if not self._facts.exists:
+            raise _Finish("exited", "contact_deleted")
+        if self._goal_met():
+            raise _Finish("exited", "goal_met")
+
+    def _goal_met(self) -> bool:
+        goal = self._input.definition.goal
+        assert self._facts is not None
+        return goal is not None and evaluate(goal.criteria, self._facts, self._engagement())
+
+    def _engagement(self) -> Engagement:
+        return Engagement(events=self._events, latest_visit=self._visits)
+
+    async def _refresh_contact(self) -> ContactFacts:
+        self._contact_dirty = False
+        self._facts = await workflow.execute_activity_method(
+            EnrollmentActivities.load_contact,
+            self._input.contact_id,
+            start_to_close_timeout=_DB_TIMEOUT,
+            retry_policy=_PATIENT,
+            summary="load contact",
+        )
+        return self._facts
+
+    async def _enter(self, step_id: str, step: Step) -> int:
+        visit = self._visits.get(step_id, 0) + 1
+        self._visits[step_id] = visit
+        now = workflow.now()
+        self._path.append(PathEntry(step=step_id, type=step.type, visit=visit, entered_at=now))
+        workflow.set_current_details(f"**{step_id}** ({step.type}), visit {visit}")
+        await workflow.execute_activity_method(
+            EnrollmentActivities.record_step,
+            StepEntered(
+                enrollment_id=self._input.enrollment_id,
+                step=step_id,
+                step_type=step.type,
+                visit=visit,
+                at=now,
+                previous=self._unrecorded,
+            ),
+            start_to_close_timeout=_DB_TIMEOUT,
+            retry_policy=_PATIENT,
+            summary=f"{step_id}: record step",
+        )
+        self._unrecorded = None
+        return visit
+
+    async def _run_step(self, step_id: str, step: Step, visit: int) -> tuple[str, str | None]:
+        """Run one step; return its outcome (for the path) and the next step id."""
+        match step:
+            case SendEmailStep() | SendSmsStep():
+                return await self._send(step_id, step, visit), step.next
+            case WaitStep():
+                return await self._wait(step_id, step), step.next
+            case WaitForStep():
+                return await self._wait_for(step_id, step)
+            case BranchStep():
+                engagement = self._engagement()
+                assert self._facts is not None
+                for i, rule in enumerate(step.rules):
+                    if evaluate(rule.condition, self._facts, engagement):
+                        return f"rule {i} matched", rule.next
+                return "default", step.default
+            case UpdateContactStep():
+                change = ContactChange(
+                    operation_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
+                    contact_id=self._input.contact_id,
+                    set=step.set,
+                    unset=step.unset,
+                    add_tags=step.add_tags,
+                    remove_tags=step.remove_tags,
+                    increment=step.increment,
+                )
+                return await self._change_contact(
+                    ContactActivities.update_contact, change, f"{step_id}: update contact"
+                ), step.next
+            case AddToListStep() | RemoveFromListStep():
+                member = isinstance(step, AddToListStep)
+                change_list = ListChange(
+                    contact_id=self._input.contact_id, list_key=step.list, member=member
+                )
+                verb = "add to" if member else "remove from"
+                return await self._change_contact(
+                    ContactActivities.change_list_membership,
+                    change_list,
+                    f"{step_id}: {verb} list {step.list}",
+                ), step.next
+            case ExitStep():
+                raise _Finish("exited", step.reason)
+        raise ApplicationError(f"unknown step type {step.type!r}", non_retryable=True)
+
+    async def _send(self, step_id: str, step: SendEmailStep | SendSmsStep, visit: int) -> str:
+        # The one gate every send passes through: frequency caps, quiet hours and pauses go here.
+        channel = "email" if isinstance(step, SendEmailStep) else "sms"
+        request = SendRequest(
+            idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
+            enrollment_id=self._input.enrollment_id,
+            contact_id=self._input.contact_id,
+            journey_key=self._input.journey_key,
+            step=step_id,
+            channel=channel,
+            template=step.template,
+        )
+        try:
+            result = await workflow.execute_activity_method(
+                MessagingActivities.send_message,
+                request,
+                start_to_close_timeout=_SEND_TIMEOUT,
+                retry_policy=_PATIENT,
+                summary=f"{step_id}: send {channel} '{step.template}'",
+            )
+        except ActivityError as err:
+            return f"failed: {_cause(err)}"
+        return result.status if result.reason is None else f"{result.status}: {result.reason}"
+
+    async def _change_contact(self, method: Callable[..., Any], change: Any, summary: str) -> str:
+        try:
+            self._facts = await workflow.execute_activity_method(
+                method,
+                change,
+                start_to_close_timeout=_DB_TIMEOUT,
+                retry_policy=_PATIENT,
+                summary=summary,
+            )
+        except ActivityError as err:
+            return f"failed: {_cause(err)}"
+        self._contact_dirty = False
+        return "done"
+
+    async def _wait(self, step_id: str, step: WaitStep) -> str:
+        assert self._facts is not None
+        plan = plan_wait(step, workflow.now(), self._facts, self._input.definition.time_zone)
+        if plan.until is None:
+            return plan.note
+        if plan.until <= workflow.now():
+            return f"{plan.note}: already past, went on at once"
+        await self._sleep_until(plan.until, f"{step_id}: {plan.note}")
+        return "waited"
+
+    async def _wait_for(self, step_id: str, step: WaitForStep) -> tuple[str, str | None]:
+        awaited = step.event
+        # A custom event counts if it arrived since the journey last passed this step;
+        # an open or click belongs to a message, which `matches_awaited` pins to its latest send.
+        since = self._passed.get(step_id, 0) if isinstance(awaited, CustomEvent) else 0
+
+        def matched() -> ReceivedEvent | None:
+            for received in self._events:
+                if received.seq > since and matches_awaited(awaited, received.event, self._visits):
+                    return received
+            return None
+
+        deadline = workflow.now() + step.timeout
+        summary = f"{step_id}: wait for {awaited.type} (timeout {format_duration(step.timeout)})"
+        found = await self._sleep_until(deadline, summary, until=lambda: matched() is not None)
+        self._passed[step_id] = self._seq
+        hit = matched() if found else None
+        if hit is None:
+            return "timeout", step.on_timeout
+        return f"event {hit.event.event_id}", step.on_event
+
+    async def _sleep_until(
+        self, deadline: datetime, summary: str, until: Callable[[], bool] | None = None
+    ) -> bool:
+        """Sleep until `deadline` or until `until()` holds (then True).
+
+        Wakes early for an unenroll, a contact change or (with a goal) any new event, runs the
+        checkpoint, and sleeps again for the time that is left. One timer per wake-up: history
+        grows with signals and steps, not with the time slept.
+        """
+        watch_events = self._input.definition.goal is not None
+        while True:
+            if until is not None and until():
+                return True
+            remaining = deadline - workflow.now()
+            if remaining <= timedelta(0):
+                return False
+
+            def wake(seq: int = self._seq) -> bool:
+                return (
+                    (until is not None and until())
+                    or self._unenroll_reason is not None
+                    or self._contact_dirty
+                    or (watch_events and self._seq != seq)
+                )
+
+            try:
+                await workflow.wait_condition(wake, timeout=remaining, timeout_summary=summary)
+            except TimeoutError:
+                return until is not None and until()
+            await self._checkpoint()
+
+    def _continue_as_new(self, next_step: str) -> None:
+        carried = CarriedState(
+            next_step=next_step,
+            visits=self._visits,
+            passed=self._passed,
+            path=self._path,
+            events=self._events,
+            seen_event_ids=sorted(self._seen),
+            contact_dirty=True,
+            unenroll_reason=self._unenroll_reason,
+            unrecorded=self._unrecorded,
+        )
+        workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
+
+    async def _finish(
+        self, status: EnrollmentOutcome, reason: str | None, detail: str | None = None
+    ) -> EnrollmentResult:
+        self._status = status
+        workflow.set_current_details(f"{status}" + (f": {reason}" if reason else ""))
+        await workflow.execute_activity_method(
+            EnrollmentActivities.finish_enrollment,
+            EnrollmentFinished(
+                enrollment_id=self._input.enrollment_id,
+                status=status,
+                reason=reason,
+                at=workflow.now(),
+                last=self._unrecorded,
+                detail=detail,
+            ),
+            start_to_close_timeout=_DB_TIMEOUT,
+            retry_policy=_PATIENT,
+            summary=f"record {status}" + (f" ({reason})" if reason else ""),
+        )
+        self._unrecorded = None
+        return EnrollmentResult(status=status, reason=reason, path=self._path)
+
+
+def _cause(err: ActivityError) -> str:
+    cause = err.cause
+    return str(cause.message if isinstance(cause, ApplicationError) else cause or err)[:200]

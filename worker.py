@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -38,6 +39,7 @@ def build_worker(
     sessions: SessionFactory,
     task_queue: str,
     channels: Mapping[str, ChannelSender] | None = None,
+    **worker_options: Any,
 ) -> Worker:
     enrollment = EnrollmentActivities(sessions)
     messaging = MessagingActivities(sessions, channels or default_channels(sessions))
@@ -54,6 +56,7 @@ def build_worker(
             contacts.update_contact,
             contacts.change_list_membership,
         ],
+        **worker_options,
     )
 
 

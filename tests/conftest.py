@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -82,6 +82,18 @@ def task_queue() -> str:
 @pytest.fixture(scope="session")
 def examples_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "examples" / "journeys"
+
+
+@pytest.fixture(autouse=True)
+async def terminate_leftovers() -> AsyncIterator[None]:
+    from tests.support import STARTED
+
+    STARTED.clear()
+    yield
+    for handle in STARTED:
+        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            await handle.terminate("test finished")
+    STARTED.clear()
 
 
 @pytest.fixture

@@ -55,6 +55,11 @@ async def publish_journey(sessions: SessionFactory, definition: Mapping[str, Any
     return version.version
 
 
+# Workflows started by the current test; conftest terminates those still running afterwards,
+# since the test server stops skipping time while any activity waits for a worker that is gone.
+STARTED: list[WorkflowHandle[Any, Any]] = []
+
+
 async def start(
     sessions: SessionFactory,
     client: Client,
@@ -66,6 +71,7 @@ async def start(
     options = EnrollmentOptions(task_queue=task_queue, max_steps_per_run=max_steps_per_run)
     enrollment = await enroll(sessions, client, options, journey_key, contact_id)
     handle = client.get_workflow_handle(enrollment.workflow_id, result_type=EnrollmentResult)
+    STARTED.append(handle)
     return enrollment, handle
 
 

@@ -9,8 +9,9 @@ deterministically. Graph-level rules (unknown targets, unreachable steps, ...) l
 from __future__ import annotations
 
 from datetime import datetime, time
+from functools import cache
 from typing import Annotated, Any, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import available_timezones
 
 from pydantic import (
     AfterValidator,
@@ -36,13 +37,16 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+@cache
+def _known_time_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def check_time_zone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
-            f"unknown time zone {name!r} (use an IANA name such as 'Europe/Warsaw')"
-        ) from None
+    # Only names from the IANA list: "Europe" (a folder) or "localtime" (a host file) would
+    # load on some machines and not others.
+    if name not in _known_time_zones():
+        raise ValueError(f"unknown time zone {name!r} (use an IANA name such as 'Europe/Warsaw')")
     return name
 
 

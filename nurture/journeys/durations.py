@@ -13,7 +13,21 @@ _ISO_ADAPTER = TypeAdapter(timedelta)
 
 
 def parse_duration(value: Any) -> timedelta:
-    """Turn "1d", "-7d", "P1D" or a number of seconds into a timedelta; raise ValueError otherwise."""
+    """Turn "1d", "-7d", "P1D" or a number of seconds into a timedelta; raise ValueError otherwise.
+
+    Durations are whole seconds: nothing in a journey is timed finer, and the short form that
+    definitions are stored in has no fractions.
+    """
+    try:
+        parsed = _parse(value)
+    except OverflowError:
+        raise ValueError(f"duration {value!r} is too long") from None
+    if parsed.microseconds:
+        raise ValueError(f"duration {value!r} is not a whole number of seconds")
+    return parsed
+
+
+def _parse(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):

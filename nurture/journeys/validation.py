@@ -73,14 +73,16 @@ def _schema_problems(err: ValidationError) -> list[Problem]:
     for error in err.errors(include_url=False):
         loc = list(error["loc"])
         kept: list[str | int] = []
+        dropped: set[int] = set()
         for i, part in enumerate(loc):
-            parent = loc[i - 1] if i else None
+            parent = loc[i - 1] if i and (i - 1) not in dropped else None
             at_union = (
                 parent in _UNION_PARENTS
                 or (i == 2 and loc[0] == "steps")
                 or (isinstance(parent, int) and i >= 2 and loc[i - 2] == "conditions")
             )
             if at_union and isinstance(part, str):
+                dropped.add(i)
                 continue
             kept.append(part)
         message = error["msg"].removeprefix("Value error, ")

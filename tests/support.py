@@ -91,9 +91,9 @@ async def progress(handle: WorkflowHandle[Any, Any]) -> EnrollmentProgress:
     return await handle.query("progress", result_type=EnrollmentProgress)
 
 
-async def reach_step(handle: WorkflowHandle[Any, Any], step: str, timeout: float = 15) -> None:
+async def reach_step(handle: WorkflowHandle[Any, Any], step: str, within: float = 15) -> None:
     """Poll the workflow until it is at `step` (queries do not advance the test server's clock)."""
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(within):
         while True:
             current = await progress(handle)
             if current.current_step == step:

@@ -9,8 +9,8 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from nurture.db.models import Contact, Enrollment
 from nurture.db.engine import SessionFactory
+from nurture.db.models import Contact, Enrollment
 from tests.support import (
     example,
     finish,

@@ -77,6 +77,7 @@ class MessageStatus(StrEnum):
 
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
+    __table_args__ = (Index("ix_contacts_tags", "tags", postgresql_using="gin"),)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     external_id: str | None = Field(default=None, unique=True, index=True, max_length=255)
@@ -119,12 +120,18 @@ class Journey(SQLModel, table=True):
     """The editable draft; what runs is always a `JourneyVersion`."""
 
     __tablename__ = "journeys"
+    __table_args__ = (Index("ix_journeys_trigger", "trigger_type", "trigger_key"),)
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     key: str = Field(unique=True, max_length=64)
     name: str = Field(max_length=200)
     status: str = Field(default=JourneyStatus.DRAFT, max_length=16)
     draft: dict[str, Any] = _json()
+    # The live version's trigger, kept here so "which journeys start on event X / list Y" is
+    # one indexed query rather than a scan of every definition.
+    trigger_type: str | None = Field(default=None, max_length=32)
+    trigger_key: str | None = Field(default=None, max_length=128)
+    published_at: datetime | None = _timestamp(nullable=True, default_now=False)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
 
@@ -265,3 +272,37 @@ class AppliedOperation(SQLModel, table=True):
         sa_column=Column(String(255), primary_key=True),
     )
     applied_at: datetime = _timestamp()
+
+
+class ApiKey(SQLModel, table=True):
+    """A bearer token for the API; only a SHA-256 of the secret is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=200)
+    prefix: str = Field(max_length=16, description="the first characters, to tell keys apart")
+    secret_hash: str = Field(unique=True, max_length=64)
+    created_at: datetime = _timestamp()
+    last_used_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    revoked_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class BulkEnrollment(SQLModel, table=True):
+    """Progress of enrolling a whole list, run by the BulkEnroll workflow."""
+
+    __tablename__ = "bulk_enrollments"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    journey_id: uuid.UUID = Field(foreign_key="journeys.id", index=True)
+    list_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("lists.id", ondelete="CASCADE"), nullable=False)
+    )
+    workflow_id: str = Field(max_length=255)
+    status: str = Field(default="running", max_length=16)  # running | completed | failed
+    total: int = 0
+    done: int = 0
+    enrolled: int = 0
+    skipped: int = 0
+    created_at: datetime = _timestamp()
+    finished_at: datetime | None = _timestamp(nullable=True, default_now=False)

@@ -24,6 +24,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
+from nurture.tracing import ensure_search_attributes
 from workflows.enrollment import JourneyEnrollment
 
 logger = logging.getLogger("nurture.worker")
@@ -64,6 +65,9 @@ async def run_worker(settings: Settings, database_url: str) -> None:
     engine = create_engine(database_url)
     try:
         client = await connect(settings)
+        added = await ensure_search_attributes(client, settings.temporal_namespace)
+        if added:
+            logger.info("registered search attributes %s", ", ".join(added))
         worker = build_worker(client, session_factory(engine), settings.temporal_task_queue)
         logger.info(
             "worker polling %s on %s/%s",

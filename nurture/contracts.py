@@ -92,6 +92,7 @@ class CarriedState(_Message):
     contact_dirty: bool
     unenroll_reason: str | None = None
     unrecorded: StepOutcome | None = None
+    paused: bool = False
 
 
 class EnrollmentInput(_Message):
@@ -101,6 +102,7 @@ class EnrollmentInput(_Message):
     version: int
     definition: JourneyDefinition
     max_steps_per_run: int = Field(default=500, ge=1)
+    paused: bool = Field(default=False, description="the journey was paused when this started")
     carried: CarriedState | None = None
 
 

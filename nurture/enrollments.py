@@ -34,6 +34,7 @@ from nurture.db.models import (
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.definition import JourneyDefinition
 from nurture.journeys.publishing import latest_version
+from nurture.tracing import initial_search_attributes
 
 
 @dataclass(frozen=True)
@@ -54,21 +55,22 @@ async def enroll(
     """Enroll a contact in the latest published version of a journey (or return the live one)."""
     for attempt in (1, 2):
         try:
-            enrollment, version, started = await _claim(sessions, journey_key, contact_id)
+            enrollment, version, started, paused = await _claim(sessions, journey_key, contact_id)
             break
         except IntegrityError:
             # A concurrent request inserted the in-flight row first; the retry returns it.
             if attempt == 2:
                 raise
     if not started:
-        await start_workflow(client, options, enrollment, journey_key, version)
+        await start_workflow(client, options, enrollment, journey_key, version, paused)
     return enrollment
 
 
 async def _claim(
     sessions: SessionFactory, journey_key: str, contact_id: uuid.UUID
-) -> tuple[Enrollment, JourneyVersion, bool]:
-    """The in-flight enrollment row, created and committed if needed; True if already started."""
+) -> tuple[Enrollment, JourneyVersion, bool, bool]:
+    """The in-flight enrollment row, created and committed if needed; whether its workflow
+    already started; whether the journey is paused (new contacts then hold before sending)."""
     async with sessions.begin() as session:
         journey = await session.scalar(
             select(Journey).where(Journey.key == journey_key)  # type: ignore[arg-type]
@@ -87,9 +89,10 @@ async def _claim(
         if existing is not None:
             pinned = await session.get(JourneyVersion, existing.journey_version_id)
             assert pinned is not None
-            return existing, pinned, existing.status != EnrollmentStatus.PENDING
-        if journey.status != JourneyStatus.ACTIVE:
-            raise Conflict(f"journey {journey_key!r} is {journey.status}, not active")
+            started = existing.status != EnrollmentStatus.PENDING
+            return existing, pinned, started, journey.status == JourneyStatus.PAUSED
+        if journey.status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
+            raise Conflict(f"journey {journey_key!r} is {journey.status}: nobody can enter it")
         version = await latest_version(session, journey)
         if version is None:
             raise Conflict(f"journey {journey_key!r} has no published version")
@@ -104,7 +107,7 @@ async def _claim(
         )
         session.add(enrollment)
         await session.flush()
-        return enrollment, version, False
+        return enrollment, version, False, journey.status == JourneyStatus.PAUSED
 
 
 async def start_workflow(
@@ -113,6 +116,7 @@ async def start_workflow(
     enrollment: Enrollment,
     journey_key: str,
     version: JourneyVersion,
+    paused: bool = False,
 ) -> None:
     definition = JourneyDefinition.model_validate(version.definition)
     await client.start_workflow(
@@ -124,12 +128,16 @@ async def start_workflow(
             version=version.version,
             definition=definition,
             max_steps_per_run=options.max_steps_per_run,
+            paused=paused,
         ),
         id=enrollment.workflow_id,
         task_queue=options.task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
         static_summary=f"{definition.name} (v{version.version}) for contact {enrollment.contact_id}",
+        search_attributes=initial_search_attributes(
+            str(enrollment.contact_id), journey_key, version.version
+        ),
     )
 
 

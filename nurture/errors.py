@@ -13,6 +13,11 @@ class NurtureError(Exception):
         self.detail = detail
 
 
+class Unauthorized(NurtureError):
+    status_code = 401
+    error = "unauthorized"
+
+
 class NotFound(NurtureError):
     status_code = 404
     error = "not_found"
@@ -26,3 +31,8 @@ class Conflict(NurtureError):
 class Invalid(NurtureError):
     status_code = 422
     error = "invalid"
+
+
+class PayloadTooLarge(NurtureError):
+    status_code = 413
+    error = "payload_too_large"

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
         default="http://localhost:8233", description="base URL of the Temporal Web UI, for links"
     )
     data_dir: Path = Field(default=Path(".nurture"), description="embedded services keep data here")
+    max_body_bytes: int = Field(
+        default=1_000_000, ge=1024, description="larger request bodies are refused with 413"
+    )
     max_steps_per_run: int = Field(
         default=500,
         ge=1,

@@ -19,8 +19,10 @@ from nurture.binaries import find_binary
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.db.migrate import upgrade_async
 from nurture.embedded import start_embedded_postgres
+from nurture.tracing import ensure_search_attributes
 
 TABLES = (
+    "templates, api_keys, bulk_enrollments, "
     "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
     "journeys, list_memberships, lists, contacts, applied_operations"
 )
@@ -66,6 +68,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         test_server_existing_path=find_binary("temporal-test-server"),
     ) as env:
+        await ensure_search_attributes(env.client, env.client.namespace)
         yield env
 
 

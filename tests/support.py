@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -22,6 +23,7 @@ from nurture.db.models import (
     EnrollmentStep,
     Message,
     OutboxMessage,
+    Template,
 )
 from nurture.enrollments import EnrollmentOptions, enroll
 from nurture.journeys.publishing import publish, save_draft
@@ -48,7 +50,23 @@ async def make_lists(sessions: SessionFactory, *keys: str) -> None:
             session.add(ContactList(key=key, name=key))
 
 
+async def make_templates(sessions: SessionFactory, definition: Mapping[str, Any]) -> None:
+    """Create (if missing) a template for every send step, as content must exist to publish."""
+    async with sessions.begin() as session:
+        for step in definition["steps"].values():
+            if step["type"] in ("send_email", "send_sms"):
+                channel = "email" if step["type"] == "send_email" else "sms"
+                await session.execute(
+                    insert(Template)
+                    .values(
+                        key=step["template"], channel=channel, subject=step["template"], text="Hi"
+                    )
+                    .on_conflict_do_nothing()
+                )
+
+
 async def publish_journey(sessions: SessionFactory, definition: Mapping[str, Any]) -> int:
+    await make_templates(sessions, definition)
     async with sessions.begin() as session:
         await save_draft(session, dict(definition))
         version = await publish(session, definition["key"])

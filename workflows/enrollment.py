@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from nurture.journeys.durations import format_duration
     from nurture.journeys.schedule import plan_wait
+    from nurture.tracing import ENROLLMENT_STATUS, JOURNEY_STEP
 
 # Postgres or a provider being down for a while must delay a journey, never break it.
 _PATIENT = RetryPolicy(
@@ -91,6 +92,7 @@ class JourneyEnrollment:
         self._path: list[PathEntry] = list(carried.path) if carried else []
         self._contact_dirty = carried.contact_dirty if carried else True
         self._unenroll_reason: str | None = carried.unenroll_reason if carried else None
+        self._paused = carried.paused if carried else input.paused
         self._facts: ContactFacts | None = None
         self._unrecorded: StepOutcome | None = carried.unrecorded if carried else None
 
@@ -114,11 +116,20 @@ class JourneyEnrollment:
     def unenroll(self, reason: str | None = None) -> None:
         self._unenroll_reason = reason or "unenrolled"
 
+    @workflow.signal
+    def pause(self) -> None:
+        """The journey was paused: hold before the next send (waits and branches go on)."""
+        self._paused = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        self._paused = False
+
     @workflow.query
     def progress(self) -> EnrollmentProgress:
         current = self._path[-1].step if self._path else None
         return EnrollmentProgress(
-            status=self._status,
+            status="paused" if self._paused and self._status == "active" else self._status,
             current_step=current,
             path=self._path,
             events_received=len(self._events),
@@ -204,6 +215,7 @@ class JourneyEnrollment:
         now = workflow.now()
         self._path.append(PathEntry(step=step_id, type=step.type, visit=visit, entered_at=now))
         workflow.set_current_details(f"**{step_id}** ({step.type}), visit {visit}")
+        workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
         await workflow.execute_activity_method(
             EnrollmentActivities.record_step,
             StepEntered(
@@ -266,7 +278,8 @@ class JourneyEnrollment:
         raise ApplicationError(f"unknown step type {step.type!r}", non_retryable=True)
 
     async def _send(self, step_id: str, step: SendEmailStep | SendSmsStep, visit: int) -> str:
-        # The one gate every send passes through: frequency caps, quiet hours and pauses go here.
+        # The one gate every send passes through: frequency caps and quiet hours belong here too.
+        await self._hold_while_paused(step_id)
         channel = "email" if isinstance(step, SendEmailStep) else "sms"
         request = SendRequest(
             idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
@@ -288,6 +301,18 @@ class JourneyEnrollment:
         except ActivityError as err:
             return f"failed: {_cause(err)}"
         return result.status if result.reason is None else f"{result.status}: {result.reason}"
+
+    async def _hold_while_paused(self, step_id: str) -> None:
+        """A paused journey keeps its contacts, holding each before its next send."""
+        if not self._paused:
+            return
+        workflow.set_current_details(f"**{step_id}**: journey paused, holding before the send")
+        while self._paused:
+            await workflow.wait_condition(
+                lambda: not self._paused or self._unenroll_reason is not None or self._contact_dirty
+            )
+            await self._checkpoint()
+        workflow.set_current_details(f"**{step_id}**: resumed")
 
     async def _change_contact(self, method: Callable[..., Any], change: Any, summary: str) -> str:
         try:
@@ -376,6 +401,7 @@ class JourneyEnrollment:
             contact_dirty=True,
             unenroll_reason=self._unenroll_reason,
             unrecorded=self._unrecorded,
+            paused=self._paused,
         )
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
 
@@ -384,6 +410,7 @@ class JourneyEnrollment:
     ) -> EnrollmentResult:
         self._status = status
         workflow.set_current_details(f"{status}" + (f": {reason}" if reason else ""))
+        workflow.upsert_search_attributes([ENROLLMENT_STATUS.value_set(status)])
         await workflow.execute_activity_method(
             EnrollmentActivities.finish_enrollment,
             EnrollmentFinished(

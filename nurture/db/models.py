@@ -306,3 +306,19 @@ class BulkEnrollment(SQLModel, table=True):
     skipped: int = 0
     created_at: datetime = _timestamp()
     finished_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class Template(SQLModel, table=True):
+    """Message content a send step refers to by key; must exist before a journey is published."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("key", "channel"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str = Field(max_length=255)
+    channel: str = Field(max_length=16)  # email | sms
+    subject: str | None = Field(default=None, max_length=998)
+    html: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
+    text: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()

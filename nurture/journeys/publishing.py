@@ -4,12 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
-from nurture.db.models import Journey, JourneyStatus, JourneyVersion, utcnow
+from nurture.db.models import Journey, JourneyStatus, JourneyVersion, Template, utcnow
 from nurture.errors import Conflict, Invalid, NotFound
-from nurture.journeys.definition import JourneyDefinition
+from nurture.journeys.definition import (
+    EventTrigger,
+    JourneyDefinition,
+    Key,
+    ListJoinedTrigger,
+    SegmentEnteredTrigger,
+    SendEmailStep,
+    SendSmsStep,
+)
 from nurture.journeys.validation import InvalidJourney, validate_journey
 
 
@@ -23,19 +33,42 @@ def _checked(data: dict[str, Any]) -> JourneyDefinition:
         ) from err
 
 
-async def save_draft(session: AsyncSession, data: dict[str, Any]) -> Journey:
-    """Create or replace a journey's draft. Drafts may be incomplete but must parse."""
-    definition = _checked(data)
-    journey = await session.scalar(
-        select(Journey).where(Journey.key == definition.key)  # type: ignore[arg-type]
-    )
+class _DraftHeader(BaseModel):
+    """All a draft needs to be saved: work in progress may be incomplete or invalid."""
+
+    model_config = ConfigDict(extra="allow")
+    key: Key
+    name: str = Field(min_length=1, max_length=200)
+
+
+async def save_draft(
+    session: AsyncSession, data: dict[str, Any], *, key: str | None = None
+) -> Journey:
+    """Create or replace a journey's draft; only `key` and `name` are checked here.
+
+    `validate_journey` (and `publish`) report everything else, so a marketer can save a
+    half-built journey and come back to it.
+    """
+    try:
+        header = _DraftHeader.model_validate(data)
+    except ValidationError as err:
+        raise Invalid(
+            "a draft needs a key and a name",
+            detail=[
+                {"path": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                for e in err.errors(include_url=False)
+            ],
+        ) from None
+    if key is not None and header.key != key:
+        raise Invalid(f"the draft's key {header.key!r} does not match the journey {key!r}")
+    journey = await session.scalar(select(Journey).where(col(Journey.key) == header.key))
     if journey is None:
-        journey = Journey(key=definition.key, name=definition.name)
+        journey = Journey(key=header.key, name=header.name)
         session.add(journey)
     elif journey.status == JourneyStatus.ARCHIVED:
-        raise Conflict(f"journey {definition.key!r} is archived")
-    journey.name = definition.name
-    journey.draft = definition.model_dump(mode="json")
+        raise Conflict(f"journey {header.key!r} is archived")
+    journey.name = header.name
+    journey.draft = dict(data)
     journey.updated_at = utcnow()
     await session.flush()
     return journey
@@ -51,6 +84,7 @@ async def publish(session: AsyncSession, key: str) -> JourneyVersion:
     if journey.status == JourneyStatus.ARCHIVED:
         raise Conflict(f"journey {key!r} is archived")
     definition = _checked(journey.draft)
+    await _check_content_ready(session, definition)
     latest = await session.scalar(
         select(func.max(JourneyVersion.version)).where(
             JourneyVersion.journey_id == journey.id  # type: ignore[arg-type]
@@ -64,9 +98,43 @@ async def publish(session: AsyncSession, key: str) -> JourneyVersion:
     session.add(version)
     if journey.status == JourneyStatus.DRAFT:
         journey.status = JourneyStatus.ACTIVE
-    journey.updated_at = utcnow()
+    journey.trigger_type, journey.trigger_key = trigger_index(definition)
+    journey.published_at = journey.updated_at = utcnow()
     await session.flush()
     return version
+
+
+def trigger_index(definition: JourneyDefinition) -> tuple[str, str | None]:
+    """What the journeys table indexes about a trigger: its type and the list/segment/event."""
+    trigger = definition.trigger
+    match trigger:
+        case ListJoinedTrigger():
+            return trigger.type, trigger.list
+        case SegmentEnteredTrigger():
+            return trigger.type, trigger.segment
+        case EventTrigger():
+            return trigger.type, trigger.name
+    return trigger.type, None
+
+
+async def _check_content_ready(session: AsyncSession, definition: JourneyDefinition) -> None:
+    """Dynamics' rule: content must be ready before a journey is published."""
+    existing = {
+        (row[0], row[1]) for row in await session.execute(select(Template.channel, Template.key))
+    }
+    problems = []
+    for step_id, step in definition.steps.items():
+        if isinstance(step, SendEmailStep | SendSmsStep):
+            channel = "email" if isinstance(step, SendEmailStep) else "sms"
+            if (channel, step.template) not in existing:
+                problems.append(
+                    {
+                        "path": f"steps.{step_id}.template",
+                        "message": f"no {channel} template {step.template!r}",
+                    }
+                )
+    if problems:
+        raise Invalid("content is not ready: create the missing templates first", detail=problems)
 
 
 async def latest_version(session: AsyncSession, journey: Journey) -> JourneyVersion | None:

@@ -1,0 +1,79 @@
+"""The Nurture HTTP API.
+
+    uvicorn api.app:create_app --factory      # or: nurture api / nurture dev
+
+Every route lives under /v1 and needs an API key, except the health check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from api.deps import require_api_key
+from api.errors import BodySizeLimit, install_error_handlers
+from api.resources import Resources
+from api.routes import ROUTERS
+from nurture.db.engine import create_engine, session_factory
+from nurture.settings import Settings, get_settings
+from nurture.temporal import connect
+
+DESCRIPTION = """
+Journeys for lifecycle marketing, run durably on Temporal. Draft and publish journeys, manage
+contacts and lists, enroll contacts and send them events; trace any contact's enrollment in
+the Temporal Web UI through the `temporal_url` of an enrollment.
+
+Authenticate with `Authorization: Bearer <key>`; create keys with `nurture api-key create`.
+Errors always look like `{"error": "<code>", "detail": ...}`.
+"""
+
+
+def create_app(resources: Resources | None = None, settings: Settings | None = None) -> FastAPI:
+    """Build the app. Tests pass ready `resources`; otherwise the lifespan makes them."""
+    settings = settings or (resources.settings if resources else get_settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if resources is not None:
+            app.state.resources = resources
+            yield
+            return
+        if not settings.database_url:
+            raise RuntimeError("DATABASE_URL is not set (nurture dev sets it for you)")
+        engine = create_engine(settings.database_url)
+        try:
+            client = await connect(settings)
+            app.state.resources = Resources(settings, session_factory(engine), client)
+            yield
+        finally:
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Nurture",
+        version="1",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "journeys", "description": "drafts, validation, published versions"},
+            {"name": "contacts", "description": "people, their fields, tags and consent"},
+            {"name": "lists", "description": "static lists; joining one can start journeys"},
+            {"name": "enrollments", "description": "a contact's way through a journey"},
+            {"name": "events", "description": "custom events that journeys wait for"},
+        ],
+    )
+    if resources is not None:
+        app.state.resources = resources  # also without a lifespan run (httpx ASGITransport)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
+    @app.get("/health", tags=["health"], summary="Liveness check (no authentication)")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    for router in ROUTERS:
+        v1.include_router(router)
+    app.include_router(v1)
+    return app

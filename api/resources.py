@@ -1,0 +1,30 @@
+"""What every request needs, created once per process (FastAPI lifespan) and injected."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from temporalio.client import Client
+
+from nurture.db.engine import SessionFactory
+from nurture.enrollments import EnrollmentOptions
+from nurture.settings import Settings
+
+
+@dataclass(frozen=True)
+class Resources:
+    settings: Settings
+    sessions: SessionFactory
+    temporal: Client
+
+    @property
+    def enrollment_options(self) -> EnrollmentOptions:
+        return EnrollmentOptions(
+            task_queue=self.settings.temporal_task_queue,
+            max_steps_per_run=self.settings.max_steps_per_run,
+        )
+
+    def workflow_url(self, workflow_id: str) -> str:
+        """A direct link to a workflow (all its runs) in the Temporal Web UI."""
+        base = self.settings.temporal_ui_url.rstrip("/")
+        return f"{base}/namespaces/{self.settings.temporal_namespace}/workflows/{workflow_id}"

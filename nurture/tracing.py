@@ -1,0 +1,78 @@
+"""What makes one contact's journey easy to find and read in the Temporal Web UI.
+
+Typed search attributes (registered on the server: `nurture dev` passes them to the dev server,
+`nurture setup-temporal` adds them to a cluster), kept current by the workflow, so that
+`JourneyKey="welcome" AND JourneyStep="wait_1d"` lists exactly the contacts waiting there.
+"""
+
+from __future__ import annotations
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import (
+    AddSearchAttributesRequest,
+    ListSearchAttributesRequest,
+)
+from temporalio.client import Client
+from temporalio.common import SearchAttributeKey, SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError, RPCStatusCode
+
+CONTACT_ID = SearchAttributeKey.for_keyword("ContactId")
+JOURNEY_KEY = SearchAttributeKey.for_keyword("JourneyKey")
+JOURNEY_VERSION = SearchAttributeKey.for_int("JourneyVersion")
+JOURNEY_STEP = SearchAttributeKey.for_keyword("JourneyStep")
+ENROLLMENT_STATUS = SearchAttributeKey.for_keyword("EnrollmentStatus")
+
+SEARCH_ATTRIBUTES: dict[str, str] = {
+    CONTACT_ID.name: "Keyword",
+    JOURNEY_KEY.name: "Keyword",
+    JOURNEY_VERSION.name: "Int",
+    JOURNEY_STEP.name: "Keyword",
+    ENROLLMENT_STATUS.name: "Keyword",
+}
+
+_INDEXED_TYPES = {
+    "Keyword": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    "Int": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+}
+
+
+def dev_server_flags() -> list[str]:
+    """`temporal server start-dev` arguments that register the search attributes."""
+    flags = []
+    for name, kind in SEARCH_ATTRIBUTES.items():
+        flags += ["--search-attribute", f"{name}={kind}"]
+    return flags
+
+
+def initial_search_attributes(
+    contact_id: str, journey_key: str, version: int
+) -> TypedSearchAttributes:
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(CONTACT_ID, contact_id),
+            SearchAttributePair(JOURNEY_KEY, journey_key),
+            SearchAttributePair(JOURNEY_VERSION, version),
+            SearchAttributePair(ENROLLMENT_STATUS, "active"),
+        ]
+    )
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Register whichever of our search attributes the namespace lacks; return those added."""
+    try:
+        existing = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace=namespace)
+        )
+        known = set(existing.custom_attributes) | set(existing.system_attributes)
+    except RPCError as err:
+        if err.status != RPCStatusCode.UNIMPLEMENTED:  # the time-skipping test server
+            raise
+        known = set()
+    missing = {
+        name: _INDEXED_TYPES[kind] for name, kind in SEARCH_ATTRIBUTES.items() if name not in known
+    }
+    if missing:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(namespace=namespace, search_attributes=missing)
+        )
+    return sorted(missing)

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from nurture.contracts import (
     ENROLLMENT_WORKFLOW,
@@ -173,3 +175,38 @@ async def unenroll(
         handle = client.get_workflow_handle(enrollment.workflow_id)
         await handle.signal("unenroll", reason)
     return enrollment
+
+
+async def signal_contact_enrollments(
+    sessions: SessionFactory,
+    client: Client,
+    contact_id: uuid.UUID,
+    signal: str,
+    arg: object = None,
+) -> int:
+    """Signal every in-flight enrollment of a contact; return how many were signalled.
+
+    An enrollment that ends meanwhile is skipped quietly: it no longer needs to hear it.
+    """
+    async with sessions() as session:
+        workflow_ids = list(
+            await session.scalars(
+                select(Enrollment.workflow_id).where(
+                    col(Enrollment.contact_id) == contact_id,
+                    col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+                )
+            )
+        )
+    signalled = 0
+    for workflow_id in workflow_ids:
+        handle = client.get_workflow_handle(workflow_id)
+        try:
+            if arg is None:
+                await handle.signal(signal)
+            else:
+                await handle.signal(signal, arg)
+            signalled += 1
+        except RPCError as err:
+            if err.status != RPCStatusCode.NOT_FOUND:
+                raise
+    return signalled

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,6 +20,7 @@ from nurture.binaries import find_binary
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.db.migrate import upgrade_async
 from nurture.embedded import start_embedded_postgres
+from nurture.settings import Settings
 from nurture.tracing import ensure_search_attributes
 
 TABLES = (
@@ -106,3 +108,32 @@ async def worker(client: Client, sessions: SessionFactory, task_queue: str) -> A
 
     async with build_worker(client, sessions, task_queue):
         yield
+
+
+@pytest.fixture
+def settings(task_queue: str) -> Settings:
+    return Settings(
+        database_url="unused-in-tests",
+        temporal_task_queue=task_queue,
+        temporal_ui_url="http://temporal-ui.test",
+        max_body_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def api(
+    sessions: SessionFactory, client: Client, settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for the app (in-process ASGI), authenticated with a fresh API key."""
+    from api.app import create_app
+    from api.resources import Resources
+    from nurture.apikeys import create_api_key
+
+    app = create_app(Resources(settings=settings, sessions=sessions, temporal=client))
+    key = await create_api_key(sessions, "tests")
+    transport = httpx.ASGITransport(app=app)
+    headers = {"Authorization": f"Bearer {key.secret}"}
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://nurture.test", headers=headers
+    ) as http:
+        yield http

@@ -1,0 +1,91 @@
+"""Journeys that start by themselves: when a contact joins a list or performs an event.
+
+Called after the change that triggers them has committed. A contact that a journey refuses
+(re-entry not allowed, already in it) is simply not enrolled again; the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+
+from sqlmodel import col, select
+from temporalio.client import Client
+
+from nurture.db.engine import SessionFactory
+from nurture.db.models import Enrollment, Journey, JourneyStatus
+from nurture.enrollments import EnrollmentOptions, enroll
+from nurture.errors import Conflict
+from nurture.journeys.definition import EventTrigger, JourneyDefinition
+from nurture.journeys.publishing import latest_version
+
+logger = logging.getLogger(__name__)
+
+_LIVE = (JourneyStatus.ACTIVE, JourneyStatus.PAUSED)
+
+
+async def on_list_joined(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    contact_id: uuid.UUID,
+    list_key: str,
+) -> list[Enrollment]:
+    return await _start_triggered(
+        sessions, client, options, contact_id, "list_joined", list_key, properties=None
+    )
+
+
+async def on_event(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    contact_id: uuid.UUID,
+    name: str,
+    properties: Mapping[str, object],
+) -> list[Enrollment]:
+    return await _start_triggered(
+        sessions, client, options, contact_id, "event", name, properties=properties
+    )
+
+
+async def _start_triggered(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    contact_id: uuid.UUID,
+    trigger_type: str,
+    trigger_key: str,
+    properties: Mapping[str, object] | None,
+) -> list[Enrollment]:
+    async with sessions() as session:
+        journeys = list(
+            await session.scalars(
+                select(Journey).where(
+                    col(Journey.trigger_type) == trigger_type,
+                    col(Journey.trigger_key) == trigger_key,
+                    col(Journey.status).in_(_LIVE),
+                )
+            )
+        )
+        candidates = []
+        for journey in journeys:
+            version = await latest_version(session, journey)
+            if version is None:
+                continue
+            trigger = JourneyDefinition.model_validate(version.definition).trigger
+            if (
+                isinstance(trigger, EventTrigger)
+                and properties is not None
+                and any(properties.get(k) != v for k, v in trigger.where.items())
+            ):
+                continue
+            candidates.append(journey.key)
+    started = []
+    for journey_key in candidates:
+        try:
+            started.append(await enroll(sessions, client, options, journey_key, contact_id))
+        except Conflict as refused:
+            logger.info("not enrolling %s in %s: %s", contact_id, journey_key, refused.message)
+    return started

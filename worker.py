@@ -16,15 +16,18 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.bulk import BulkActivities
 from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
 from nurture.channels.base import ChannelSender
 from nurture.channels.outbox import OutboxChannel
 from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.enrollments import EnrollmentOptions
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
+from workflows.bulk_enroll import BulkEnroll
 from workflows.enrollment import JourneyEnrollment
 
 logger = logging.getLogger("nurture.worker")
@@ -40,15 +43,19 @@ def build_worker(
     sessions: SessionFactory,
     task_queue: str,
     channels: Mapping[str, ChannelSender] | None = None,
+    max_steps_per_run: int = 500,
     **worker_options: Any,
 ) -> Worker:
     enrollment = EnrollmentActivities(sessions)
+    bulk = BulkActivities(
+        sessions, client, EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
+    )
     messaging = MessagingActivities(sessions, channels or default_channels(sessions))
     contacts = ContactActivities(sessions)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyEnrollment],
+        workflows=[JourneyEnrollment, BulkEnroll],
         activities=[
             enrollment.load_contact,
             enrollment.record_step,
@@ -56,6 +63,7 @@ def build_worker(
             messaging.send_message,
             contacts.update_contact,
             contacts.change_list_membership,
+            bulk.enroll_page,
         ],
         **worker_options,
     )
@@ -68,7 +76,12 @@ async def run_worker(settings: Settings, database_url: str) -> None:
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             logger.info("registered search attributes %s", ", ".join(added))
-        worker = build_worker(client, session_factory(engine), settings.temporal_task_queue)
+        worker = build_worker(
+            client,
+            session_factory(engine),
+            settings.temporal_task_queue,
+            max_steps_per_run=settings.max_steps_per_run,
+        )
         logger.info(
             "worker polling %s on %s/%s",
             settings.temporal_task_queue,

@@ -180,3 +180,36 @@ class ListChange(_Message):
     contact_id: uuid.UUID
     list_key: str
     member: bool
+
+
+# --- bulk enrollment -----------------------------------------------------------------------------
+
+BULK_ENROLL_WORKFLOW = "BulkEnroll"
+
+
+class BulkProgress(_Message):
+    after_contact_id: uuid.UUID | None = None  # the cursor: members are taken in id order
+    done: int = 0
+    enrolled: int = 0
+    skipped: int = 0
+
+
+class BulkEnrollInput(_Message):
+    bulk_id: uuid.UUID
+    journey_key: str
+    list_key: str
+    page_size: int = Field(default=200, ge=1, le=5000)
+    progress: BulkProgress = Field(default_factory=BulkProgress)
+
+
+class BulkPage(_Message):
+    bulk_id: uuid.UUID
+    journey_key: str
+    list_key: str
+    page_size: int
+    progress: BulkProgress
+
+
+class BulkPageResult(_Message):
+    progress: BulkProgress
+    finished: bool

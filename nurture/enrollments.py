@@ -55,24 +55,38 @@ async def enroll(
     contact_id: uuid.UUID,
 ) -> Enrollment:
     """Enroll a contact in the latest published version of a journey (or return the live one)."""
+    enrollment, _ = await enroll_or_get(sessions, client, options, journey_key, contact_id)
+    return enrollment
+
+
+async def enroll_or_get(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    journey_key: str,
+    contact_id: uuid.UUID,
+) -> tuple[Enrollment, bool]:
+    """Like `enroll`, also saying whether this call created the enrollment."""
     for attempt in (1, 2):
         try:
-            enrollment, version, started, paused = await _claim(sessions, journey_key, contact_id)
+            enrollment, version, created, paused = await _claim(sessions, journey_key, contact_id)
             break
         except IntegrityError:
             # A concurrent request inserted the in-flight row first; the retry returns it.
             if attempt == 2:
                 raise
-    if not started:
+    if enrollment.status == EnrollmentStatus.PENDING:
+        # New, or created earlier by a call whose start never reached Temporal: (re)start it.
+        # "Use existing" makes a repeated start return the running workflow.
         await start_workflow(client, options, enrollment, journey_key, version, paused)
-    return enrollment
+    return enrollment, created
 
 
 async def _claim(
     sessions: SessionFactory, journey_key: str, contact_id: uuid.UUID
 ) -> tuple[Enrollment, JourneyVersion, bool, bool]:
-    """The in-flight enrollment row, created and committed if needed; whether its workflow
-    already started; whether the journey is paused (new contacts then hold before sending)."""
+    """The in-flight enrollment row, created and committed if needed; whether it was created
+    now; whether the journey is paused (new contacts then hold before their first send)."""
     async with sessions.begin() as session:
         journey = await session.scalar(
             select(Journey).where(Journey.key == journey_key)  # type: ignore[arg-type]
@@ -91,8 +105,7 @@ async def _claim(
         if existing is not None:
             pinned = await session.get(JourneyVersion, existing.journey_version_id)
             assert pinned is not None
-            started = existing.status != EnrollmentStatus.PENDING
-            return existing, pinned, started, journey.status == JourneyStatus.PAUSED
+            return existing, pinned, False, journey.status == JourneyStatus.PAUSED
         if journey.status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
             raise Conflict(f"journey {journey_key!r} is {journey.status}: nobody can enter it")
         version = await latest_version(session, journey)
@@ -109,7 +122,7 @@ async def _claim(
         )
         session.add(enrollment)
         await session.flush()
-        return enrollment, version, False, journey.status == JourneyStatus.PAUSED
+        return enrollment, version, True, journey.status == JourneyStatus.PAUSED
 
 
 async def start_workflow(
@@ -199,14 +212,22 @@ async def signal_contact_enrollments(
         )
     signalled = 0
     for workflow_id in workflow_ids:
-        handle = client.get_workflow_handle(workflow_id)
-        try:
-            if arg is None:
-                await handle.signal(signal)
-            else:
-                await handle.signal(signal, arg)
-            signalled += 1
-        except RPCError as err:
-            if err.status != RPCStatusCode.NOT_FOUND:
-                raise
+        signalled += await signal_workflow(client, workflow_id, signal, arg)
     return signalled
+
+
+async def signal_workflow(
+    client: Client, workflow_id: str, signal: str, arg: object = None
+) -> bool:
+    """Signal a running enrollment; False if it has already ended (nothing left to tell)."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        if arg is None:
+            await handle.signal(signal)
+        else:
+            await handle.signal(signal, arg)
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise
+        return False
+    return True

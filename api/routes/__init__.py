@@ -2,4 +2,6 @@
 
 from fastapi import APIRouter
 
-ROUTERS: list[APIRouter] = []
+from api.routes import enrollments, events
+
+ROUTERS: list[APIRouter] = [enrollments.router, events.router]

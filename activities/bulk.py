@@ -54,7 +54,7 @@ class BulkActivities:
                         self._client,
                         self._options,
                         page.journey_key,
-                        contact_id,  # type: ignore[arg-type]
+                        contact_id,
                     )
                 except Conflict:  # refused by the journey's entry rules
                     return False

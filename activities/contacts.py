@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -54,7 +55,7 @@ class ContactActivities:
                     insert(AppliedOperation)
                     .values(key=change.operation_key)
                     .on_conflict_do_nothing()
-                    .returning(AppliedOperation.key)  # type: ignore[arg-type]
+                    .returning(col(AppliedOperation.key))
                 )
                 if first_time is not None:
                     apply_change(contact, change)
@@ -65,7 +66,7 @@ class ContactActivities:
     async def change_list_membership(self, change: ListChange) -> ContactFacts:
         async with self._sessions.begin() as session:
             list_id = await session.scalar(
-                select(ContactList.id).where(ContactList.key == change.list_key)  # type: ignore[arg-type]
+                select(col(ContactList.id)).where(col(ContactList.key) == change.list_key)
             )
             if list_id is None:
                 raise ApplicationError(
@@ -84,8 +85,8 @@ class ContactActivities:
                 else:
                     await session.execute(
                         delete(ListMembership).where(
-                            ListMembership.list_id == list_id,  # type: ignore[arg-type]
-                            ListMembership.contact_id == change.contact_id,  # type: ignore[arg-type]
+                            col(ListMembership.list_id) == list_id,
+                            col(ListMembership.contact_id) == change.contact_id,
                         )
                     )
             return await contact_facts(session, change.contact_id)

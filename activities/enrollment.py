@@ -10,6 +10,7 @@ import uuid
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 from temporalio import activity
 
 from nurture.contracts import ContactFacts, EnrollmentFinished, StepEntered, StepOutcome
@@ -30,10 +31,10 @@ async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> Contact
     if contact is None:
         return ContactFacts(contact_id=contact_id, exists=False)
     list_keys = await session.scalars(
-        select(ContactList.key)
-        .join(ListMembership, ListMembership.list_id == ContactList.id)  # type: ignore[arg-type]
-        .where(ListMembership.contact_id == contact_id)  # type: ignore[arg-type]
-        .order_by(ContactList.key)
+        select(col(ContactList.key))
+        .join(ListMembership, col(ListMembership.list_id) == col(ContactList.id))
+        .where(col(ListMembership.contact_id) == contact_id)
+        .order_by(col(ContactList.key))
     )
     return ContactFacts(
         contact_id=contact.id,
@@ -53,9 +54,9 @@ async def _close_step(
     await session.execute(
         update(EnrollmentStep)
         .where(
-            EnrollmentStep.enrollment_id == enrollment_id,  # type: ignore[arg-type]
-            EnrollmentStep.step_id == done.step,  # type: ignore[arg-type]
-            EnrollmentStep.visit == done.visit,  # type: ignore[arg-type]
+            col(EnrollmentStep.enrollment_id) == enrollment_id,
+            col(EnrollmentStep.step_id) == done.step,
+            col(EnrollmentStep.visit) == done.visit,
         )
         .values(left_at=at, outcome=done.outcome)
     )
@@ -89,8 +90,8 @@ class EnrollmentActivities:
             )
             await session.execute(
                 update(Enrollment)
-                .where(Enrollment.id == entered.enrollment_id)  # type: ignore[arg-type]
-                .where(Enrollment.status.in_(ACTIVE_ENROLLMENT_STATUSES))  # type: ignore[attr-defined]
+                .where(col(Enrollment.id) == entered.enrollment_id)
+                .where(col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES))
                 .values(
                     current_step=entered.step, status=EnrollmentStatus.ACTIVE, updated_at=entered.at
                 )
@@ -103,7 +104,7 @@ class EnrollmentActivities:
                 await _close_step(session, finished.enrollment_id, finished.last, finished.at)
             await session.execute(
                 update(Enrollment)
-                .where(Enrollment.id == finished.enrollment_id)  # type: ignore[arg-type]
+                .where(col(Enrollment.id) == finished.enrollment_id)
                 .values(
                     status=finished.status,
                     exit_reason=finished.reason,

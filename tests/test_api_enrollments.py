@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -154,7 +155,9 @@ async def test_custom_event_reaches_the_waiting_enrollment_once(
     assert [p.step for p in result.path] == ["welcome", "logged_in", "done"]
     assert await sent_templates(sessions, contact_id) == ["welcome"]
     async with sessions() as session:
-        names = (await session.scalars(select(Event.name).order_by(Event.received_at))).all()  # type: ignore[arg-type]
+        names = (
+            await session.scalars(select(col(Event.name)).order_by(col(Event.received_at)))
+        ).all()
     assert names == ["registered", "login"]
 
 
@@ -174,8 +177,8 @@ async def test_a_click_posted_for_a_message_takes_the_clicked_branch(
     await reach_step(handle, "wait_1d")
     async with sessions() as session:
         message_id = await session.scalar(
-            select(Message.id).where(Message.contact_id == contact_id)
-        )  # type: ignore[arg-type]
+            select(col(Message.id)).where(col(Message.contact_id) == contact_id)
+        )
 
     click = await api.post(
         f"/v1/messages/{message_id}/engagements", json={"kind": "click", "link": "purchase"}
@@ -201,7 +204,10 @@ async def _members(sessions: SessionFactory, list_key: str, count: int) -> list[
     await make_lists(sessions, list_key)
     ids = [await make_contact(sessions) for _ in range(count)]
     async with sessions.begin() as session:
-        list_id = await session.scalar(select(ContactList.id).where(ContactList.key == list_key))  # type: ignore[arg-type]
+        list_id = await session.scalar(
+            select(col(ContactList.id)).where(col(ContactList.key) == list_key)
+        )
+        assert list_id is not None
         for contact_id in ids:
             session.add(ListMembership(list_id=list_id, contact_id=contact_id))
     return ids
@@ -236,7 +242,7 @@ async def test_bulk_enroll_a_list_reports_progress_and_enrolls_each_once(
     async with sessions() as session:
         rows = (await session.execute(select(func.count()).select_from(BulkEnrollment))).scalar()
         enrolled = await session.scalar(
-            select(func.count(func.distinct(Message.contact_id)))  # no sends in this journey
+            select(func.count(func.distinct(col(Message.contact_id))))  # no sends in this journey
         )
     assert rows == 2
     assert enrolled == 0

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import select
+from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -166,7 +167,7 @@ async def test_enrolling_twice_returns_the_same_enrollment(
     assert second.id == first.id
     await reach_step(handle, "wait_2d")
     async with running() as session:
-        rows = (await session.scalars(select(Enrollment.id))).all()
+        rows = (await session.scalars(select(col(Enrollment.id)))).all()
     assert rows == [first.id]
 
 
@@ -185,7 +186,7 @@ async def test_send_to_contact_without_email_is_skipped_and_journey_goes_on(
     assert result.path[0].outcome == "skipped: no_email_address"
     async with running() as session:
         messages = (
-            await session.scalars(select(Message).where(Message.contact_id == contact_id))  # type: ignore[arg-type]
+            await session.scalars(select(Message).where(col(Message.contact_id) == contact_id))
         ).all()
     assert {(m.template, m.status, m.reason) for m in messages} == {
         ("welcome", "skipped", "no_email_address"),

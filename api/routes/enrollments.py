@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +35,7 @@ from nurture.errors import NotFound
 
 router = APIRouter(tags=["enrollments"])
 
-ERRORS = {
+ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
     404: {"description": "unknown journey, contact, list or enrollment"},
     409: {"description": "the journey does not accept this contact (status, re-entry rules)"},

@@ -2,6 +2,7 @@
 
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlmodel import col
 
 from nurture.channels.base import DeliveryReceipt, OutgoingMessage
 from nurture.db.engine import SessionFactory
@@ -28,8 +29,8 @@ class OutboxChannel:
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )
             outbox_id = await session.scalar(
-                select(OutboxMessage.id).where(
-                    OutboxMessage.idempotency_key == message.idempotency_key  # type: ignore[arg-type]
+                select(col(OutboxMessage.id)).where(
+                    col(OutboxMessage.idempotency_key) == message.idempotency_key
                 )
             )
         return DeliveryReceipt(provider=self.provider, provider_message_id=str(outbox_id))

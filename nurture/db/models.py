@@ -33,7 +33,7 @@ def utcnow() -> datetime:
 def _timestamp(nullable: bool = False, default_now: bool = True) -> Any:
     return Field(
         default_factory=utcnow if default_now else None,
-        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=DateTime(timezone=True),
         nullable=nullable,
     )
 
@@ -44,7 +44,7 @@ def _json(default: Any = dict) -> Any:
         sa_column_kwargs={
             "server_default": text("'{}'::jsonb" if default is dict else "'[]'::jsonb")
         },
-        sa_type=JSONB,  # type: ignore[call-overload]
+        sa_type=JSONB,
         nullable=False,
     )
 
@@ -173,7 +173,7 @@ class Enrollment(SQLModel, table=True):
     status: str = Field(default=EnrollmentStatus.PENDING, max_length=16, index=True)
     current_step: str | None = Field(default=None, max_length=64)
     exit_reason: str | None = Field(default=None, max_length=64)
-    detail: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
+    detail: str | None = Field(default=None, sa_type=Text)
     enrolled_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
     ended_at: datetime | None = _timestamp(nullable=True, default_now=False)
@@ -318,7 +318,7 @@ class Template(SQLModel, table=True):
     key: str = Field(max_length=255)
     channel: str = Field(max_length=16)  # email | sms
     subject: str | None = Field(default=None, max_length=998)
-    html: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
-    text: str | None = Field(default=None, sa_type=Text)  # type: ignore[call-overload]
+    html: str | None = Field(default=None, sa_type=Text)
+    text: str | None = Field(default=None, sa_type=Text)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()

@@ -162,7 +162,7 @@ def _field_matches(condition: FieldCondition, facts: ContactFacts) -> bool:
                 found = isinstance(actual, str) and str(expected) in actual
             return found if op == "contains" else not found
         case "in" | "not_in":
-            found = actual in [_fold(item) for item in expected]  # type: ignore[union-attr]
+            found = actual in [_fold(item) for item in expected]
             return found if op == "in" else not found
         case "gt" | "gte" | "lt" | "lte":
             return _ordered(op, actual, expected)

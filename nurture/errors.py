@@ -36,3 +36,11 @@ class Invalid(NurtureError):
 class PayloadTooLarge(NurtureError):
     status_code = 413
     error = "payload_too_large"
+
+
+class Unavailable(NurtureError):
+    """Temporal could not be reached to signal or start workflows; the message says what was
+    saved and whether repeating the request finishes the job."""
+
+    status_code = 503
+    error = "unavailable"

@@ -2,6 +2,13 @@
 
 from fastapi import APIRouter
 
-from api.routes import enrollments, events
+from api.routes import contacts, enrollments, events, journeys, lists, templates
 
-ROUTERS: list[APIRouter] = [enrollments.router, events.router]
+ROUTERS: list[APIRouter] = [
+    journeys.router,
+    templates.router,
+    contacts.router,
+    lists.router,
+    enrollments.router,
+    events.router,
+]

@@ -23,14 +23,26 @@ from nurture.journeys.definition import (
 from nurture.journeys.validation import InvalidJourney, validate_journey
 
 
-def _checked(data: dict[str, Any]) -> JourneyDefinition:
+async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDefinition:
+    """The definition `publish` would store, or `Invalid` listing every problem at once: those
+    of the definition itself and, whenever it can be parsed, its missing templates."""
+    problems: list[dict[str, str]] = []
+    parsed: JourneyDefinition | None
     try:
-        return validate_journey(data)
+        parsed = validate_journey(data)
     except InvalidJourney as err:
-        raise Invalid(
-            "the journey definition is invalid",
-            detail=[{"path": p.path, "message": p.message} for p in err.problems],
-        ) from err
+        problems = [{"path": p.path, "message": p.message} for p in err.problems]
+        try:  # graph problems: the shape is right, so its templates can still be checked
+            parsed = JourneyDefinition.model_validate(data)
+        except ValidationError:
+            parsed = None
+    missing = await _missing_templates(session, parsed) if parsed is not None else []
+    if problems:
+        raise Invalid("the journey definition is invalid", detail=problems + missing)
+    if missing:
+        raise Invalid("content is not ready: create the missing templates first", detail=missing)
+    assert parsed is not None  # no problems: validate_journey returned it
+    return parsed
 
 
 class _DraftHeader(BaseModel):
@@ -76,19 +88,14 @@ async def save_draft(
 
 async def publish(session: AsyncSession, key: str) -> JourneyVersion:
     """Validate the draft and store it as the next immutable version; the journey goes active."""
-    journey = await session.scalar(
-        select(Journey).where(Journey.key == key).with_for_update()  # type: ignore[arg-type]
-    )
+    journey = await session.scalar(select(Journey).where(col(Journey.key) == key).with_for_update())
     if journey is None:
         raise NotFound(f"no journey {key!r}")
     if journey.status == JourneyStatus.ARCHIVED:
         raise Conflict(f"journey {key!r} is archived")
-    definition = _checked(journey.draft)
-    await _check_content_ready(session, definition)
+    definition = await publishable(session, journey.draft)
     latest = await session.scalar(
-        select(func.max(JourneyVersion.version)).where(
-            JourneyVersion.journey_id == journey.id  # type: ignore[arg-type]
-        )
+        select(func.max(JourneyVersion.version)).where(col(JourneyVersion.journey_id) == journey.id)
     )
     version = JourneyVersion(
         journey_id=journey.id,
@@ -117,10 +124,13 @@ def trigger_index(definition: JourneyDefinition) -> tuple[str, str | None]:
     return trigger.type, None
 
 
-async def _check_content_ready(session: AsyncSession, definition: JourneyDefinition) -> None:
+async def _missing_templates(
+    session: AsyncSession, definition: JourneyDefinition
+) -> list[dict[str, str]]:
     """Dynamics' rule: content must be ready before a journey is published."""
     existing = {
-        (row[0], row[1]) for row in await session.execute(select(Template.channel, Template.key))
+        (row[0], row[1])
+        for row in await session.execute(select(col(Template.channel), col(Template.key)))
     }
     problems = []
     for step_id, step in definition.steps.items():
@@ -133,14 +143,13 @@ async def _check_content_ready(session: AsyncSession, definition: JourneyDefinit
                         "message": f"no {channel} template {step.template!r}",
                     }
                 )
-    if problems:
-        raise Invalid("content is not ready: create the missing templates first", detail=problems)
+    return problems
 
 
 async def latest_version(session: AsyncSession, journey: Journey) -> JourneyVersion | None:
     return await session.scalar(
         select(JourneyVersion)
-        .where(JourneyVersion.journey_id == journey.id)  # type: ignore[arg-type]
-        .order_by(JourneyVersion.version.desc())  # type: ignore[attr-defined]
+        .where(col(JourneyVersion.journey_id) == journey.id)
+        .order_by(col(JourneyVersion.version).desc())
         .limit(1)
     )

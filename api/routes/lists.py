@@ -1,0 +1,136 @@
+"""Static lists: create, read, add members (starting the journeys a list triggers), remove."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from api.deps import ResourcesDep, SessionDep
+from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.lists import ListIn, ListOut, ListPage, MembersAddedOut, MembersIn
+from nurture.db.models import ContactList, ListMembership
+from nurture.errors import NotFound
+from nurture.lists import add_members, create_list, remove_member
+
+router = APIRouter(prefix="/lists", tags=["lists"])
+
+NO_LIST = {404: "no list with this key"}
+
+
+async def _lists_out(session: AsyncSession, lists: list[ContactList]) -> list[ListOut]:
+    counts: dict[uuid.UUID, int] = {}
+    if lists:
+        rows = await session.execute(
+            select(col(ListMembership.list_id), func.count())
+            .where(col(ListMembership.list_id).in_([item.id for item in lists]))
+            .group_by(col(ListMembership.list_id))
+        )
+        counts = {list_id: count for list_id, count in rows}
+    return [
+        ListOut(
+            key=item.key,
+            name=item.name,
+            member_count=counts.get(item.id, 0),
+            created_at=item.created_at,
+        )
+        for item in lists
+    ]
+
+
+@router.post(
+    "",
+    response_model=ListOut,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a list",
+    responses=error_responses({409: "a list with this key exists", 413: BODY_TOO_LARGE}),
+)
+async def post_list(body: ListIn, resources: ResourcesDep, session: SessionDep) -> ListOut:
+    created = await create_list(resources.sessions, body.key, body.name)
+    return (await _lists_out(session, [created]))[0]
+
+
+@router.get(
+    "",
+    response_model=ListPage,
+    summary="List the lists, with member counts",
+    description="Ordered by key.",
+    responses=error_responses(),
+)
+async def get_lists(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> ListPage:
+    rows = await session.scalars(
+        select(ContactList).order_by(col(ContactList.key)).limit(limit).offset(offset)
+    )
+    return ListPage(items=await _lists_out(session, list(rows)), limit=limit, offset=offset)
+
+
+@router.get(
+    "/{key}",
+    response_model=ListOut,
+    summary="Get a list with its member count",
+    responses=error_responses(NO_LIST),
+)
+async def get_list(key: str, session: SessionDep) -> ListOut:
+    found = await session.scalar(select(ContactList).where(col(ContactList.key) == key))
+    if found is None:
+        raise NotFound(f"no list {key!r}")
+    return (await _lists_out(session, [found]))[0]
+
+
+@router.post(
+    "/{key}/members",
+    response_model=MembersAddedOut,
+    summary="Add contacts to a list; journeys triggered by the list start for them",
+    description="All or nothing: if any contact id is unknown, nobody is added and the 404 "
+    "lists the unknown ids in `detail`. After the members are saved, journeys whose trigger "
+    "is joining this list (`list_joined`) start for each contact that joined now; contacts "
+    "that were members already are left as they are and start nothing. A contact a journey "
+    "refuses (re-entry rules) is simply not enrolled.",
+    responses=error_responses(
+        {
+            404: "no such list, or unknown contact ids (listed in `detail`)",
+            413: BODY_TOO_LARGE,
+            503: "the members were added, but triggered journeys could not all be started",
+        }
+    ),
+)
+async def post_members(key: str, body: MembersIn, resources: ResourcesDep) -> MembersAddedOut:
+    result = await add_members(
+        resources.sessions,
+        resources.temporal,
+        resources.enrollment_options,
+        key,
+        body.contact_ids,
+    )
+    return MembersAddedOut(
+        added=result.added,
+        already_members=result.already_members,
+        enrollments_started=[enrollment.id for enrollment in result.enrollments],
+    )
+
+
+@router.delete(
+    "/{key}/members/{contact_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Take a contact off a list",
+    description="The contact's in-flight enrollments are told at once, so `in_list` "
+    "conditions see it. Journeys it entered by joining the list go on. Taking off a contact "
+    "that is not a member changes nothing (204).",
+    responses=error_responses(
+        {
+            404: "no such list or contact",
+            503: "removed, but Temporal could not be reached to tell the enrollments",
+        }
+    ),
+)
+async def delete_member(key: str, contact_id: uuid.UUID, resources: ResourcesDep) -> Response:
+    await remove_member(resources.sessions, resources.temporal, key, contact_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,53 @@
+"""The error shape every route answers with, and documented error responses for routes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Problem(BaseModel):
+    path: str = Field(description="where: a dotted path into the request or the definition")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"error": "not_found", "detail": "no journey 'welcome'"},
+                {
+                    "error": "invalid",
+                    "detail": [
+                        {"path": "steps.intro.template", "message": "no email template 'intro'"}
+                    ],
+                    "message": "content is not ready: create the missing templates first",
+                },
+            ]
+        }
+    )
+
+    error: str = Field(
+        description="a stable code: unauthorized, not_found, conflict, invalid, invalid_request, "
+        "payload_too_large, unavailable, internal_error"
+    )
+    detail: str | list[Problem] | list[str] = Field(
+        description="a message, or every problem found (`{path, message}`), or the unknown ids"
+    )
+    message: str | None = Field(default=None, description="a summary, when detail is a list")
+
+
+BODY_TOO_LARGE = "the request body is over the size limit (settings.max_body_bytes)"
+
+
+def error_responses(described: Mapping[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for a route's errors, all in the `ErrorOut` shape; 401 and 422 are
+    always there, e.g. `error_responses({404: "no such journey", 413: BODY_TOO_LARGE})`."""
+    codes = {
+        401: "missing, invalid or revoked API key",
+        422: "the request is invalid: `detail` lists every problem as `{path, message}`",
+        **(described or {}),
+    }
+    return {code: {"model": ErrorOut, "description": text} for code, text in sorted(codes.items())}

@@ -1,0 +1,137 @@
+"""Journeys: drafts, validation, published versions, status."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from nurture.db.models import JourneyStatus
+from nurture.journeys.definition import Key
+
+EXAMPLE_DEFINITION: dict[str, Any] = {
+    "key": "lead-nurture",
+    "name": "Lead nurturing until the lead becomes a customer",
+    "trigger": {"type": "api"},
+    "goal": {
+        "name": "became a customer",
+        "criteria": {"type": "field", "field": "lifecycle_stage", "op": "eq", "value": "customer"},
+    },
+    "start": "intro",
+    "steps": {
+        "intro": {"type": "send_email", "template": "nurture-intro", "next": "wait_2d"},
+        "wait_2d": {"type": "wait", "duration": "2d", "next": "case_study"},
+        "case_study": {"type": "send_email", "template": "nurture-case-study"},
+    },
+}
+
+
+class JourneyDraftIn(BaseModel):
+    """A journey definition (see docs/journeys.md). A draft may be incomplete or invalid: only
+    `key` and `name` are needed to save it; validate and publish report everything else."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [EXAMPLE_DEFINITION]})
+
+    key: Key = Field(description="lower case letters, digits, `_` and `-`; at most 64")
+    name: str = Field(min_length=1, max_length=200)
+
+    def definition(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class VersionSummary(BaseModel):
+    version: int
+    published_at: datetime
+
+
+class VersionOut(BaseModel):
+    """A published, immutable version: what contacts enrolled in it run."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "journey_key": "lead-nurture",
+                    "version": 2,
+                    "published_at": "2026-11-24T08:00:00Z",
+                    "definition": EXAMPLE_DEFINITION,
+                }
+            ]
+        }
+    )
+
+    journey_key: str
+    version: int
+    published_at: datetime
+    definition: dict[str, JsonValue]
+
+
+class JourneySummary(BaseModel):
+    key: str
+    name: str
+    status: JourneyStatus = Field(description="draft | active | paused | archived")
+    live_version: int | None = Field(description="the version new enrollments get; none yet")
+    trigger_type: str | None = Field(description="the live version's trigger")
+    trigger_key: str | None = Field(description="its list, segment or event name")
+    published_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class JourneyOut(JourneySummary):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "key": "lead-nurture",
+                    "name": "Lead nurturing until the lead becomes a customer",
+                    "status": "active",
+                    "live_version": 1,
+                    "trigger_type": "api",
+                    "trigger_key": None,
+                    "published_at": "2026-11-24T08:00:00Z",
+                    "created_at": "2026-11-23T17:12:00Z",
+                    "updated_at": "2026-11-24T08:00:00Z",
+                    "draft": EXAMPLE_DEFINITION,
+                    "versions": [{"version": 1, "published_at": "2026-11-24T08:00:00Z"}],
+                    "live": {
+                        "journey_key": "lead-nurture",
+                        "version": 1,
+                        "published_at": "2026-11-24T08:00:00Z",
+                        "definition": EXAMPLE_DEFINITION,
+                    },
+                }
+            ]
+        }
+    )
+
+    draft: dict[str, JsonValue] = Field(description="the editable draft, as last saved")
+    versions: list[VersionSummary] = Field(description="every published version, oldest first")
+    live: VersionOut | None = Field(description="the latest published version, if any")
+
+
+class JourneyPage(BaseModel):
+    items: list[JourneySummary]
+    limit: int
+    offset: int
+
+
+class ValidationOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"valid": True}]})
+
+    valid: Literal[True]
+
+
+class JourneyStatusOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"key": "lead-nurture", "status": "paused", "enrollments_signalled": 1250}]
+        }
+    )
+
+    key: str
+    status: JourneyStatus
+    enrollments_signalled: int = Field(
+        description="in-flight enrollments told of the change (0 for archive, which tells none)"
+    )

@@ -1,0 +1,152 @@
+"""Static lists and their members. Joining a list starts the journeys it triggers.
+
+Members are added in one transaction, all or none; journeys triggered by the list are started
+after it has committed, only for contacts that were not members already.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, delete, select
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from nurture.db.engine import SessionFactory
+from nurture.db.models import Contact, ContactList, Enrollment, ListMembership
+from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments
+from nurture.errors import Conflict, NotFound, NurtureError, Unavailable
+from nurture.triggers import on_list_joined
+
+logger = logging.getLogger(__name__)
+
+MAX_CONCURRENT_TRIGGERS = 20
+
+
+async def create_list(sessions: SessionFactory, key: str, name: str) -> ContactList:
+    try:
+        async with sessions.begin() as session:
+            if await session.scalar(select(ContactList.id).where(col(ContactList.key) == key)):
+                raise Conflict(f"list {key!r} already exists")
+            contact_list = ContactList(key=key, name=name)
+            session.add(contact_list)
+    except IntegrityError:  # created concurrently
+        raise Conflict(f"list {key!r} already exists") from None
+    return contact_list
+
+
+@dataclass(frozen=True)
+class MembersAdded:
+    added: list[uuid.UUID]
+    already_members: list[uuid.UUID]
+    enrollments: list[Enrollment] = field(default_factory=list)
+
+
+async def add_members(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    key: str,
+    contact_ids: Sequence[uuid.UUID],
+) -> MembersAdded:
+    """Add contacts to a list (all or none: an unknown id adds nobody), then start the journeys
+    that the list triggers for those who joined now."""
+    wanted = list(dict.fromkeys(contact_ids))
+    async with sessions.begin() as session:
+        list_id = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
+        if list_id is None:
+            raise NotFound(f"no list {key!r}")
+        # FOR SHARE: a contact cannot be deleted between this check and the insert.
+        found = set(
+            await session.scalars(
+                select(Contact.id).where(col(Contact.id).in_(wanted)).with_for_update(read=True)
+            )
+        )
+        unknown = [contact_id for contact_id in wanted if contact_id not in found]
+        if unknown:
+            raise NotFound(
+                f"no contact {', '.join(map(str, unknown))}: nobody was added",
+                detail=[str(contact_id) for contact_id in unknown],
+            )
+        inserted = set(
+            await session.scalars(
+                insert(ListMembership)
+                .values([{"list_id": list_id, "contact_id": c} for c in wanted])
+                .on_conflict_do_nothing()
+                .returning(col(ListMembership.contact_id))
+            )
+        )
+    added = [contact_id for contact_id in wanted if contact_id in inserted]
+    already = [contact_id for contact_id in wanted if contact_id not in inserted]
+    enrollments = await _start_triggered(sessions, client, options, key, added)
+    return MembersAdded(added, already, enrollments)
+
+
+async def _start_triggered(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    key: str,
+    joined: Sequence[uuid.UUID],
+) -> list[Enrollment]:
+    limit = asyncio.Semaphore(MAX_CONCURRENT_TRIGGERS)
+
+    async def one(contact_id: uuid.UUID) -> list[Enrollment]:
+        async with limit:
+            try:
+                return await on_list_joined(sessions, client, options, contact_id, key)
+            except NurtureError as refused:  # e.g. the contact was deleted meanwhile
+                logger.info("list %s: no journeys started for %s: %s", key, contact_id, refused)
+                return []
+
+    results = await asyncio.gather(*(one(c) for c in joined), return_exceptions=True)
+    failed = [c for c, r in zip(joined, results, strict=True) if isinstance(r, BaseException)]
+    if failed:
+        logger.error(
+            "list %s: starting triggered journeys failed for %s",
+            key,
+            failed,
+            exc_info=next(r for r in results if isinstance(r, BaseException)),
+        )
+        raise Unavailable(
+            f"the contacts were added to list {key!r}, but starting the journeys it triggers "
+            f"failed for {', '.join(map(str, failed))}; enroll them with POST /v1/enrollments"
+        )
+    return [e for r in results if not isinstance(r, BaseException) for e in r]
+
+
+async def remove_member(
+    sessions: SessionFactory, client: Client, key: str, contact_id: uuid.UUID
+) -> bool:
+    """Take a contact off a list; say whether it was on it. Its enrollments are told, so
+    `in_list` conditions see the change at once."""
+    async with sessions.begin() as session:
+        list_id = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
+        if list_id is None:
+            raise NotFound(f"no list {key!r}")
+        if await session.get(Contact, contact_id) is None:
+            raise NotFound(f"no contact {contact_id}")
+        removed = await session.scalar(
+            delete(ListMembership)
+            .where(
+                col(ListMembership.list_id) == list_id,
+                col(ListMembership.contact_id) == contact_id,
+            )
+            .returning(col(ListMembership.contact_id))
+        )
+    if removed is None:
+        return False
+    try:
+        await signal_contact_enrollments(sessions, client, contact_id, "contact_changed")
+    except RPCError as err:
+        raise Unavailable(
+            f"contact {contact_id} was taken off list {key!r}, but its in-flight enrollments "
+            f"could not be told ({err.message})"
+        ) from err
+    return True

@@ -1,0 +1,273 @@
+"""On the real Temporal dev server (the pip-installed `temporal` binary), in real time:
+the whole HTTP API end to end, and finding contacts by journey step with search attributes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+from sqlmodel import col
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app
+from api.resources import Resources
+from nurture.apikeys import create_api_key
+from nurture.binaries import find_binary
+from nurture.db.engine import SessionFactory
+from nurture.db.models import Contact
+from nurture.settings import Settings
+from nurture.tracing import dev_server_flags
+from worker import build_worker
+
+pytestmark = pytest.mark.usefixtures("clean_database")
+
+
+@pytest.fixture(scope="module")
+async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
+    async with await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=find_binary("temporal"),
+        dev_server_extra_args=[
+            *dev_server_flags(),
+            "--sqlite-pragma",
+            "journal_mode=wal",
+            "--sqlite-pragma",
+            "synchronous=normal",
+        ],
+    ) as env:
+        yield env
+
+
+@pytest.fixture
+async def live_api(
+    dev_server: WorkflowEnvironment, sessions: SessionFactory, task_queue: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API and a worker, both on the dev server, as `nurture dev` runs them."""
+    settings = Settings(
+        database_url="unused", temporal_task_queue=task_queue, temporal_ui_url="http://ui.test"
+    )
+    resources = Resources(settings=settings, sessions=sessions, temporal=dev_server.client)
+    key = await create_api_key(sessions, "e2e")
+    async with (
+        build_worker(dev_server.client, sessions, task_queue),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(resources)),
+            base_url="http://nurture.test",
+            headers={"Authorization": f"Bearer {key.secret}"},
+        ) as http,
+    ):
+        yield http
+
+
+E2E_JOURNEY: dict[str, Any] = {
+    "key": "e2e-shop",
+    "name": "Shop nudges (short waits)",
+    "start": "welcome",
+    "steps": {
+        "welcome": {"type": "send_email", "template": "e2e-welcome", "next": "clicked"},
+        "clicked": {
+            "type": "wait_for",
+            "event": {"type": "click", "step": "welcome", "link": "shop"},
+            "timeout": "3s",
+            "on_event": "tag_shopper",
+            "on_timeout": "nudge",
+        },
+        "tag_shopper": {
+            "type": "update_contact",
+            "add_tags": ["shopper"],
+            "set": {"interest": "shop"},
+            "next": "pause",
+        },
+        "pause": {"type": "wait", "duration": "1s", "next": "offer"},
+        "offer": {"type": "send_email", "template": "e2e-offer"},
+        "nudge": {"type": "send_sms", "template": "e2e-nudge", "next": "bought"},
+        "bought": {
+            "type": "wait_for",
+            "event": {"type": "custom", "name": "purchase"},
+            "timeout": "3s",
+            "on_event": "thank",
+            "on_timeout": "give_up",
+        },
+        "thank": {"type": "update_contact", "set": {"customer": True}, "increment": {"orders": 1}},
+        "give_up": {"type": "exit", "reason": "no_purchase"},
+    },
+}
+
+
+async def _ok(response: httpx.Response, status: int = 200) -> Any:
+    assert response.status_code == status, f"{response.request.url}: {response.text}"
+    return response.json()
+
+
+async def _wait_until_ended(api: httpx.AsyncClient, enrollment_id: str) -> dict[str, Any]:
+    async with asyncio.timeout(30):
+        while True:
+            body: dict[str, Any] = await _ok(await api.get(f"/v1/enrollments/{enrollment_id}"))
+            if body["status"] not in ("pending", "active"):
+                return body
+            await asyncio.sleep(0.2)
+
+
+async def _wait_at(api: httpx.AsyncClient, enrollment_id: str, step: str) -> None:
+    async with asyncio.timeout(20):
+        while True:
+            body = await _ok(await api.get(f"/v1/enrollments/{enrollment_id}"))
+            if body["current_step"] == step:
+                return
+            await asyncio.sleep(0.1)
+
+
+async def test_end_to_end_through_the_api(
+    live_api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    api = live_api
+    for channel, key in (("email", "e2e-welcome"), ("email", "e2e-offer"), ("sms", "e2e-nudge")):
+        body = {"subject": key, "html": f"<p>{key}</p>", "text": key}
+        if channel == "sms":
+            body = {"text": key}
+        await _ok(await api.put(f"/v1/templates/{channel}/{key}", json=body))
+    await _ok(await api.post("/v1/journeys", json=E2E_JOURNEY), 201)
+    await _ok(await api.post("/v1/journeys/e2e-shop/publish"), 201)
+
+    people = {}
+    for name in ("clicker", "buyer", "idle"):
+        contact = {"email": f"{name}@example.com", "phone": "+15550100", "fields": {"orders": 0}}
+        created = await _ok(await api.put(f"/v1/contacts/{name}", json=contact), 201)
+        enrolled = await _ok(
+            await api.post(
+                "/v1/enrollments", json={"journey_key": "e2e-shop", "external_id": name}
+            ),
+            201,
+        )
+        people[name] = (created["id"], enrolled["id"])
+
+    # The clicker clicks the shop link of the welcome email while the journey waits for it.
+    await _wait_at(api, people["clicker"][1], "clicked")
+    async with sessions() as session:
+        from nurture.db.models import Message
+
+        welcome_id = await session.scalar(
+            select(col(Message.id)).where(
+                col(Message.contact_id) == uuid.UUID(people["clicker"][0]),
+                col(Message.step_id) == "welcome",
+            )
+        )
+    await _ok(
+        await api.post(
+            f"/v1/messages/{welcome_id}/engagements", json={"kind": "click", "link": "shop"}
+        ),
+        202,
+    )
+    # The buyer ignores the email, gets the SMS nudge, then buys.
+    await _wait_at(api, people["buyer"][1], "bought")
+    await _ok(
+        await api.post(
+            "/v1/events",
+            json={"external_id": "buyer", "name": "purchase", "idempotency_key": "order-1"},
+        ),
+        202,
+    )
+
+    paths = {}
+    for name, (_, enrollment_id) in people.items():
+        ended = await _wait_until_ended(api, enrollment_id)
+        paths[name] = ([p["step"] for p in ended["path"]], ended["status"], ended["exit_reason"])
+
+    assert paths["clicker"] == (
+        ["welcome", "clicked", "tag_shopper", "pause", "offer"], "completed", None,
+    )  # fmt: skip
+    assert paths["buyer"] == (["welcome", "clicked", "nudge", "bought", "thank"], "completed", None)
+    assert paths["idle"] == (
+        ["welcome", "clicked", "nudge", "bought", "give_up"], "exited", "no_purchase",
+    )  # fmt: skip
+    async with sessions() as session:
+        contacts = {c.external_id: c for c in (await session.scalars(select(Contact))).all()}
+    assert contacts["clicker"].tags == ["shopper"]
+    assert contacts["clicker"].fields == {"orders": 0, "interest": "shop"}
+    assert contacts["buyer"].fields == {"orders": 1, "customer": True}
+    assert contacts["idle"].fields == {"orders": 0}
+
+
+HOLD_JOURNEY: dict[str, Any] = {
+    "key": "trace-hold",
+    "name": "Hold for an hour",
+    "start": "first",
+    "steps": {
+        "first": {"type": "wait", "duration": "1h", "next": "second"},
+        "second": {"type": "wait", "duration": "1h"},
+    },
+}
+
+
+def _temporal_list(address: str, query: str) -> list[dict[str, Any]]:
+    """What an operator types: `temporal workflow list --query ...`."""
+    out = subprocess.run(
+        [
+            find_binary("temporal"),
+            "workflow",
+            "list",
+            "--address",
+            address,
+            "--query",
+            query,
+            "--output",
+            "json",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout
+    rows: list[dict[str, Any]] = (
+        json.loads(out)
+        if out.strip().startswith("[")
+        else [json.loads(line) for line in out.splitlines() if line.strip()]
+    )
+    return rows
+
+
+async def test_temporal_cli_finds_contacts_by_journey_step(
+    live_api: httpx.AsyncClient, dev_server: WorkflowEnvironment
+) -> None:
+    api = live_api
+    await _ok(await api.post("/v1/journeys", json=HOLD_JOURNEY), 201)
+    await _ok(await api.post("/v1/journeys/trace-hold/publish"), 201)
+    waiting = set()
+    for i in range(3):
+        contact = await _ok(await api.put(f"/v1/contacts/hold-{i}", json={}), 201)
+        enrolled = await _ok(
+            await api.post(
+                "/v1/enrollments", json={"journey_key": "trace-hold", "contact_id": contact["id"]}
+            ),
+            201,
+        )
+        await _wait_at(api, enrolled["id"], "first")
+        waiting.add(enrolled["workflow_id"])
+    other = await _ok(await api.put("/v1/contacts/elsewhere", json={}), 201)
+
+    address = dev_server.client.service_client.config.target_host
+    query = 'JourneyKey="trace-hold" AND JourneyStep="first" AND ExecutionStatus="Running"'
+    async with asyncio.timeout(20):  # visibility is eventually consistent
+        while True:
+            found = await asyncio.to_thread(_temporal_list, address, query)
+            if {row["execution"]["workflowId"] for row in found} == waiting:
+                break
+            await asyncio.sleep(0.5)
+    assert other["id"] not in " ".join(waiting)
+    none_at_second = await asyncio.to_thread(
+        _temporal_list, address, 'JourneyKey="trace-hold" AND JourneyStep="second"'
+    )
+    assert none_at_second == []
+
+    client: Client = dev_server.client
+    for workflow_id in waiting:
+        await client.get_workflow_handle(workflow_id).terminate("test finished")

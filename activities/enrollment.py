@@ -75,6 +75,8 @@ class EnrollmentActivities:
     async def record_step(self, entered: StepEntered) -> None:
         """Close the previous step, open this one, and show it as the enrollment's current step."""
         async with self._sessions.begin() as session:
+            if await session.get(Enrollment, entered.enrollment_id) is None:
+                return  # erased with its contact (GDPR): nothing left to record
             if entered.previous is not None:
                 await _close_step(session, entered.enrollment_id, entered.previous, entered.at)
             await session.execute(

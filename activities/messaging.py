@@ -17,7 +17,7 @@ from temporalio import activity
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Contact, Message, MessageStatus, utcnow
+from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
 
 _FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
 
@@ -44,12 +44,16 @@ class MessagingActivities:
     async def send_message(self, request: SendRequest) -> SendResult:
         channel = self._channels.get(request.channel)
         async with self._sessions.begin() as session:
+            # Read under the same transaction: a contact erased meanwhile (with its enrollment)
+            # leaves a message row without them, recorded as skipped, not a failing insert.
+            contact = await session.get(Contact, request.contact_id)
+            enrollment_exists = await session.get(Enrollment, request.enrollment_id) is not None
             await session.execute(
                 insert(Message)
                 .values(
                     idempotency_key=request.idempotency_key,
-                    enrollment_id=request.enrollment_id,
-                    contact_id=request.contact_id,
+                    enrollment_id=request.enrollment_id if enrollment_exists else None,
+                    contact_id=request.contact_id if contact is not None else None,
                     step_id=request.step,
                     channel=request.channel,
                     template=request.template,
@@ -68,7 +72,6 @@ class MessagingActivities:
                 return SendResult(
                     message_id=message.id, status=message.status, reason=message.reason
                 )
-            contact = await session.get(Contact, request.contact_id)
             reason = skip_reason(contact, request.channel)
             if reason is None and channel is None:
                 reason = f"no {request.channel} channel configured"

@@ -61,6 +61,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
             {"name": "lists", "description": "static lists; joining one can start journeys"},
             {"name": "enrollments", "description": "a contact's way through a journey"},
             {"name": "events", "description": "custom events that journeys wait for"},
+            {"name": "templates", "description": "message content that send steps refer to"},
         ],
     )
     if resources is not None:

@@ -79,7 +79,20 @@ async def enroll_or_get(
         # New, or created earlier by a call whose start never reached Temporal: (re)start it.
         # "Use existing" makes a repeated start return the running workflow.
         await start_workflow(client, options, enrollment, journey_key, version, paused)
+        await _catch_up_pause(sessions, client, enrollment, paused)
     return enrollment, created
+
+
+async def _catch_up_pause(
+    sessions: SessionFactory, client: Client, enrollment: Enrollment, started_paused: bool
+) -> None:
+    """A pause or resume that committed while this workflow was starting signalled everyone
+    but it; tell it now, so no contact slips past a pause."""
+    async with sessions() as session:
+        journey = await session.get(Journey, enrollment.journey_id)
+    paused_now = journey is not None and journey.status == JourneyStatus.PAUSED
+    if paused_now != started_paused:
+        await signal_workflow(client, enrollment.workflow_id, "pause" if paused_now else "resume")
 
 
 async def _claim(

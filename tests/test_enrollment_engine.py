@@ -363,3 +363,24 @@ async def test_outbox_channel_delivers_once_per_key(sessions: SessionFactory) ->
     assert [(r.idempotency_key, r.to_address) for r in rows] == [
         ("enrollment:step:1", "ada@example.com")
     ]
+
+
+async def test_contact_erased_behind_the_workflows_back_ends_it_cleanly(
+    running: SessionFactory, client: Client, env: WorkflowEnvironment, task_queue: str
+) -> None:
+    await publish_journey(running, example("hubspot-nurture-goal"))
+    contact_id = await make_contact(running)
+    _, handle = await start(running, client, task_queue, "hubspot-nurture-goal", contact_id)
+    await reach_step(handle, "wait_2d")
+
+    # Deleted straight from the database: no unenroll signal, the enrollment row cascades away.
+    async with running.begin() as session:
+        await session.delete(await session.get(Contact, contact_id))
+    result = await finish(env, handle)
+
+    assert (result.status, result.reason) == ("exited", "contact_deleted")
+    assert [(p.step, p.outcome) for p in result.path][-1] == (
+        "case_study",
+        "skipped: contact_deleted",
+    )
+    assert await outbox_count(running) == 1  # only the intro, sent before the erasure

@@ -300,6 +300,8 @@ class JourneyEnrollment:
             )
         except ActivityError as err:
             return f"failed: {_cause(err)}"
+        if result.reason == "contact_deleted":
+            self._contact_dirty = True  # the next checkpoint reloads it and ends the enrollment
         return result.status if result.reason is None else f"{result.status}: {result.reason}"
 
     async def _hold_while_paused(self, step_id: str) -> None:

@@ -70,6 +70,10 @@ async def test_enroll_is_idempotent_and_traceable(
         "welcome", "wait_1d", "clicked_purchase", "follow_up",
     ]  # fmt: skip
     assert traced["path"][0]["outcome"] == "sent"
+    assert [(m["step"], m["template"], m["status"]) for m in traced["messages"]] == [
+        ("welcome", "welcome", "sent"),
+        ("follow_up", "welcome-follow-up", "sent"),
+    ]
 
     by_contact = (await api.get("/v1/enrollments", params={"contact_id": str(contact_id)})).json()
     by_journey = await api.get("/v1/enrollments", params={"journey_key": "benchmark-welcome"})

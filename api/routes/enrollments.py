@@ -18,6 +18,7 @@ from api.schemas.enrollments import (
     EnrollmentOut,
     EnrollmentPage,
     EnrollRequest,
+    MessageSummary,
     PathStep,
     UnenrollRequest,
 )
@@ -29,6 +30,7 @@ from nurture.db.models import (
     Enrollment,
     EnrollmentStep,
     Journey,
+    Message,
 )
 from nurture.enrollments import enroll_or_get, unenroll
 from nurture.errors import NotFound
@@ -60,8 +62,25 @@ async def enrollment_out(
 ) -> EnrollmentOut:
     journey = await session.get(Journey, enrollment.journey_id)
     assert journey is not None
-    path = None
+    path = messages = None
     if with_path:
+        sent = await session.scalars(
+            select(Message)
+            .where(col(Message.enrollment_id) == enrollment.id)
+            .order_by(col(Message.created_at))
+        )
+        messages = [
+            MessageSummary(
+                id=m.id,
+                step=m.step_id,
+                channel=m.channel,
+                template=m.template,
+                status=m.status,
+                reason=m.reason,
+                created_at=m.created_at,
+            )
+            for m in sent
+        ]
         rows = await session.scalars(
             select(EnrollmentStep)
             .where(col(EnrollmentStep.enrollment_id) == enrollment.id)
@@ -91,6 +110,7 @@ async def enrollment_out(
         workflow_id=enrollment.workflow_id,
         temporal_url=resources.workflow_url(enrollment.workflow_id),
         path=path,
+        messages=messages,
     )
 
 

@@ -44,6 +44,16 @@ class PathStep(BaseModel):
     outcome: str | None
 
 
+class MessageSummary(BaseModel):
+    id: uuid.UUID = Field(description="post opens and clicks to /v1/messages/{id}/engagements")
+    step: str | None
+    channel: str
+    template: str
+    status: str = Field(description="sending | sent | skipped | failed")
+    reason: str | None
+    created_at: datetime
+
+
 class EnrollmentOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -88,6 +98,9 @@ class EnrollmentOut(BaseModel):
     temporal_url: str = Field(description="this enrollment in the Temporal Web UI")
     path: list[PathStep] | None = Field(
         default=None, description="steps taken, in order (on single-enrollment reads)"
+    )
+    messages: list[MessageSummary] | None = Field(
+        default=None, description="messages this enrollment sent or skipped (single reads)"
     )
 
 

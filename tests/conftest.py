@@ -7,12 +7,20 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowInput,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -76,7 +84,28 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
 
 @pytest.fixture
 def client(env: WorkflowEnvironment) -> Client:
-    return env.client
+    """The test server's client, recording every workflow started through it (see below)."""
+    config = env.client.config()
+    config["interceptors"] = [*config["interceptors"], RecordStarts()]
+    return Client(**config)
+
+
+class RecordStarts(Interceptor):
+    """Remember each started workflow so the test's teardown can end the ones still running:
+    the time-skipping server stops skipping while any activity waits for a worker that is gone,
+    which would stall every later test."""
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _RecordingOutbound(next)
+
+
+class _RecordingOutbound(OutboundInterceptor):
+    async def start_workflow(self, input: StartWorkflowInput) -> WorkflowHandle[Any, Any]:
+        from tests.support import STARTED
+
+        handle = await super().start_workflow(input)
+        STARTED.append(handle)
+        return handle
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import BulkEnrollment, ContactList, Event, ListMembership, Message
 from tests.support import (
-    STARTED,
     example,
     finish,
     make_contact,
@@ -32,9 +31,7 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 
 def handle_of(client: Client, body: dict[str, Any]) -> Any:
-    handle = client.get_workflow_handle(body["workflow_id"], result_type=EnrollmentResult)
-    STARTED.append(handle)
-    return handle
+    return client.get_workflow_handle(body["workflow_id"], result_type=EnrollmentResult)
 
 
 async def test_enroll_is_idempotent_and_traceable(

@@ -16,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, ListMembership
-from tests.support import STARTED, example, finish, publish_journey, reach_step, sent_templates
+from tests.support import example, finish, publish_journey, reach_step, sent_templates
 
 
 def ok(response: httpx.Response, status: int = 200) -> Any:
@@ -40,9 +40,7 @@ async def new_contact(api: httpx.AsyncClient, external_id: str) -> str:
 async def enrollment_handle(api: httpx.AsyncClient, client: Client, enrollment_id: str) -> Any:
     """The workflow of an enrollment started through the API (terminated after the test)."""
     workflow_id = ok(await api.get(f"/v1/enrollments/{enrollment_id}"))["workflow_id"]
-    handle = client.get_workflow_handle(workflow_id, result_type=EnrollmentResult)
-    STARTED.append(handle)
-    return handle
+    return client.get_workflow_handle(workflow_id, result_type=EnrollmentResult)
 
 
 async def test_create_read_and_list_lists(api: httpx.AsyncClient) -> None:

@@ -30,7 +30,14 @@ from nurture.devstack import check_ports, port_in_use
 
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0
-SEED_JOURNEYS = ["benchmark-welcome", "dynamics-launch", "hubspot-nurture-goal", "register-coupon"]
+# The four seed journeys and the quickstart of the README, in key order.
+SEED_JOURNEYS = [
+    "benchmark-welcome",
+    "dynamics-launch",
+    "hubspot-nurture-goal",
+    "quickstart",
+    "register-coupon",
+]
 MARKER_WORKFLOW = "devstack-persistence-check"
 
 

@@ -66,11 +66,12 @@ def as_text(found: list[Problem]) -> list[str]:
 # --- the seed examples ---------------------------------------------------------------------------
 
 
-def test_there_are_four_seed_examples() -> None:
+def test_the_four_seed_examples_and_the_quickstart_are_there() -> None:
     assert [p.stem for p in EXAMPLES] == [
         "benchmark-welcome",
         "dynamics-launch",
         "hubspot-nurture-goal",
+        "quickstart",
         "register-coupon",
     ]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import quote
 
 from temporalio.client import Client
 
@@ -27,4 +28,5 @@ class Resources:
     def workflow_url(self, workflow_id: str) -> str:
         """A direct link to a workflow (all its runs) in the Temporal Web UI."""
         base = self.settings.temporal_ui_url.rstrip("/")
-        return f"{base}/namespaces/{self.settings.temporal_namespace}/workflows/{workflow_id}"
+        namespace = quote(self.settings.temporal_namespace, safe="")
+        return f"{base}/namespaces/{namespace}/workflows/{quote(workflow_id, safe='')}"

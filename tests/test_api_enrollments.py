@@ -55,7 +55,8 @@ async def test_enroll_is_idempotent_and_traceable(
     assert body["contact_id"] == str(contact_id)
     assert body["workflow_id"] == f"journey:benchmark-welcome:contact:{contact_id}"
     assert body["temporal_url"] == (
-        f"http://temporal-ui.test/namespaces/default/workflows/{body['workflow_id']}"
+        f"http://temporal-ui.test/namespaces/default/workflows/"
+        f"journey%3Abenchmark-welcome%3Acontact%3A{contact_id}"
     )
     assert "@" not in body["workflow_id"]  # no PII in workflow ids
 

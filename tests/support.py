@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col
@@ -30,6 +31,20 @@ from nurture.enrollments import EnrollmentOptions, enroll
 from nurture.journeys.publishing import publish, save_draft
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "journeys"
+
+
+def ok(response: httpx.Response, status: int = 200) -> Any:
+    """The JSON body of a response that must have this status (the body explains a mismatch)."""
+    assert response.status_code == status, f"{response.request.url}: {response.text}"
+    return response.json()
+
+
+def problems(response: httpx.Response) -> dict[str, str]:
+    """The `{path: message}` of a 422 in the standard error shape."""
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert set(body) <= {"error", "detail", "message"}
+    return {p["path"]: p["message"] for p in body["detail"]}
 
 
 def example(name: str) -> dict[str, Any]:

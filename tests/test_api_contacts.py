@@ -14,19 +14,18 @@ from temporalio.testing import WorkflowEnvironment
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message
-from tests.support import example, finish, publish_journey, reach_step, sent_templates, start
+from tests.support import (
+    example,
+    finish,
+    ok,
+    problems,
+    publish_journey,
+    reach_step,
+    sent_templates,
+    start,
+)
 
 HUBSPOT = "hubspot-nurture-goal"
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.url}: {response.text}"
-    return response.json()
-
-
-def problems(response: httpx.Response) -> dict[str, str]:
-    assert response.status_code == 422, response.text
-    return {p["path"]: p["message"] for p in response.json()["detail"]}
 
 
 ADA = {

@@ -21,6 +21,8 @@ from tests.support import (
     example,
     finish,
     make_contact,
+    ok,
+    problems,
     progress,
     reach_step,
     sent_templates,
@@ -29,19 +31,6 @@ from tests.support import (
 
 HUBSPOT = "hubspot-nurture-goal"
 HUBSPOT_TEMPLATES = ("nurture-intro", "nurture-case-study", "nurture-offer")
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.url}: {response.text}"
-    return response.json()
-
-
-def problems(response: httpx.Response) -> dict[str, str]:
-    """The `{path: message}` of a 422 in the standard error shape."""
-    assert response.status_code == 422, response.text
-    body = response.json()
-    assert set(body) <= {"error", "detail", "message"}
-    return {p["path"]: p["message"] for p in body["detail"]}
 
 
 async def put_templates(api: httpx.AsyncClient, *keys: str) -> None:

@@ -16,17 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, ListMembership
-from tests.support import example, finish, publish_journey, reach_step, sent_templates
-
-
-def ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.url}: {response.text}"
-    return response.json()
-
-
-def problems(response: httpx.Response) -> dict[str, str]:
-    assert response.status_code == 422, response.text
-    return {p["path"]: p["message"] for p in response.json()["detail"]}
+from tests.support import example, finish, ok, problems, publish_journey, reach_step, sent_templates
 
 
 async def new_contact(api: httpx.AsyncClient, external_id: str) -> str:

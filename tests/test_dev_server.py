@@ -26,6 +26,7 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact
 from nurture.settings import Settings
 from nurture.tracing import dev_server_flags
+from tests.support import ok
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("clean_database")
@@ -103,15 +104,10 @@ E2E_JOURNEY: dict[str, Any] = {
 }
 
 
-async def _ok(response: httpx.Response, status: int = 200) -> Any:
-    assert response.status_code == status, f"{response.request.url}: {response.text}"
-    return response.json()
-
-
 async def _wait_until_ended(api: httpx.AsyncClient, enrollment_id: str) -> dict[str, Any]:
     async with asyncio.timeout(30):
         while True:
-            body: dict[str, Any] = await _ok(await api.get(f"/v1/enrollments/{enrollment_id}"))
+            body: dict[str, Any] = ok(await api.get(f"/v1/enrollments/{enrollment_id}"))
             if body["status"] not in ("pending", "active"):
                 return body
             await asyncio.sleep(0.2)
@@ -120,7 +116,7 @@ async def _wait_until_ended(api: httpx.AsyncClient, enrollment_id: str) -> dict[
 async def _wait_at(api: httpx.AsyncClient, enrollment_id: str, step: str) -> None:
     async with asyncio.timeout(20):
         while True:
-            body = await _ok(await api.get(f"/v1/enrollments/{enrollment_id}"))
+            body = ok(await api.get(f"/v1/enrollments/{enrollment_id}"))
             if body["current_step"] == step:
                 return
             await asyncio.sleep(0.1)
@@ -134,15 +130,15 @@ async def test_end_to_end_through_the_api(
         body = {"subject": key, "html": f"<p>{key}</p>", "text": key}
         if channel == "sms":
             body = {"text": key}
-        await _ok(await api.put(f"/v1/templates/{channel}/{key}", json=body))
-    await _ok(await api.post("/v1/journeys", json=E2E_JOURNEY), 201)
-    await _ok(await api.post("/v1/journeys/e2e-shop/publish"), 201)
+        ok(await api.put(f"/v1/templates/{channel}/{key}", json=body))
+    ok(await api.post("/v1/journeys", json=E2E_JOURNEY), 201)
+    ok(await api.post("/v1/journeys/e2e-shop/publish"), 201)
 
     people = {}
     for name in ("clicker", "buyer", "idle"):
         contact = {"email": f"{name}@example.com", "phone": "+15550100", "fields": {"orders": 0}}
-        created = await _ok(await api.put(f"/v1/contacts/{name}", json=contact), 201)
-        enrolled = await _ok(
+        created = ok(await api.put(f"/v1/contacts/{name}", json=contact), 201)
+        enrolled = ok(
             await api.post(
                 "/v1/enrollments", json={"journey_key": "e2e-shop", "external_id": name}
             ),
@@ -161,7 +157,7 @@ async def test_end_to_end_through_the_api(
                 col(Message.step_id) == "welcome",
             )
         )
-    await _ok(
+    ok(
         await api.post(
             f"/v1/messages/{welcome_id}/engagements", json={"kind": "click", "link": "shop"}
         ),
@@ -169,7 +165,7 @@ async def test_end_to_end_through_the_api(
     )
     # The buyer ignores the email, gets the SMS nudge, then buys.
     await _wait_at(api, people["buyer"][1], "bought")
-    await _ok(
+    ok(
         await api.post(
             "/v1/events",
             json={"external_id": "buyer", "name": "purchase", "idempotency_key": "order-1"},
@@ -239,12 +235,12 @@ async def test_temporal_cli_finds_contacts_by_journey_step(
     live_api: httpx.AsyncClient, dev_server: WorkflowEnvironment
 ) -> None:
     api = live_api
-    await _ok(await api.post("/v1/journeys", json=HOLD_JOURNEY), 201)
-    await _ok(await api.post("/v1/journeys/trace-hold/publish"), 201)
+    ok(await api.post("/v1/journeys", json=HOLD_JOURNEY), 201)
+    ok(await api.post("/v1/journeys/trace-hold/publish"), 201)
     waiting = set()
     for i in range(3):
-        contact = await _ok(await api.put(f"/v1/contacts/hold-{i}", json={}), 201)
-        enrolled = await _ok(
+        contact = ok(await api.put(f"/v1/contacts/hold-{i}", json={}), 201)
+        enrolled = ok(
             await api.post(
                 "/v1/enrollments", json={"journey_key": "trace-hold", "contact_id": contact["id"]}
             ),
@@ -252,7 +248,7 @@ async def test_temporal_cli_finds_contacts_by_journey_step(
         )
         await _wait_at(api, enrolled["id"], "first")
         waiting.add(enrolled["workflow_id"])
-    other = await _ok(await api.put("/v1/contacts/elsewhere", json={}), 201)
+    other = ok(await api.put("/v1/contacts/elsewhere", json={}), 201)
 
     address = dev_server.client.service_client.config.target_host
     query = 'JourneyKey="trace-hold" AND JourneyStep="first" AND ExecutionStatus="Running"'

@@ -9,14 +9,19 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from api.app import create_app
+from api.resources import Resources
+from nurture.apikeys import create_api_key
 from nurture.bulk import start_bulk_enrollment
 from nurture.contracts import EnrollmentResult
-from nurture.db.engine import SessionFactory
+from nurture.db.engine import SessionFactory, session_factory
 from nurture.db.models import BulkEnrollment, ContactList, Event, ListMembership, Message
+from nurture.settings import Settings
 from tests.support import (
     example,
     finish,
@@ -259,3 +264,32 @@ async def test_bulk_enroll_unknown_list_is_404(
     response = await api.post("/v1/journeys/tagger/bulk-enrollments", json={"list": "missing"})
     assert response.status_code == 404
     assert response.json()["detail"] == "no list 'missing'"
+
+
+async def test_requests_never_hold_two_pooled_connections(
+    database_url: str, sessions: SessionFactory, client: Client, settings: Settings
+) -> None:
+    """With a pool of one connection, enrolling and posting events still work: a request that
+    kept a connection while its service asked for another would wait on itself forever."""
+    await publish_journey(sessions, example("hubspot-nurture-goal"))
+    contact_id = await make_contact(sessions, external_id="solo")
+    tiny = create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+        app = create_app(Resources(settings, session_factory(tiny), client))
+        key = await create_api_key(sessions, "solo")
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://nurture.test",
+            headers={"Authorization": f"Bearer {key.secret}"},
+        ) as http:
+            enrolled = await http.post(
+                "/v1/enrollments",
+                json={"journey_key": "hubspot-nurture-goal", "external_id": "solo"},
+            )
+            event = await http.post("/v1/events", json={"external_id": "solo", "name": "visit"})
+    finally:
+        await tiny.dispose()
+
+    assert enrolled.status_code == 201, enrolled.text
+    assert enrolled.json()["contact_id"] == str(contact_id)
+    assert event.status_code == 202, event.text

@@ -23,6 +23,7 @@ from api.schemas.enrollments import (
     UnenrollRequest,
 )
 from nurture.bulk import start_bulk_enrollment
+from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     BulkEnrollment,
     Contact,
@@ -44,7 +45,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-async def resolve_contact(session: AsyncSession, ref: ContactRef) -> uuid.UUID:
+async def resolve_contact(sessions: SessionFactory, ref: ContactRef) -> uuid.UUID:
+    """The contact's id. Uses its own short session: a request must not hold a pooled
+    connection while a service it calls takes another (at high concurrency the pool would
+    run dry with every request waiting on the next)."""
+    async with sessions() as session:
+        return await _contact_id(session, ref)
+
+
+async def _contact_id(session: AsyncSession, ref: ContactRef) -> uuid.UUID:
     if ref.contact_id is not None:
         if await session.get(Contact, ref.contact_id) is None:
             raise NotFound(f"no contact {ref.contact_id}")
@@ -127,7 +136,7 @@ async def enrollment_out(
 async def create_enrollment(
     body: EnrollRequest, resources: ResourcesDep, session: SessionDep, response: Response
 ) -> EnrollmentOut:
-    contact_id = await resolve_contact(session, body)
+    contact_id = await resolve_contact(resources.sessions, body)
     enrollment, created = await enroll_or_get(
         resources.sessions,
         resources.temporal,

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, status
 
-from api.deps import ResourcesDep, SessionDep
+from api.deps import ResourcesDep
 from api.routes.enrollments import ERRORS, resolve_contact
 from api.schemas.events import EngagementIn, EventIn, EventOut
 from nurture.events import RecordedEvent, record_custom_event, record_engagement
@@ -36,8 +36,8 @@ def event_out(recorded: RecordedEvent) -> EventOut:
     "this event. Repeating a request with the same idempotency key records nothing new.",
     responses={409: {"description": "the idempotency key belongs to another event"}, **ERRORS},
 )
-async def post_event(body: EventIn, resources: ResourcesDep, session: SessionDep) -> EventOut:
-    contact_id = await resolve_contact(session, body)
+async def post_event(body: EventIn, resources: ResourcesDep) -> EventOut:
+    contact_id = await resolve_contact(resources.sessions, body)
     recorded = await record_custom_event(
         resources.sessions,
         resources.temporal,

@@ -44,8 +44,14 @@ def build_worker(
     task_queue: str,
     channels: Mapping[str, ChannelSender] | None = None,
     max_steps_per_run: int = 500,
+    max_cached_workflows: int = 500,
     **worker_options: Any,
 ) -> Worker:
+    """The worker for enrollments and bulk enrollments.
+
+    Most enrollments sleep for days, so keeping every one of them cached buys little: a
+    smaller cache (Temporal's default is 1,000) bounds memory, and a workflow evicted from it
+    is replayed from its short history when it wakes."""
     enrollment = EnrollmentActivities(sessions)
     bulk = BulkActivities(
         sessions, client, EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
@@ -65,6 +71,7 @@ def build_worker(
             contacts.change_list_membership,
             bulk.enroll_page,
         ],
+        max_cached_workflows=max_cached_workflows,
         **worker_options,
     )
 
@@ -81,6 +88,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             session_factory(engine),
             settings.temporal_task_queue,
             max_steps_per_run=settings.max_steps_per_run,
+            max_cached_workflows=settings.worker_max_cached_workflows,
         )
         logger.info(
             "worker polling %s on %s/%s",

@@ -397,6 +397,7 @@ class DevStack:
                 sessions,
                 settings.temporal_task_queue,
                 max_steps_per_run=settings.max_steps_per_run,
+                max_cached_workflows=settings.worker_max_cached_workflows,
                 graceful_shutdown_timeout=timedelta(seconds=5),
             )
             worker_task = asyncio.create_task(worker.run(), name="worker")

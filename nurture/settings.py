@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="larger request bodies are refused with 413"
     )
+    worker_max_cached_workflows: int = Field(
+        default=500,
+        ge=0,
+        description="enrollments a worker keeps in memory; others are replayed when they wake",
+    )
     max_steps_per_run: int = Field(
         default=500,
         ge=1,

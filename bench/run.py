@@ -1,7 +1,7 @@
 """Throughput of the API against bare Temporal calls, and the worker's memory, in one run.
 
-    .venv/bin/python -m bench.run                  # full size: several minutes
-    .venv/bin/python -m bench.run --quick          # a smoke run
+    .venv/bin/python -m bench.run                  # full size: about 25 minutes on 2 cores
+    .venv/bin/python -m bench.run --quick          # a smoke run, about 4 minutes
     .venv/bin/python -m bench.run --check          # exit 1 when a target is missed
 
 Everything runs on this machine from a fresh temporary directory: embedded PostgreSQL, one
@@ -9,7 +9,9 @@ Temporal dev server (the pip binary), the worker and the API in processes of the
 measures (a) contacts enrolled per second through POST /v1/enrollments against the same
 number of bare `client.start_workflow` calls; (b) events per second through POST /v1/events
 to enrollments waiting for them against bare `handle.signal("event", ...)`; (c) the worker's
-RSS with `--asleep` enrollments asleep. docs/benchmarks.md explains the method and the figures.
+RSS with `--asleep` enrollments asleep. (a) and (b) run with the worker running (judged) and
+with it stopped while calls are timed (a diagnostic of the request path alone).
+docs/benchmarks.md explains the method and the figures.
 """
 
 from __future__ import annotations
@@ -198,6 +200,7 @@ class Comparison:
                     "per_second": round(r.count / r.seconds, 1) if r.seconds else 0.0,
                     "drain_seconds": round(r.drain_seconds, 3),
                     "failed": len(r.errors),
+                    "cpu_seconds": {k: round(v, 2) for k, v in r.cpu_seconds.items()},
                 }
                 for r in rounds
             ],
@@ -541,25 +544,40 @@ async def _with_processes(
         )
         worker = psutil.Process(worker_pid)
         bench = Bench(options, sessions, client, http, meter, worker, sleep, event)
-        with RssSampler(worker_pid) as worker_rss, RssSampler(api_pid) as api_rss:
-            await asyncio.sleep(2)
-            idle = worker_rss.sample()
-            enrollments = await bench.enroll_rate()
-            events = await bench.event_rate()
-            memory = await bench.memory(worker_rss, api_rss, idle)
-        return {
+        result: dict[str, Any] = {
             "machine": await _machine(sessions),
             "options": {
                 k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()
             },
-            "enrollments": {c.mode: asdict(c) for c in enrollments},
-            "events": {c.mode: asdict(c) for c in events},
-            "memory": asdict(memory),
-            "problems": bench.problems,
-            "passed": all(c.passed for c in [*enrollments, *events] if c.judged)
-            and memory.passed
-            and not bench.problems,
+            "partial": True,  # until the last phase is done; written after each phase
         }
+        with RssSampler(worker_pid) as worker_rss, RssSampler(api_pid) as api_rss:
+            await asyncio.sleep(2)
+            idle = worker_rss.sample()
+            enrollments = await bench.enroll_rate()
+            result["enrollments"] = {c.mode: asdict(c) for c in enrollments}
+            await _save(options.output, result)
+            events = await bench.event_rate()
+            result["events"] = {c.mode: asdict(c) for c in events}
+            await _save(options.output, result)
+            memory = await bench.memory(worker_rss, api_rss, idle)
+        result["memory"] = asdict(memory)
+        result["problems"] = bench.problems
+        result["passed"] = (
+            all(c.passed for c in [*enrollments, *events] if c.judged)
+            and memory.passed
+            and not bench.problems
+        )
+        result["partial"] = False
+        return result
+
+
+async def _save(path: Path, result: dict[str, Any]) -> None:
+    def write() -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+    await asyncio.to_thread(write)
 
 
 async def _machine(sessions: SessionFactory) -> dict[str, Any]:
@@ -706,8 +724,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     result = asyncio.run(benchmark(options))
     result["wall_seconds"] = round(time.monotonic() - began, 1)
-    options.output.parent.mkdir(parents=True, exist_ok=True)
-    options.output.write_text(json.dumps(result, indent=2) + "\n")
+    asyncio.run(_save(options.output, result))
     print(report(result))
     print(f"\nJSON result: {options.output} (whole run {result['wall_seconds']:.0f} s)")
     if options.check and not result["passed"]:

@@ -34,7 +34,7 @@ from nurture.db.models import (
     JourneyVersion,
 )
 from nurture.errors import Conflict, NotFound
-from nurture.journeys.definition import JourneyDefinition
+from nurture.journeys.definition import EntryRules, JourneyDefinition
 from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
 
@@ -122,8 +122,10 @@ async def _claim(
         version = await latest_version(session, journey)
         if version is None:
             raise Conflict(f"journey {journey_key!r} has no published version")
-        definition = JourneyDefinition.model_validate(version.definition)
-        await _check_reentry(session, journey, definition, contact_id)
+        # Only the entry rules are needed here; the whole (stored, valid) definition is parsed
+        # once, by start_workflow.
+        rules = EntryRules.model_validate(version.definition.get("entry", {}))
+        await _check_reentry(session, journey, rules, contact_id)
         enrollment = Enrollment(
             journey_id=journey.id,
             journey_version_id=version.id,
@@ -168,7 +170,7 @@ async def start_workflow(
 
 
 async def _check_reentry(
-    session: AsyncSession, journey: Journey, definition: JourneyDefinition, contact_id: uuid.UUID
+    session: AsyncSession, journey: Journey, rules: EntryRules, contact_id: uuid.UUID
 ) -> None:
     previous = await session.scalar(
         select(func.count())
@@ -178,7 +180,6 @@ async def _check_reentry(
             col(Enrollment.contact_id) == contact_id,
         )
     )
-    rules = definition.entry
     if previous and rules.reentry == "never":
         raise Conflict(
             f"contact {contact_id} was already enrolled in {journey.key!r}, which allows no re-entry"

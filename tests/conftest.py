@@ -3,6 +3,7 @@ Temporal's time-skipping test server from the pip-installed binary (never downlo
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -13,6 +14,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
     Interceptor,
@@ -118,25 +120,83 @@ def examples_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "examples" / "journeys"
 
 
+async def _terminate_started(settle_within: float = 10) -> None:
+    """Terminate the workflows this test started that still run, each once it is idle.
+
+    The test server keeps time skipping locked for good when a workflow is terminated while
+    one of its activities or workflow tasks is in flight, stalling every later test. So wait
+    until none is (with the clock locked between tests, an idle enrollment stays idle)."""
+    from tests.support import STARTED
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle_within
+    for handle in STARTED:
+        while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
+            if loop.time() > deadline or await _idle(handle):
+                await handle.terminate("test finished")
+                break
+            await asyncio.sleep(0.02)
+    STARTED.clear()
+
+
+_ACTIVITY_ENDS = {
+    EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "activity_task_completed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_FAILED: "activity_task_failed_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: "activity_task_timed_out_event_attributes",
+    EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED: "activity_task_canceled_event_attributes",
+}
+
+
+async def _idle(handle: WorkflowHandle[Any, Any]) -> bool:
+    """No activity and no workflow task in flight or due, read from one look at the history
+    (the test server's describe does not report workflow tasks)."""
+    open_activities: set[int] = set()
+    workflow_task_due = False
+    async for event in handle.fetch_history_events():
+        kind = event.event_type
+        if kind == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            open_activities.add(event.event_id)
+        elif kind in _ACTIVITY_ENDS:
+            open_activities.discard(getattr(event, _ACTIVITY_ENDS[kind]).scheduled_event_id)
+        elif kind in _WORKFLOW_TASK_ENDS:
+            workflow_task_due = False
+        elif kind in (
+            EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED,
+        ):
+            workflow_task_due = True
+    return not open_activities and not workflow_task_due
+
+
+_WORKFLOW_TASK_ENDS = {
+    EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED,
+    EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT,
+}
+
+
 @pytest.fixture(autouse=True)
 async def terminate_leftovers() -> AsyncIterator[None]:
     from tests.support import STARTED
 
     STARTED.clear()
     yield
-    for handle in STARTED:
-        if (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
-            await handle.terminate("test finished")
-    STARTED.clear()
+    # Anything left here ran without a worker (or outlived it): nothing will settle, end it now.
+    await _terminate_started(settle_within=0)
 
 
 @pytest.fixture
 async def worker(client: Client, sessions: SessionFactory, task_queue: str) -> AsyncIterator[None]:
-    """The real worker (real activities, development outbox) on this test's own task queue."""
+    """The real worker (real activities, development outbox) on this test's own task queue.
+
+    The test's workflows are ended while the worker still runs: an activity it had picked up
+    and abandoned at shutdown would keep the test server from skipping time for every later
+    test (a terminated workflow does not release it)."""
     from worker import build_worker
 
     async with build_worker(client, sessions, task_queue):
         yield
+        await _terminate_started()
 
 
 @pytest.fixture

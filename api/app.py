@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.resources import Resources
-from api.routes import ROUTERS
+from api.routes import PUBLIC_ROUTERS, ROUTERS
 from nurture.db.engine import create_engine, session_factory
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
@@ -62,6 +62,8 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
             {"name": "enrollments", "description": "a contact's way through a journey"},
             {"name": "events", "description": "custom events that journeys wait for"},
             {"name": "templates", "description": "message content that send steps refer to"},
+            {"name": "webhooks", "description": "provider callbacks, verified by signature"},
+            {"name": "tracking", "description": "tracked links, open pixel and unsubscribe"},
         ],
     )
     if resources is not None:
@@ -77,4 +79,8 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     for router in ROUTERS:
         v1.include_router(router)
     app.include_router(v1)
+    public = APIRouter(prefix="/v1")
+    for router in PUBLIC_ROUTERS:
+        public.include_router(router)
+    app.include_router(public)
     return app

@@ -2,8 +2,18 @@
 
 from fastapi import APIRouter
 
-from api.routes import contacts, enrollments, events, journeys, lists, templates
+from api.routes import (
+    contacts,
+    enrollments,
+    events,
+    journeys,
+    lists,
+    templates,
+    tracking,
+    webhooks,
+)
 
+# Behind an API key.
 ROUTERS: list[APIRouter] = [
     journeys.router,
     templates.router,
@@ -11,4 +21,10 @@ ROUTERS: list[APIRouter] = [
     lists.router,
     enrollments.router,
     events.router,
+]
+
+# Reached by recipients and providers: each request proves itself with a signature.
+PUBLIC_ROUTERS: list[APIRouter] = [
+    webhooks.router,
+    tracking.router,
 ]

@@ -5,6 +5,13 @@ from nurture.channels.base import (
     DeliveryReceipt,
     OutgoingMessage,
     PermanentSendError,
+    TemporarySendError,
 )
 
-__all__ = ["ChannelSender", "DeliveryReceipt", "OutgoingMessage", "PermanentSendError"]
+__all__ = [
+    "ChannelSender",
+    "DeliveryReceipt",
+    "OutgoingMessage",
+    "PermanentSendError",
+    "TemporarySendError",
+]

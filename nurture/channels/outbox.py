@@ -24,7 +24,14 @@ class OutboxChannel:
                     channel=message.channel,
                     to_address=message.to_address,
                     template=message.template,
-                    payload={"message_id": str(message.message_id), **message.variables},
+                    payload={
+                        "message_id": str(message.message_id),
+                        "subject": message.subject,
+                        "html": message.html,
+                        "text": message.text,
+                        "headers": message.headers,
+                        "variables": message.variables,
+                    },
                 )
                 .on_conflict_do_nothing(index_elements=["idempotency_key"])
             )

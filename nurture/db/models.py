@@ -221,6 +221,7 @@ class Message(SQLModel, table=True):
     step_id: str | None = Field(default=None, max_length=64)
     channel: str = Field(max_length=16)
     template: str = Field(max_length=255)
+    template_version: int | None = None  # the template version rendered for this send
     status: str = Field(default=MessageStatus.SENDING, max_length=16)
     reason: str | None = Field(default=None, max_length=255)
     provider: str | None = Field(default=None, max_length=32)
@@ -259,8 +260,12 @@ class Event(SQLModel, table=True):
     message_id: uuid.UUID | None = Field(default=None, foreign_key="messages.id")
     link: str | None = Field(default=None, max_length=128)
     properties: dict[str, Any] = _json()
+    # An open by a mail proxy or prefetcher (Apple Mail Privacy Protection...), not a person.
+    machine: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     occurred_at: datetime = _timestamp()
     received_at: datetime = _timestamp()
+    # Set once the event reached Temporal; still NULL means it is due for redelivery.
+    signalled_at: datetime | None = _timestamp(nullable=True, default_now=False)
 
 
 class AppliedOperation(SQLModel, table=True):
@@ -320,5 +325,73 @@ class Template(SQLModel, table=True):
     subject: str | None = Field(default=None, max_length=998)
     html: str | None = Field(default=None, sa_type=Text)
     text: str | None = Field(default=None, sa_type=Text)
+    # `text` is a column of this class, hence the literal server default.
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+
+
+class TemplateVersion(SQLModel, table=True):
+    """Every saved state of a template, so a message can say exactly what it rendered."""
+
+    __tablename__ = "template_versions"
+    __table_args__ = (UniqueConstraint("template_id", "version"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    template_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("templates.id", ondelete="CASCADE"), nullable=False)
+    )
+    version: int
+    subject: str | None = Field(default=None, max_length=998)
+    html: str | None = Field(default=None, sa_type=Text)
+    text: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime = _timestamp()
+
+
+class SuppressionReason(StrEnum):
+    UNSUBSCRIBED = "unsubscribed"
+    BOUNCED = "bounced"  # hard bounce: the address does not exist
+    COMPLAINED = "complained"  # marked as spam
+
+
+class Suppression(SQLModel, table=True):
+    """A contact that must not receive messages on a channel, and why."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("contact_id", "channel"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False)
+    )
+    channel: str = Field(max_length=16)
+    reason: str = Field(max_length=32)
+    source: str = Field(max_length=64)  # "unsubscribe_link", "webhook:sendgrid", "api"...
+    message_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True),
+    )
+    created_at: datetime = _timestamp()
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A verified provider callback (delivered, bounce, open...), stored before it is acted on.
+
+    An event whose message is not known yet keeps `message_id` NULL and is matched later by
+    `provider_message_id`, rather than dropped."""
+
+    __tablename__ = "webhook_events"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    provider: str = Field(max_length=32)
+    dedupe_key: str = Field(unique=True, max_length=255)
+    kind: str = Field(max_length=32)
+    provider_message_id: str | None = Field(default=None, max_length=255, index=True)
+    message_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("messages.id", ondelete="SET NULL"), nullable=True, index=True),
+    )
+    payload: dict[str, Any] = _json()
+    occurred_at: datetime = _timestamp()
+    received_at: datetime = _timestamp()
+    processed_at: datetime | None = _timestamp(nullable=True, default_now=False)

@@ -8,14 +8,18 @@ the stored row and signalled again, so a client retrying after a timeout gets th
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
@@ -30,6 +34,14 @@ from nurture.db.models import (
 from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments, signal_workflow
 from nurture.errors import Conflict, NotFound
 from nurture.triggers import on_event
+
+logger = logging.getLogger(__name__)
+
+# What reaching Temporal can fail with: an RPC error from a server that went away, the SDK's
+# RuntimeError when it cannot connect at all, or our own time limit (a person clicking a link
+# must not wait on retries).
+_TEMPORAL_UNREACHABLE = (RPCError, RuntimeError, TimeoutError)
+_SIGNAL_TIME_LIMIT = 5.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +106,10 @@ async def record_custom_event(
     )
     signalled = await signal_contact_enrollments(sessions, client, contact_id, "event", signal)
     started = await on_event(sessions, client, options, contact_id, name, event.properties)
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Event).where(col(Event.id) == event.id).values(signalled_at=utcnow())
+        )
     return RecordedEvent(event, duplicate, signalled, [e.id for e in started])
 
 
@@ -105,15 +121,18 @@ async def record_engagement(
     link: str | None = None,
     idempotency_key: str | None = None,
     occurred_at: datetime | None = None,
+    machine: bool = False,
 ) -> RecordedEvent:
-    """An open or click of a message we sent, delivered to the enrollment that sent it."""
+    """An open or click of a message we sent, delivered to the enrollment that sent it.
+
+    A machine open (a mail proxy or scanner fetching the pixel) is stored but not signalled:
+    journeys branch on people. If Temporal cannot be reached the event stays stored with
+    `signalled_at` NULL and `redeliver_engagement` delivers it later; the caller (a redirect a
+    person is waiting for) is not failed for it."""
     async with sessions() as session:
         message = await session.get(Message, message_id)
         if message is None:
             raise NotFound(f"no message {message_id}")
-        enrollment = (
-            await session.get(Enrollment, message.enrollment_id) if message.enrollment_id else None
-        )
     event, duplicate = await _store(
         sessions,
         {
@@ -123,20 +142,75 @@ async def record_engagement(
             "message_id": message.id,
             "link": link,
             "properties": {},
+            "machine": machine,
             "occurred_at": occurred_at or utcnow(),
         },
     )
+    if machine:
+        return RecordedEvent(event, duplicate, 0)
+    try:
+        async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
+            signalled = await _signal_engagement(sessions, client, event, message)
+    except _TEMPORAL_UNREACHABLE as err:
+        logger.warning("event %s kept for redelivery: Temporal unavailable (%s)", event.id, err)
+        return RecordedEvent(event, duplicate, 0)
+    return RecordedEvent(event, duplicate, int(signalled))
+
+
+async def _signal_engagement(
+    sessions: SessionFactory, client: Client, event: Event, message: Message
+) -> bool:
+    """Signal the enrollment that sent the message (if it still runs), then mark the event
+    delivered. Raises RPCError when Temporal is unreachable, leaving it due."""
+    async with sessions() as session:
+        enrollment = (
+            await session.get(Enrollment, message.enrollment_id) if message.enrollment_id else None
+        )
     signalled = False
     if enrollment is not None and enrollment.status in ACTIVE_ENROLLMENT_STATUSES:
         # The message key is {enrollment}:{step}:{visit}: which send of the step this was.
         visit = int(message.idempotency_key.rsplit(":", 1)[1])
         signal = EnrollmentEvent(
             event_id=event.dedupe_key,
-            kind=kind,
+            kind="click" if event.kind == "click" else "open",
             step=message.step_id,
             visit=visit,
-            link=link,
+            link=event.link,
             occurred_at=event.occurred_at,
         )
         signalled = await signal_workflow(client, enrollment.workflow_id, "event", signal)
-    return RecordedEvent(event, duplicate, int(signalled))
+    async with sessions.begin() as session:
+        await session.execute(
+            update(Event).where(col(Event.id) == event.id).values(signalled_at=utcnow())
+        )
+    return signalled
+
+
+async def redeliver_engagement(sessions: SessionFactory, client: Client, limit: int = 500) -> int:
+    """Signal the opens and clicks stored while Temporal was unreachable; how many went out.
+
+    Enrollments ignore an event id they have already seen, so delivering twice is harmless."""
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(Event, Message)
+                .join(Message, col(Message.id) == col(Event.message_id))
+                .where(
+                    col(Event.signalled_at).is_(None),
+                    col(Event.machine).is_(False),
+                    col(Event.kind).in_(("open", "click")),
+                )
+                .order_by(col(Event.received_at))
+                .limit(limit)
+            )
+        ).all()
+    delivered = 0
+    for event, message in rows:
+        try:
+            async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
+                await _signal_engagement(sessions, client, event, message)
+        except _TEMPORAL_UNREACHABLE as err:
+            logger.warning("redelivery paused: Temporal unavailable (%s)", err)
+            break
+        delivered += 1
+    return delivered

@@ -1,6 +1,174 @@
 """What recipients reach from a message: tracked links, the open pixel, unsubscribe.
-Authenticated by the HMAC-signed token in the URL, not by an API key."""
 
-from fastapi import APIRouter
+Authenticated by the HMAC-signed token in the URL (see `nurture.tracking`), not by an API key.
+A person following a link always gets where it goes: the click is stored first and signalled
+to the enrollment, and if the database or Temporal has trouble, the redirect still happens
+(Temporal outages are redelivered later; see `nurture.events.redeliver_engagement`).
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from html import escape
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from api.deps import ResourcesDep
+from nurture.db.models import Message, SuppressionReason
+from nurture.errors import NotFound
+from nurture.events import record_engagement
+from nurture.suppressions import suppress
+from nurture.tracking import PIXEL_GIF, InvalidToken, Tracker, is_machine_open
+
+logger = logging.getLogger(__name__)
 
 router = APIRouter(tags=["tracking"])
+
+
+@lru_cache(maxsize=8)
+def _tracker(base_url: str, secret: str) -> Tracker:
+    return Tracker(base_url, secret)
+
+
+async def get_tracker(resources: ResourcesDep) -> Tracker:
+    settings = resources.settings
+    return _tracker(settings.public_base_url, settings.secret_key.get_secret_value())
+
+
+TrackerDep = Annotated[Tracker, Depends(get_tracker)]
+
+_NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
+
+
+@router.get(
+    "/t/c/{token}",
+    summary="Follow a tracked link",
+    description="Records the click, tells the enrollment, and redirects (302) to the link.",
+    response_class=RedirectResponse,
+    status_code=302,
+    responses={404: {"description": "not a link we made"}},
+)
+async def click(
+    token: str, request: Request, resources: ResourcesDep, tracker: TrackerDep
+) -> Response:
+    try:
+        target = tracker.read_click(token)
+    except InvalidToken:
+        return HTMLResponse(_page("Link not found", "This link is not valid."), status_code=404)
+    try:
+        await record_engagement(
+            resources.sessions,
+            resources.temporal,
+            target.message_id,
+            "click",
+            link=target.link,
+            machine=is_machine_open(request.headers.get("user-agent"), None),
+        )
+    except NotFound:
+        pass  # the message is gone (contact erased): the link still works
+    except Exception:  # the person must get where the link goes, whatever happens here
+        logger.exception("click on message %s not recorded", target.message_id)
+    return RedirectResponse(target.url, status_code=302, headers=_NO_STORE)
+
+
+@router.get(
+    "/t/o/{token}.gif",
+    summary="Open pixel",
+    description="Records an open (a machine open when a mail proxy or scanner fetched it).",
+    response_class=Response,
+    responses={200: {"content": {"image/gif": {}}}},
+)
+async def open_pixel(
+    token: str, request: Request, resources: ResourcesDep, tracker: TrackerDep
+) -> Response:
+    try:
+        message_id = tracker.read_message_id("open", token)
+        client_ip = request.client.host if request.client else None
+        await record_engagement(
+            resources.sessions,
+            resources.temporal,
+            message_id,
+            "open",
+            machine=is_machine_open(request.headers.get("user-agent"), client_ip),
+        )
+    except (InvalidToken, NotFound):
+        pass  # an image is answered all the same: a broken image helps nobody
+    except Exception:
+        logger.exception("open not recorded")
+    return Response(PIXEL_GIF, media_type="image/gif", headers=_NO_STORE)
+
+
+@router.get(
+    "/u/{token}",
+    summary="Unsubscribe page",
+    description="Asks to confirm; nothing changes on GET, since link scanners fetch links.",
+    response_class=HTMLResponse,
+)
+async def unsubscribe_page(token: str, resources: ResourcesDep, tracker: TrackerDep) -> Response:
+    message = await _message(token, resources, tracker)
+    if message is None:
+        return HTMLResponse(_page("Link not found", "This link is not valid."), status_code=404)
+    form = (
+        f'<form method="post" action="{escape(tracker.unsubscribe_url(message.id))}">'
+        '<button type="submit">Unsubscribe</button></form>'
+    )
+    return HTMLResponse(
+        _page("Unsubscribe", f"Stop receiving these {_what(message.channel)}?" + form),
+        headers=_NO_STORE,
+    )
+
+
+@router.post(
+    "/u/{token}",
+    summary="Unsubscribe (also RFC 8058 one-click)",
+    description="Suppresses the contact on the message's channel; later sends are skipped. "
+    "Mail clients POST `List-Unsubscribe=One-Click` here from the List-Unsubscribe header.",
+    response_class=HTMLResponse,
+)
+async def unsubscribe(
+    token: str, request: Request, resources: ResourcesDep, tracker: TrackerDep
+) -> Response:
+    message = await _message(token, resources, tracker)
+    if message is None:
+        return HTMLResponse(_page("Link not found", "This link is not valid."), status_code=404)
+    if message.contact_id is not None:
+        one_click = "List-Unsubscribe=One-Click" in (await request.body()).decode(errors="replace")
+        async with resources.sessions.begin() as session:
+            await suppress(
+                session,
+                message.contact_id,
+                message.channel,
+                SuppressionReason.UNSUBSCRIBED,
+                source="one_click" if one_click else "unsubscribe_link",
+                message_id=message.id,
+            )
+    return HTMLResponse(
+        _page("Unsubscribed", f"You will not receive these {_what(message.channel)} any more."),
+        headers=_NO_STORE,
+    )
+
+
+async def _message(token: str, resources: ResourcesDep, tracker: Tracker) -> Message | None:
+    try:
+        message_id = tracker.read_message_id("unsubscribe", token)
+    except InvalidToken:
+        return None
+    async with resources.sessions() as session:
+        return await session.get(Message, message_id)
+
+
+def _what(channel: str) -> str:
+    return "text messages" if channel == "sms" else "emails"
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title></head>"
+        '<body style="font-family:sans-serif;max-width:32rem;margin:4rem auto;padding:0 1rem">'
+        f"<h1>{escape(title)}</h1><p>{body}</p></body></html>"
+    )

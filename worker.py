@@ -24,6 +24,7 @@ from nurture.channels.base import ChannelSender
 from nurture.channels.outbox import OutboxChannel
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.enrollments import EnrollmentOptions
+from nurture.events import keep_redelivering
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
@@ -83,9 +84,10 @@ async def run_worker(settings: Settings, database_url: str) -> None:
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             logger.info("registered search attributes %s", ", ".join(added))
+        sessions = session_factory(engine)
         worker = build_worker(
             client,
-            session_factory(engine),
+            sessions,
             settings.temporal_task_queue,
             max_steps_per_run=settings.max_steps_per_run,
             max_cached_workflows=settings.worker_max_cached_workflows,
@@ -96,7 +98,12 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             settings.temporal_address,
             settings.temporal_namespace,
         )
-        await worker.run()
+        # Opens and clicks that arrived while Temporal was unreachable, delivered once it is back.
+        redelivery = asyncio.create_task(keep_redelivering(sessions, client), name="redelivery")
+        try:
+            await worker.run()
+        finally:
+            redelivery.cancel()
     finally:
         await engine.dispose()
 

@@ -316,9 +316,12 @@ class DevStack:
         external_temporal: bool,
         examples: Path | None,
     ) -> None:
-        self.settings = settings
         self.options = options
         self.host = host
+        if "public_base_url" not in settings.model_fields_set:
+            # Tracked links and unsubscribe links in development point at this API.
+            settings = settings.model_copy(update={"public_base_url": self.api_url})
+        self.settings = settings
         self.database_url = database_url
         self.external_temporal = external_temporal
         self.examples = examples
@@ -360,6 +363,7 @@ class DevStack:
         from api.app import create_app
         from api.resources import Resources
         from nurture.db.engine import create_engine, session_factory
+        from nurture.events import keep_redelivering
         from worker import build_worker
 
         settings = self.settings
@@ -402,6 +406,8 @@ class DevStack:
             )
             worker_task = asyncio.create_task(worker.run(), name="worker")
             stack.push_async_callback(_stop_worker, worker, worker_task)
+            redelivery = asyncio.create_task(keep_redelivering(sessions, client))
+            stack.callback(redelivery.cancel)
 
             resources = Resources(settings=settings, sessions=sessions, temporal=client)
             api = api_server(create_app(resources), self.host, self.options.api_port)

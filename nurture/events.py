@@ -12,7 +12,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import update
@@ -214,3 +214,18 @@ async def redeliver_engagement(sessions: SessionFactory, client: Client, limit: 
             break
         delivered += 1
     return delivered
+
+
+async def keep_redelivering(
+    sessions: SessionFactory, client: Client, every: timedelta = timedelta(seconds=30)
+) -> None:
+    """Run `redeliver_engagement` every so often, for as long as the process lives (the worker
+    runs it beside its pollers)."""
+    while True:
+        try:
+            delivered = await redeliver_engagement(sessions, client)
+            if delivered:
+                logger.info("redelivered %d opens and clicks to their enrollments", delivered)
+        except Exception:  # the database may be away too: try again next round
+            logger.exception("redelivery round failed")
+        await asyncio.sleep(every.total_seconds())

@@ -13,6 +13,14 @@ class NurtureError(Exception):
         self.detail = detail
 
 
+class BadRequest(NurtureError):
+    """A request the server cannot read at all (e.g. a webhook body that is not the provider's
+    format); distinct from `Invalid`, which is a readable request with wrong values."""
+
+    status_code = 400
+    error = "bad_request"
+
+
 class Unauthorized(NurtureError):
     status_code = 401
     error = "unauthorized"

@@ -1,6 +1,71 @@
 """Provider webhooks at /v1/webhooks/{provider}: authenticated by the provider's signature,
-not by an API key."""
+not by an API key.
 
-from fastapi import APIRouter
+The raw body is read before anything parses it, since signatures are over the exact bytes.
+A request that fails authentication is refused (401) before anything is stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+
+from api.deps import ResourcesDep
+from api.schemas.webhooks import WebhookReceipt
+from nurture.errors import BadRequest, NotFound, Unauthorized
+from nurture.webhooks import PROVIDERS, SnsHttp, WebhookRequest, receive
+from nurture.webhooks.ingest import ingest
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
+logger = logging.getLogger("nurture.webhooks")
+
+_SNS_HTTP = SnsHttp()
+
+
+def get_sns_http() -> SnsHttp:
+    """One per process, so SNS certificates stay cached; tests override this dependency."""
+    return _SNS_HTTP
+
+
+SnsHttpDep = Annotated[SnsHttp, Depends(get_sns_http)]
+
+
+@router.post(
+    "/{provider}",
+    response_model=WebhookReceipt,
+    summary="Receive a provider's delivery, bounce, complaint and engagement events",
+    description=f"For {', '.join(PROVIDERS)}. Each request is verified the provider's way "
+    "(signature or credentials), its events stored once each (a redelivery counts as a "
+    "duplicate), then acted on: hard bounces, complaints and unsubscribes suppress the "
+    "contact on the message's channel; opens and clicks reach the enrollment that sent it.",
+    responses={
+        400: {"description": "the body is not what this provider sends"},
+        401: {"description": "bad or missing signature/credentials, or not configured"},
+        404: {"description": "unknown provider"},
+    },
+)
+async def receive_webhook(
+    provider: str, request: Request, resources: ResourcesDep, sns: SnsHttpDep
+) -> WebhookReceipt:
+    if provider not in PROVIDERS:
+        raise NotFound(f"no webhook for provider {provider!r}; one of {', '.join(PROVIDERS)}")
+    incoming = WebhookRequest(
+        body=await request.body(),
+        headers={name.lower(): value for name, value in request.headers.items()},
+        path=request.url.path,
+        query=request.url.query,
+    )
+    try:
+        events = await receive(provider, incoming, resources.settings, sns)
+    except BadRequest as err:
+        logger.warning("webhook %s: malformed request: %s", provider, err.message)
+        raise
+    except Unauthorized as err:
+        logger.warning("webhook %s: refused: %s", provider, err.message)
+        raise
+    result = await ingest(resources.sessions, resources.temporal, events)
+    return WebhookReceipt(
+        received=result.received, duplicates=result.duplicates, unmatched=result.unmatched
+    )

@@ -335,7 +335,8 @@ async def test_smtp_wrong_password_and_untrusted_certificate(
         smtp_password=SecretStr("guess"),
         tls_context=certificate.client_context(),
     )
-    with pytest.raises(PermanentSendError, match="535"):
+    # Refused credentials are ours to fix: the message waits (retried) rather than failing.
+    with pytest.raises(TemporarySendError, match="535"):
         await wrong_password.send(message())
 
     # The system trust store does not know our certificate: no mail goes out in clear text.
@@ -496,6 +497,11 @@ async def test_sendgrid_errors(sendgrid: SendGridChannel, provider: FakeProvider
 
     provider.reply(500, {"errors": [{"message": "internal error"}]})
     with pytest.raises(TemporarySendError, match="500"):
+        await sendgrid.send(message())
+
+    # A revoked API key is our configuration: messages wait for the fix instead of failing.
+    provider.reply(401, {"errors": [{"message": "The provided authorization grant is invalid"}]})
+    with pytest.raises(TemporarySendError, match="401"):
         await sendgrid.send(message())
 
 
@@ -668,6 +674,7 @@ async def test_twilio_send(twilio: TwilioChannel, provider: FakeProvider) -> Non
         "To": ["+15005550006"],
         "From": ["+15005550001"],
         "Body": ["Your code is 1234"],
+        "StatusCallback": ["http://localhost:8000/v1/webhooks/twilio"],
     }
     assert (receipt.provider, receipt.provider_message_id) == (
         "twilio",

@@ -25,8 +25,10 @@ from nurture.channels.base import (
 logger = logging.getLogger("nurture.channels")
 
 # 4xx statuses that mean "try again later" rather than "never": request timeout, conflict (a
-# concurrent request with the same idempotency key), too early, rate limited.
-RETRYABLE_CLIENT_STATUSES = frozenset({408, 409, 425, 429})
+# concurrent request with the same idempotency key), too early, rate limited; and refused
+# credentials or sender (401, 403): that is our configuration, not the message, so messages
+# wait (retried with backoff) until someone fixes the key instead of all failing for good.
+RETRYABLE_CLIENT_STATUSES = frozenset({401, 403, 408, 409, 425, 429})
 
 # The provider's error text goes into the exception message, which ends up in Temporal's history
 # and (cut to 255 characters) in the message row: enough to diagnose, never a whole HTML page.

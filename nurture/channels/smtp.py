@@ -24,6 +24,8 @@ from nurture.channels.base import (
 )
 from nurture.settings import Settings
 
+_CREDENTIAL_REPLIES = frozenset({530, 534, 535})
+
 
 class SmtpChannel:
     provider = "smtp"
@@ -92,7 +94,10 @@ class SmtpChannel:
                 raise PermanentSendError(f"smtp: recipient refused: {detail}") from err
             raise TemporarySendError(f"smtp: recipient deferred: {detail}") from err
         except aiosmtplib.SMTPResponseException as err:
-            error_class = PermanentSendError if err.code >= 500 else TemporarySendError
+            # 530/534/535: our login was refused, a configuration problem someone will fix;
+            # messages wait for it rather than all failing for good.
+            permanent = err.code >= 500 and err.code not in _CREDENTIAL_REPLIES
+            error_class = PermanentSendError if permanent else TemporarySendError
             raise error_class(f"smtp: {err.code} {err.message}") from err
         except (aiosmtplib.SMTPException, OSError) as err:
             # No reply to judge by: connection refused or lost, timeout, TLS failure, or a

@@ -47,13 +47,20 @@ class TwilioChannel(HttpChannel):
             auth=(account_sid, token),
         )
         self._path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
+        self._callback = f"{settings.public_base_url.rstrip('/')}/v1/webhooks/twilio"
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         if not message.text:
             raise PermanentSendError("an SMS needs a text body; this message has none")
         response = await self._post(
             self._path,
-            data={"To": message.to_address, "Body": message.text, **self._sender},
+            data={
+                "To": message.to_address,
+                "Body": message.text,
+                # Delivery reports come back to our webhook, naming our message.
+                "StatusCallback": self._callback,
+                **self._sender,
+            },
             # Twilio's idempotency token: a retry of this send carries the same key. (Twilio
             # documents the header on the requests it sends us; whether Messages.json dedupes
             # on it is Twilio's call, and sending it costs nothing.)

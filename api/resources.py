@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from temporalio.client import Client
 
+from nurture.channels.base import ChannelSender
 from nurture.db.engine import SessionFactory
 from nurture.enrollments import EnrollmentOptions
 from nurture.settings import Settings
@@ -17,6 +19,8 @@ class Resources:
     settings: Settings
     sessions: SessionFactory
     temporal: Client
+    # Senders by channel ("email", "sms") for test sends; None: the development outbox.
+    channels: Mapping[str, ChannelSender] | None = None
 
     @property
     def enrollment_options(self) -> EnrollmentOptions:

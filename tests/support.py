@@ -72,11 +72,11 @@ async def make_templates(sessions: SessionFactory, definition: Mapping[str, Any]
         for step in definition["steps"].values():
             if step["type"] in ("send_email", "send_sms"):
                 channel = "email" if step["type"] == "send_email" else "sms"
+                # An SMS is a body only: publishing refuses one with a subject.
+                subject = step["template"] if channel == "email" else None
                 await session.execute(
                     insert(Template)
-                    .values(
-                        key=step["template"], channel=channel, subject=step["template"], text="Hi"
-                    )
+                    .values(key=step["template"], channel=channel, subject=subject, text="Hi")
                     .on_conflict_do_nothing()
                 )
 

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from nurture.content.checks import template_problems
 from nurture.db.models import Journey, JourneyStatus, JourneyVersion, Template, utcnow
 from nurture.errors import Conflict, Invalid, NotFound
 from nurture.journeys.definition import (
@@ -25,7 +26,8 @@ from nurture.journeys.validation import InvalidJourney, validate_journey
 
 async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDefinition:
     """The definition `publish` would store, or `Invalid` listing every problem at once: those
-    of the definition itself and, whenever it can be parsed, its missing templates."""
+    of the definition itself and, whenever it can be parsed, its templates: missing, or
+    with problems (`nurture.content.checks.template_problems`)."""
     problems: list[dict[str, str]] = []
     parsed: JourneyDefinition | None
     try:
@@ -36,9 +38,12 @@ async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDef
             parsed = JourneyDefinition.model_validate(data)
         except ValidationError:
             parsed = None
-    missing = await _missing_templates(session, parsed) if parsed is not None else []
+    missing, broken = await _template_problems(session, parsed) if parsed is not None else ([], [])
+    content = missing + broken
     if problems:
-        raise Invalid("the journey definition is invalid", detail=problems + missing)
+        raise Invalid("the journey definition is invalid", detail=problems + content)
+    if broken:
+        raise Invalid("content is not ready: fix the templates listed first", detail=content)
     if missing:
         raise Invalid("content is not ready: create the missing templates first", detail=missing)
     assert parsed is not None  # no problems: validate_journey returned it
@@ -124,26 +129,38 @@ def trigger_index(definition: JourneyDefinition) -> tuple[str, str | None]:
     return trigger.type, None
 
 
-async def _missing_templates(
+async def _template_problems(
     session: AsyncSession, definition: JourneyDefinition
-) -> list[dict[str, str]]:
-    """Dynamics' rule: content must be ready before a journey is published."""
-    existing = {
-        (row[0], row[1])
-        for row in await session.execute(select(col(Template.channel), col(Template.key)))
-    }
-    problems = []
+) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Dynamics' rule: content must be ready before a journey is published. Each send step's
+    template must exist and pass `template_problems` too: one saved before those checks, or
+    written to the table directly, would otherwise fail (or render wrongly) at send time.
+
+    Returns (missing templates, problems of existing ones), each `{path, message}` with the
+    step's path: `steps.<step>.template`."""
+    wanted: dict[str, tuple[str, str]] = {}
     for step_id, step in definition.steps.items():
         if isinstance(step, SendEmailStep | SendSmsStep):
             channel = "email" if isinstance(step, SendEmailStep) else "sms"
-            if (channel, step.template) not in existing:
-                problems.append(
-                    {
-                        "path": f"steps.{step_id}.template",
-                        "message": f"no {channel} template {step.template!r}",
-                    }
-                )
-    return problems
+            wanted[step_id] = (channel, step.template)
+    if not wanted:
+        return [], []
+    keys = {key for _, key in wanted.values()}
+    rows = await session.scalars(select(Template).where(col(Template.key).in_(keys)))
+    # Checked once per template, however many steps send it.
+    found = {
+        (t.channel, t.key): template_problems(t.channel, t.subject, t.html, t.text) for t in rows
+    }
+    missing, broken = [], []
+    for step_id, (channel, key) in wanted.items():
+        path = f"steps.{step_id}.template"
+        if (channel, key) not in found:
+            missing.append({"path": path, "message": f"no {channel} template {key!r}"})
+        for problem in found.get((channel, key), []):
+            where = f"{problem['path']}: " if problem["path"] else ""
+            message = f"{channel} template {key!r}: {where}{problem['message']}"
+            broken.append({"path": path, "message": message})
+    return missing, broken
 
 
 async def latest_version(session: AsyncSession, journey: Journey) -> JourneyVersion | None:

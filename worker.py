@@ -22,6 +22,7 @@ from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
 from nurture.channels.base import ChannelSender
 from nurture.channels.outbox import OutboxChannel
+from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.enrollments import EnrollmentOptions
 from nurture.events import keep_redelivering
@@ -46,6 +47,7 @@ def build_worker(
     channels: Mapping[str, ChannelSender] | None = None,
     max_steps_per_run: int = 500,
     max_cached_workflows: int = 500,
+    settings: Settings | None = None,
     **worker_options: Any,
 ) -> Worker:
     """The worker for enrollments and bulk enrollments.
@@ -57,7 +59,9 @@ def build_worker(
     bulk = BulkActivities(
         sessions, client, EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     )
-    messaging = MessagingActivities(sessions, channels or default_channels(sessions))
+    messaging = MessagingActivities(
+        sessions, channels or default_channels(sessions), settings or Settings()
+    )
     contacts = ContactActivities(sessions)
     return Worker(
         client,
@@ -85,12 +89,15 @@ async def run_worker(settings: Settings, database_url: str) -> None:
         if added:
             logger.info("registered search attributes %s", ", ".join(added))
         sessions = session_factory(engine)
+        channels = channels_from_settings(settings, sessions)
         worker = build_worker(
             client,
             sessions,
             settings.temporal_task_queue,
+            channels=channels,
             max_steps_per_run=settings.max_steps_per_run,
             max_cached_workflows=settings.worker_max_cached_workflows,
+            settings=settings,
         )
         logger.info(
             "worker polling %s on %s/%s",
@@ -104,6 +111,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             await worker.run()
         finally:
             redelivery.cancel()
+            await close_channels(channels)
     finally:
         await engine.dispose()
 

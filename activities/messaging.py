@@ -11,13 +11,19 @@ from collections.abc import Mapping
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
 
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
+from nurture.content.loading import TemplateNotFound, load_template
+from nurture.content.rendering import TemplateRenderError, message_context, render
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
+from nurture.settings import Settings
+from nurture.suppressions import suppression_reason
+from nurture.tracking import Tracker
 
 _FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
 
@@ -36,9 +42,16 @@ def skip_reason(contact: Contact | None, channel: str) -> str | None:
 
 
 class MessagingActivities:
-    def __init__(self, sessions: SessionFactory, channels: Mapping[str, ChannelSender]) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        channels: Mapping[str, ChannelSender],
+        settings: Settings,
+    ) -> None:
         self._sessions = sessions
         self._channels = channels
+        self._settings = settings
+        self._tracker = Tracker(settings.public_base_url, settings.secret_key.get_secret_value())
 
     @activity.defn
     async def send_message(self, request: SendRequest) -> SendResult:
@@ -73,20 +86,25 @@ class MessagingActivities:
                     message_id=message.id, status=message.status, reason=message.reason
                 )
             reason = skip_reason(contact, request.channel)
+            if reason is None and contact is not None:
+                suppressed = await suppression_reason(session, contact.id, request.channel)
+                if suppressed is not None:
+                    reason = f"{request.channel}_{suppressed}"
             if reason is None and channel is None:
                 reason = f"no {request.channel} channel configured"
             if reason is not None:
                 message.status, message.reason = MessageStatus.SKIPPED, reason
                 return SendResult(message_id=message.id, status="skipped", reason=reason)
             assert contact is not None and channel is not None
-            outgoing = OutgoingMessage(
-                idempotency_key=request.idempotency_key,
-                message_id=message.id,
-                channel=request.channel,
-                to_address=(contact.email if request.channel == "email" else contact.phone) or "",
-                template=request.template,
-                variables={"journey": request.journey_key, "step": request.step},
-            )
+            try:
+                outgoing, version = await self._compose(session, request, message, contact)
+            except (TemplateNotFound, TemplateRenderError) as err:
+                # Content that cannot be rendered will not render on a retry either: the send
+                # fails, is recorded, and the journey goes on.
+                message.status, message.reason = MessageStatus.FAILED, str(err)[:255]
+                return SendResult(message_id=message.id, status="failed", reason=message.reason)
+            # Kept with the claim: a retry renders exactly the version the first attempt did.
+            message.template_version = version
 
         # The provider call happens outside the transaction: no row lock held over the network.
         try:
@@ -103,6 +121,47 @@ class MessagingActivities:
             provider_message_id=receipt.provider_message_id,
         )
         return SendResult(message_id=outgoing.message_id, status="sent")
+
+    async def _compose(
+        self, session: AsyncSession, request: SendRequest, message: Message, contact: Contact
+    ) -> tuple[OutgoingMessage, int]:
+        """Render the template for this contact, then track its links and add unsubscribe;
+        with the template version rendered."""
+        content = await load_template(
+            session, request.channel, request.template, version=message.template_version
+        )
+        email = request.channel == "email"
+        unsubscribe_url = self._tracker.unsubscribe_url(message.id) if email else None
+        rendered = render(
+            content,
+            message_context(
+                contact,
+                message_id=message.id,
+                journey=request.journey_key,
+                unsubscribe_url=unsubscribe_url,
+            ),
+        )
+        html = rendered.html
+        if email and html is not None:
+            html = self._tracker.track_html(
+                html,
+                message.id,
+                clicks=self._settings.track_clicks,
+                opens=self._settings.track_opens,
+            )
+        outgoing = OutgoingMessage(
+            idempotency_key=request.idempotency_key,
+            message_id=message.id,
+            channel=request.channel,
+            to_address=(contact.email if email else contact.phone) or "",
+            template=request.template,
+            subject=rendered.subject,
+            html=html,
+            text=rendered.text,
+            headers=self._tracker.unsubscribe_headers(message.id) if email else {},
+            variables={"journey": request.journey_key, "step": request.step},
+        )
+        return outgoing, rendered.version
 
     async def _finish(self, key: str, status: MessageStatus, **values: object) -> None:
         async with self._sessions.begin() as session:

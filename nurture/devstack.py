@@ -362,6 +362,7 @@ class DevStack:
     async def _run(self) -> int:
         from api.app import create_app
         from api.resources import Resources
+        from nurture.channels.registry import channels_from_settings, close_channels
         from nurture.db.engine import create_engine, session_factory
         from nurture.events import keep_redelivering
         from worker import build_worker
@@ -396,12 +397,16 @@ class DevStack:
             if added:
                 logger.info("registered search attributes %s", ", ".join(added))
 
+            channels = channels_from_settings(settings, sessions)
+            stack.push_async_callback(close_channels, channels)
             worker = build_worker(
                 client,
                 sessions,
                 settings.temporal_task_queue,
+                channels=channels,
                 max_steps_per_run=settings.max_steps_per_run,
                 max_cached_workflows=settings.worker_max_cached_workflows,
+                settings=settings,
                 graceful_shutdown_timeout=timedelta(seconds=5),
             )
             worker_task = asyncio.create_task(worker.run(), name="worker")

@@ -60,7 +60,7 @@ def build_worker(
         sessions, client, EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     )
     messaging = MessagingActivities(
-        sessions, channels or default_channels(sessions), settings or Settings()
+        sessions, channels or default_channels(sessions), settings or Settings(), client
     )
     contacts = ContactActivities(sessions)
     return Worker(

@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
+from temporalio.client import Client
 
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
 from nurture.content.loading import TemplateNotFound, load_template
@@ -24,6 +25,7 @@ from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcno
 from nurture.settings import Settings
 from nurture.suppressions import suppression_reason
 from nurture.tracking import Tracker
+from nurture.webhooks.ingest import match_pending
 
 _FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
 
@@ -47,10 +49,12 @@ class MessagingActivities:
         sessions: SessionFactory,
         channels: Mapping[str, ChannelSender],
         settings: Settings,
+        client: Client | None = None,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
         self._settings = settings
+        self._client = client  # to act on webhooks that arrived before the send was recorded
         self._tracker = Tracker(settings.public_base_url, settings.secret_key.get_secret_value())
 
     @activity.defn
@@ -120,7 +124,23 @@ class MessagingActivities:
             provider=receipt.provider,
             provider_message_id=receipt.provider_message_id,
         )
+        if self._client is not None and receipt.provider_message_id:
+            await self._match_early_webhooks(receipt.provider, receipt.provider_message_id)
         return SendResult(message_id=outgoing.message_id, status="sent")
+
+    async def _match_early_webhooks(self, provider: str, provider_message_id: str) -> None:
+        """A provider can report (delivered, bounced, opened) before we stored its id: those
+        webhooks were kept unmatched, and are acted on now."""
+        assert self._client is not None
+        try:
+            matched = await match_pending(
+                self._sessions, self._client, provider, provider_message_id
+            )
+        except Exception:  # the message is sent; a retry of the send must not follow from this
+            activity.logger.exception("webhooks for %s not matched", provider_message_id)
+            return
+        if matched:
+            activity.logger.info("matched %d early webhooks to %s", matched, provider_message_id)
 
     async def _compose(
         self, session: AsyncSession, request: SendRequest, message: Message, contact: Contact

@@ -16,6 +16,7 @@ from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
+from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import create_engine, session_factory
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
@@ -43,11 +44,14 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
         if not settings.database_url:
             raise RuntimeError("DATABASE_URL is not set (nurture dev sets it for you)")
         engine = create_engine(settings.database_url)
+        sessions = session_factory(engine)
+        channels = channels_from_settings(settings, sessions)  # for test sends
         try:
             client = await connect(settings)
-            app.state.resources = Resources(settings, session_factory(engine), client)
+            app.state.resources = Resources(settings, sessions, client, channels=channels)
             yield
         finally:
+            await close_channels(channels)
             await engine.dispose()
 
     app = FastAPI(

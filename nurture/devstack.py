@@ -414,7 +414,9 @@ class DevStack:
             redelivery = asyncio.create_task(keep_redelivering(sessions, client))
             stack.callback(redelivery.cancel)
 
-            resources = Resources(settings=settings, sessions=sessions, temporal=client)
+            resources = Resources(
+                settings=settings, sessions=sessions, temporal=client, channels=channels
+            )
             api = api_server(create_app(resources), self.host, self.options.api_port)
             api_task = asyncio.create_task(serve(api), name="api")
             stack.push_async_callback(_stop_api, api, api_task)

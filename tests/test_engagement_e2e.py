@@ -26,14 +26,25 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from api.resources import Resources
 from nurture.apikeys import create_api_key
-from nurture.channels.base import ChannelSender
+from nurture.channels.base import ChannelSender, DeliveryReceipt, OutgoingMessage
 from nurture.channels.outbox import OutboxChannel
 from nurture.channels.smtp import SmtpChannel
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Event, Message, Suppression, WebhookEvent
 from nurture.settings import Settings
-from tests.support import example, finish, make_lists, ok, reach_step
+from nurture.webhooks.base import ProviderEvent
+from nurture.webhooks.ingest import ingest
+from tests.support import (
+    example,
+    finish,
+    make_contact,
+    make_lists,
+    ok,
+    publish_journey,
+    reach_step,
+    start,
+)
 from tests.test_channels import Mailbox, start_smtp
 from tests.test_webhooks import _der_b64, sendgrid_post
 from worker import build_worker
@@ -262,3 +273,49 @@ async def test_one_click_unsubscribe_skips_the_later_send(
     assert (follow_up.status, follow_up.reason) == ("skipped", "email_unsubscribed")
     assert (suppression.reason, suppression.source) == ("unsubscribed", "one_click")
     assert len(stack.mailbox.envelopes) == 1  # the welcome only; the follow-up never left
+
+
+class _FastReportingProvider:
+    """A provider whose bounce report reaches our webhook before its API call returns (it
+    happens: webhooks race the response). Stands in for the outside provider only."""
+
+    provider = "sendgrid"
+
+    def __init__(self, sessions: SessionFactory, client: Client) -> None:
+        self._sessions, self._client = sessions, client
+
+    async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
+        provider_id = f"sg-{message.message_id.hex}"
+        bounce = ProviderEvent(
+            provider="sendgrid",
+            dedupe_key=f"sendgrid:bounce:{provider_id}",
+            kind="bounced",
+            provider_message_id=provider_id,
+            permanent=True,
+        )
+        result = await ingest(self._sessions, self._client, [bounce])
+        assert result.unmatched == 1  # we do not know this id yet
+        return DeliveryReceipt(provider="sendgrid", provider_message_id=provider_id)
+
+
+async def test_a_webhook_that_beats_the_send_is_acted_on_once_the_send_is_recorded(
+    sessions: SessionFactory, client: Client, env: WorkflowEnvironment, task_queue: str
+) -> None:
+    await make_lists(sessions, "paid-customers")
+    await publish_journey(sessions, example("benchmark-welcome"))
+    contact_id = await make_contact(sessions)
+    channels: dict[str, ChannelSender] = {"email": _FastReportingProvider(sessions, client)}
+    async with build_worker(client, sessions, task_queue, channels=channels):
+        _, handle = await start(sessions, client, task_queue, "benchmark-welcome", contact_id)
+        result = await finish(env, handle)
+
+    async with sessions() as session:
+        suppression = (await session.scalars(select(Suppression))).one()
+        follow_up = (
+            await session.scalars(select(Message).where(col(Message.step_id) == "follow_up"))
+        ).one()
+        webhook = (await session.scalars(select(WebhookEvent))).one()
+    assert (suppression.contact_id, suppression.reason) == (contact_id, "bounced")
+    assert webhook.message_id is not None and webhook.processed_at is not None
+    assert result.path[-1].step == "follow_up"
+    assert (follow_up.status, follow_up.reason) == ("skipped", "email_bounced")

@@ -34,7 +34,7 @@ from nurture.settings import Settings
 from nurture.tracing import ensure_search_attributes
 
 TABLES = (
-    "webhook_events, suppressions, template_versions, templates, api_keys, bulk_enrollments, "
+    "segments, webhook_events, suppressions, template_versions, templates, api_keys, bulk_enrollments, "
     "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
     "journeys, list_memberships, lists, contacts, applied_operations"
 )

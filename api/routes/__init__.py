@@ -6,8 +6,10 @@ from api.routes import (
     contacts,
     enrollments,
     events,
+    imports,
     journeys,
     lists,
+    segments,
     templates,
     tracking,
     webhooks,
@@ -21,6 +23,8 @@ ROUTERS: list[APIRouter] = [
     lists.router,
     enrollments.router,
     events.router,
+    segments.router,
+    imports.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

@@ -395,3 +395,17 @@ class WebhookEvent(SQLModel, table=True):
     occurred_at: datetime = _timestamp()
     received_at: datetime = _timestamp()
     processed_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class Segment(SQLModel, table=True):
+    """A saved dynamic audience: a filter over contacts (`nurture.segments.definition`),
+    evaluated whenever it is used, so membership is always current."""
+
+    __tablename__ = "segments"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str = Field(unique=True, max_length=64)
+    name: str = Field(max_length=200)
+    filter: dict[str, Any] = _json()
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()

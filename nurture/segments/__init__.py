@@ -1,0 +1,1 @@
+"""Segments: dynamic audiences, a JSON filter compiled to SQL over contacts."""

@@ -7,6 +7,7 @@ channel again with the same key, which the channel passes to the provider to ded
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 from sqlalchemy import select, update
@@ -22,6 +23,7 @@ from nurture.content.rendering import TemplateRenderError, message_context, rend
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
+from nurture.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.settings import Settings
 from nurture.suppressions import suppression_reason
 from nurture.tracking import Tracker
@@ -94,6 +96,8 @@ class MessagingActivities:
                 suppressed = await suppression_reason(session, contact.id, request.channel)
                 if suppressed is not None:
                     reason = f"{request.channel}_{suppressed}"
+            if reason is None and contact is not None and request.exclusion_segment:
+                reason = await _exclusion_reason(session, request.exclusion_segment, contact.id)
             if reason is None and channel is None:
                 reason = f"no {request.channel} channel configured"
             if reason is not None:
@@ -194,3 +198,13 @@ class MessagingActivities:
                     **values,
                 )
             )
+
+
+async def _exclusion_reason(
+    session: AsyncSession, segment_key: str, contact_id: uuid.UUID
+) -> str | None:
+    try:
+        excluded = await in_exclusion_segment(session, segment_key, contact_id)
+    except MissingExclusionSegment:
+        return f"exclusion segment {segment_key} missing"[:255]
+    return f"in exclusion segment {segment_key}"[:255] if excluded else None

@@ -21,8 +21,9 @@ from temporalio.service import RPCError
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, utcnow
-from nurture.enrollments import signal_contact_enrollments
+from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments
 from nurture.errors import NotFound, Unavailable
+from nurture.triggers import on_contact_changed
 
 Attribute = Literal["email", "phone", "time_zone"]
 
@@ -86,9 +87,14 @@ class Upserted:
 
 
 async def upsert_contact(
-    sessions: SessionFactory, client: Client, external_id: str, changes: ContactChanges
+    sessions: SessionFactory,
+    client: Client,
+    external_id: str,
+    changes: ContactChanges,
+    options: EnrollmentOptions | None = None,
 ) -> Upserted:
-    """Create the contact with this external id, or change the existing one."""
+    """Create the contact with this external id, or change the existing one; with `options`,
+    then start the journeys triggered by a segment it is now in."""
     for attempt in (1, 2):
         try:
             result = await _upsert(sessions, external_id, changes)
@@ -99,6 +105,8 @@ async def upsert_contact(
                 raise
     if result.changed and not result.created:
         await _notify(sessions, client, result.contact.id)
+    if options is not None and (result.changed or result.created):
+        await on_contact_changed(sessions, client, options, result.contact.id)
     return result
 
 
@@ -117,7 +125,11 @@ async def _upsert(sessions: SessionFactory, external_id: str, changes: ContactCh
 
 
 async def patch_contact(
-    sessions: SessionFactory, client: Client, contact_id: uuid.UUID, changes: ContactChanges
+    sessions: SessionFactory,
+    client: Client,
+    contact_id: uuid.UUID,
+    changes: ContactChanges,
+    options: EnrollmentOptions | None = None,
 ) -> Contact:
     async with sessions.begin() as session:
         contact = await session.get(Contact, contact_id, with_for_update=True)
@@ -126,6 +138,8 @@ async def patch_contact(
         changed = apply_changes(contact, changes)
     if changed:
         await _notify(sessions, client, contact_id)
+        if options is not None:
+            await on_contact_changed(sessions, client, options, contact_id)
     return contact
 
 

@@ -156,6 +156,8 @@ class SendRequest(_Message):
     step: str
     channel: Channel
     template: str
+    # The journey's exclusion segment: a contact who joined it since entering gets no more sends.
+    exclusion_segment: str | None = None
 
 
 class SendResult(_Message):

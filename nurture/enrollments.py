@@ -34,6 +34,7 @@ from nurture.db.models import (
     JourneyVersion,
 )
 from nurture.errors import Conflict, NotFound
+from nurture.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.journeys.definition import EntryRules, JourneyDefinition
 from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
@@ -126,6 +127,7 @@ async def _claim(
         # once, by start_workflow.
         rules = EntryRules.model_validate(version.definition.get("entry", {}))
         await _check_reentry(session, journey, rules, contact_id)
+        await _check_exclusion(session, journey_key, rules, contact_id)
         enrollment = Enrollment(
             journey_id=journey.id,
             journey_version_id=version.id,
@@ -186,6 +188,22 @@ async def _check_reentry(
         )
     if rules.max_entries is not None and (previous or 0) >= rules.max_entries:
         raise Conflict(f"contact {contact_id} reached the {rules.max_entries} entries allowed")
+
+
+async def _check_exclusion(
+    session: AsyncSession, journey_key: str, rules: EntryRules, contact_id: uuid.UUID
+) -> None:
+    if rules.exclusion_segment is None:
+        return
+    try:
+        excluded = await in_exclusion_segment(session, rules.exclusion_segment, contact_id)
+    except MissingExclusionSegment as err:
+        raise Conflict(f"{err}: nobody enters {journey_key!r} until it exists again") from err
+    if excluded:
+        raise Conflict(
+            f"contact {contact_id} is in {journey_key!r}'s exclusion segment "
+            f"{rules.exclusion_segment!r}"
+        )
 
 
 async def unenroll(

@@ -33,7 +33,7 @@ from nurture.db.models import (
 )
 from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments, signal_workflow
 from nurture.errors import Conflict, NotFound
-from nurture.triggers import on_event
+from nurture.triggers import on_contact_changed, on_event
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,8 @@ async def record_custom_event(
     )
     signalled = await signal_contact_enrollments(sessions, client, contact_id, "event", signal)
     started = await on_event(sessions, client, options, contact_id, name, event.properties)
+    # An event can also put the contact in a segment ("purchased twice") that starts a journey.
+    started += await on_contact_changed(sessions, client, options, contact_id)
     async with sessions.begin() as session:
         await session.execute(
             update(Event).where(col(Event.id) == event.id).values(signalled_at=utcnow())

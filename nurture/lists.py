@@ -22,7 +22,7 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, ContactList, Enrollment, ListMembership
 from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments
 from nurture.errors import Conflict, NotFound, NurtureError, Unavailable
-from nurture.triggers import on_list_joined
+from nurture.triggers import on_contact_changed, on_list_joined
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,9 @@ async def _start_triggered(
     async def one(contact_id: uuid.UUID) -> list[Enrollment]:
         async with limit:
             try:
-                return await on_list_joined(sessions, client, options, contact_id, key)
+                started = await on_list_joined(sessions, client, options, contact_id, key)
+                # Joining a list can also put the contact in a segment that starts a journey.
+                return started + await on_contact_changed(sessions, client, options, contact_id)
             except NurtureError as refused:  # e.g. the contact was deleted meanwhile
                 logger.info("list %s: no journeys started for %s: %s", key, contact_id, refused)
                 return []

@@ -1,4 +1,5 @@
-"""Journeys that start by themselves: when a contact joins a list or performs an event.
+"""Journeys that start by themselves: when a contact joins a list, performs an event, or is
+found in a segment after a change (created, updated, joined a list, performed an event).
 
 Called after the change that triggers them has committed. A contact that a journey refuses
 (re-entry not allowed, already in it) is simply not enrolled again; the rest go on.
@@ -14,11 +15,12 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Enrollment, Journey, JourneyStatus
+from nurture.db.models import Enrollment, Journey, JourneyStatus, Segment
 from nurture.enrollments import EnrollmentOptions, enroll
 from nurture.errors import Conflict
 from nurture.journeys.definition import EventTrigger, JourneyDefinition
 from nurture.journeys.publishing import latest_version
+from nurture.segments.service import contains
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,52 @@ async def on_event(
     return await _start_triggered(
         sessions, client, options, contact_id, "event", name, properties=properties
     )
+
+
+async def on_contact_changed(
+    sessions: SessionFactory, client: Client, options: EnrollmentOptions, contact_id: uuid.UUID
+) -> list[Enrollment]:
+    """Enroll the contact in the live journeys triggered by a segment it is in now.
+
+    Checked right after each change, so a contact enters within moments of qualifying. The
+    journey's re-entry rules decide whether a contact still in the segment enters again: with
+    the default (never), each contact enters once."""
+    async with sessions() as session:
+        journeys = list(
+            await session.scalars(
+                select(Journey).where(
+                    col(Journey.trigger_type) == "segment_entered",
+                    col(Journey.status).in_(_LIVE),
+                )
+            )
+        )
+        candidates = []
+        for journey in journeys:
+            segment = await session.scalar(
+                select(Segment).where(col(Segment.key) == journey.trigger_key)
+            )
+            if segment is None:
+                logger.warning("journey %s is triggered by a missing segment", journey.key)
+                continue
+            if await contains(session, segment, contact_id):
+                candidates.append(journey.key)
+    return await _enroll_each(sessions, client, options, contact_id, candidates)
+
+
+async def _enroll_each(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    contact_id: uuid.UUID,
+    journey_keys: list[str],
+) -> list[Enrollment]:
+    started = []
+    for journey_key in journey_keys:
+        try:
+            started.append(await enroll(sessions, client, options, journey_key, contact_id))
+        except Conflict as refused:
+            logger.info("not enrolling %s in %s: %s", contact_id, journey_key, refused.message)
+    return started
 
 
 async def _start_triggered(
@@ -82,10 +130,4 @@ async def _start_triggered(
             ):
                 continue
             candidates.append(journey.key)
-    started = []
-    for journey_key in candidates:
-        try:
-            started.append(await enroll(sessions, client, options, journey_key, contact_id))
-        except Conflict as refused:
-            logger.info("not enrolling %s in %s: %s", contact_id, journey_key, refused.message)
-    return started
+    return await _enroll_each(sessions, client, options, contact_id, candidates)

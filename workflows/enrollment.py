@@ -289,6 +289,7 @@ class JourneyEnrollment:
             step=step_id,
             channel=channel,
             template=step.template,
+            exclusion_segment=self._input.definition.entry.exclusion_segment,
         )
         try:
             result = await workflow.execute_activity_method(

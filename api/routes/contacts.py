@@ -127,7 +127,11 @@ async def upsert(
     response: Response,
 ) -> ContactOut:
     result = await upsert_contact(
-        resources.sessions, resources.temporal, external_id, body.changes()
+        resources.sessions,
+        resources.temporal,
+        external_id,
+        body.changes(),
+        options=resources.enrollment_options,
     )
     if not result.created:
         response.status_code = status.HTTP_200_OK
@@ -182,7 +186,13 @@ async def list_contacts(
 async def patch(
     contact_id: uuid.UUID, body: ContactPatch, resources: ResourcesDep, session: SessionDep
 ) -> ContactOut:
-    await patch_contact(resources.sessions, resources.temporal, contact_id, body.changes())
+    await patch_contact(
+        resources.sessions,
+        resources.temporal,
+        contact_id,
+        body.changes(),
+        options=resources.enrollment_options,
+    )
     return await contact_out(session, contact_id)
 
 

@@ -14,6 +14,7 @@ from sqlmodel import col, select
 from api.deps import ResourcesDep, SessionDep
 from api.schemas.common import BODY_TOO_LARGE, error_responses
 from api.schemas.journeys import (
+    GoalConversionOut,
     JourneyDraftIn,
     JourneyOut,
     JourneyPage,
@@ -26,6 +27,7 @@ from api.schemas.journeys import (
 from nurture.db.models import Journey, JourneyStatus, JourneyVersion
 from nurture.errors import Conflict, Invalid, NotFound
 from nurture.journeys import lifecycle
+from nurture.journeys.conversion import goal_conversion
 from nurture.journeys.publishing import publish, publishable, save_draft
 
 router = APIRouter(prefix="/journeys", tags=["journeys"])
@@ -231,6 +233,34 @@ async def archive_journey(key: str, resources: ResourcesDep) -> JourneyStatusOut
 )
 async def get_journey(key: str, session: SessionDep) -> JourneyOut:
     return await journey_out(session, await _journey(session, key))
+
+
+@router.get(
+    "/{key}/goal",
+    response_model=GoalConversionOut,
+    summary="Goal conversion: how many enrolled contacts met the goal",
+    description="Counts distinct contacts, as HubSpot counts workflow goals. `conversion_rate` is "
+    "`converted` (met the goal and were sent an email by the journey) over `enrolled` (contacts "
+    "refused at entry for already meeting the goal are reported apart). A contact whose "
+    "enrollment ended otherwise and who meets the live goal now counts as `met_goal_after`. "
+    "Publishing a version without a goal restarts the counting (`counting_since`); publishing "
+    "a changed goal does not.",
+    responses=error_responses(NO_JOURNEY),
+)
+async def get_goal_conversion(key: str, session: SessionDep) -> GoalConversionOut:
+    result = await goal_conversion(session, key)
+    return GoalConversionOut(
+        journey_key=result.journey_key,
+        goal=result.goal.model_dump(mode="json") if result.goal else None,
+        counting_since=result.counting_since,
+        enrolled=result.enrolled,
+        sent_marketing_email=result.sent_marketing_email,
+        met_goal_while_enrolled=result.met_goal_while_enrolled,
+        met_goal_after=result.met_goal_after,
+        converted=result.converted,
+        conversion_rate=result.conversion_rate,
+        not_enrolled_goal_already_met=result.not_enrolled_goal_already_met,
+    )
 
 
 @router.get(

@@ -135,3 +135,48 @@ class JourneyStatusOut(BaseModel):
     enrollments_signalled: int = Field(
         description="in-flight enrollments told of the change (0 for archive, which tells none)"
     )
+
+
+class GoalConversionOut(BaseModel):
+    """A journey's goal conversion, counted as HubSpot counts workflow goals."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "journey_key": "lead-nurture",
+                    "goal": EXAMPLE_DEFINITION["goal"],
+                    "counting_since": None,
+                    "enrolled": 1200,
+                    "sent_marketing_email": 1150,
+                    "met_goal_while_enrolled": 140,
+                    "met_goal_after": 35,
+                    "converted": 170,
+                    "conversion_rate": 0.1417,
+                    "not_enrolled_goal_already_met": 80,
+                }
+            ]
+        }
+    )
+
+    journey_key: str
+    goal: dict[str, JsonValue] | None = Field(
+        description="the live version's goal; none if it has none"
+    )
+    counting_since: datetime | None = Field(
+        description="when the goal was last removed: only enrollments since then count; none "
+        "means the whole history (editing the goal does not reset the counts)"
+    )
+    enrolled: int = Field(
+        description="distinct contacts enrolled (those refused at entry are not counted)"
+    )
+    sent_marketing_email: int = Field(description="of those, contacts sent an email by it")
+    met_goal_while_enrolled: int = Field(description="contacts that left with `goal_met`")
+    met_goal_after: int = Field(
+        description="other contacts whose enrollment ended and who meet the current goal now"
+    )
+    converted: int = Field(description="contacts that met the goal and were sent an email")
+    conversion_rate: float | None = Field(description="converted / enrolled; none when 0 enrolled")
+    not_enrolled_goal_already_met: int = Field(
+        description="contacts not enrolled because they already met the goal; not in the rate"
+    )

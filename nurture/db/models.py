@@ -134,6 +134,9 @@ class Journey(SQLModel, table=True):
     published_at: datetime | None = _timestamp(nullable=True, default_now=False)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+    # When a version without a goal last replaced one with a goal. HubSpot restarts goal
+    # counting then, so conversion counts only enrollments from this moment on.
+    goal_reset_at: datetime | None = _timestamp(nullable=True, default_now=False)
 
 
 class JourneyVersion(SQLModel, table=True):

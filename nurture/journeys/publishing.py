@@ -102,6 +102,7 @@ async def publish(session: AsyncSession, key: str) -> JourneyVersion:
     latest = await session.scalar(
         select(func.max(JourneyVersion.version)).where(col(JourneyVersion.journey_id) == journey.id)
     )
+    previous = await latest_version(session, journey)  # the live version this one replaces
     version = JourneyVersion(
         journey_id=journey.id,
         version=(latest or 0) + 1,
@@ -112,6 +113,9 @@ async def publish(session: AsyncSession, key: str) -> JourneyVersion:
         journey.status = JourneyStatus.ACTIVE
     journey.trigger_type, journey.trigger_key = trigger_index(definition)
     journey.published_at = journey.updated_at = utcnow()
+    # HubSpot: removing all goal criteria resets the goal counts, editing them does not.
+    if definition.goal is None and previous is not None and previous.definition.get("goal"):
+        journey.goal_reset_at = journey.published_at
     await session.flush()
     return version
 

@@ -74,6 +74,7 @@ def build_worker(
             messaging.send_message,
             contacts.update_contact,
             contacts.change_list_membership,
+            bulk.open_run,
             bulk.enroll_page,
         ],
         max_cached_workflows=max_cached_workflows,

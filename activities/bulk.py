@@ -1,4 +1,4 @@
-"""Enrolling a list page by page, for the BulkEnroll workflow.
+"""Enrolling a list or a segment page by page, for the BulkEnroll workflow.
 
 Each page enrolls its contacts through `nurture.enrollments.enroll`, which returns the live
 enrollment rather than making a second one, so a page retried after a crash enrolls nobody
@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
+from sqlalchemy import Select, func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select, update
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 
-from nurture.contracts import BulkPage, BulkPageResult, BulkProgress
+from nurture.contracts import BulkPage, BulkPageResult, BulkProgress, BulkRun
 from nurture.db.engine import SessionFactory
-from nurture.db.models import BulkEnrollment, ContactList, ListMembership, utcnow
+from nurture.db.models import (
+    BulkEnrollment,
+    ContactList,
+    Journey,
+    ListMembership,
+    Segment,
+    utcnow,
+)
 from nurture.enrollments import EnrollmentOptions, enroll_or_get
 from nurture.errors import Conflict
+from nurture.segments.service import count, members_query
 
 _CONCURRENCY = 20
 
@@ -31,18 +44,54 @@ class BulkActivities:
         self._options = options
 
     @activity.defn
+    async def open_run(self, run: BulkRun) -> uuid.UUID:
+        """The progress row of a run started by a schedule; the same row on a retry (its id
+        is derived from the run's workflow id)."""
+        bulk_id = uuid.uuid5(uuid.NAMESPACE_URL, f"nurture:bulk:{run.workflow_id}")
+        async with self._sessions.begin() as session:
+            journey_id = await session.scalar(
+                select(Journey.id).where(col(Journey.key) == run.journey_key)
+            )
+            if journey_id is None:
+                raise ApplicationError(f"no journey {run.journey_key!r}", non_retryable=True)
+            list_id = segment_id = None
+            if run.segment_key is not None:
+                segment = await session.scalar(
+                    select(Segment).where(col(Segment.key) == run.segment_key)
+                )
+                if segment is None:
+                    raise ApplicationError(f"no segment {run.segment_key!r}", non_retryable=True)
+                segment_id, total = segment.id, await count(session, segment)
+            else:
+                list_id = await session.scalar(
+                    select(ContactList.id).where(col(ContactList.key) == run.list_key)
+                )
+                if list_id is None:
+                    raise ApplicationError(f"no list {run.list_key!r}", non_retryable=True)
+                total = (
+                    await session.scalar(
+                        select(func.count()).where(col(ListMembership.list_id) == list_id)
+                    )
+                    or 0
+                )
+            await session.execute(
+                insert(BulkEnrollment)
+                .values(
+                    id=bulk_id,
+                    journey_id=journey_id,
+                    list_id=list_id,
+                    segment_id=segment_id,
+                    workflow_id=run.workflow_id,
+                    total=total,
+                )
+                .on_conflict_do_nothing(index_elements=["id"])
+            )
+        return bulk_id
+
+    @activity.defn
     async def enroll_page(self, page: BulkPage) -> BulkPageResult:
         async with self._sessions() as session:
-            query = (
-                select(ListMembership.contact_id)
-                .join(ContactList, col(ContactList.id) == col(ListMembership.list_id))
-                .where(col(ContactList.key) == page.list_key)
-                .order_by(col(ListMembership.contact_id))
-                .limit(page.page_size)
-            )
-            if page.progress.after_contact_id is not None:
-                query = query.where(col(ListMembership.contact_id) > page.progress.after_contact_id)
-            contact_ids = list(await session.scalars(query))
+            contact_ids = list(await session.scalars(await self._page_query(session, page)))
 
         limit = asyncio.Semaphore(_CONCURRENCY)
 
@@ -58,6 +107,10 @@ class BulkActivities:
                     )
                 except Conflict:  # refused by the journey's entry rules
                     return False
+                finally:
+                    # Alive: a worker that dies mid-page is noticed within the heartbeat
+                    # timeout, and the page is retried (enrolling nobody twice).
+                    activity.heartbeat()
                 return created
 
         created = await asyncio.gather(*(one(c) for c in contact_ids))
@@ -82,3 +135,25 @@ class BulkActivities:
                 )
             )
         return BulkPageResult(progress=progress, finished=finished)
+
+    async def _page_query(self, session: AsyncSession, page: BulkPage) -> Select[Any]:
+        """The next page of members, in contact id order after the cursor."""
+        after = page.progress.after_contact_id
+        if page.segment_key is not None:
+            segment = await session.scalar(
+                select(Segment).where(col(Segment.key) == page.segment_key)
+            )
+            if segment is None:
+                raise ApplicationError(f"no segment {page.segment_key!r}", non_retryable=True)
+            # Evaluated page by page: who is in the segment when their page comes up.
+            return members_query(segment, after=after).limit(page.page_size)
+        query = (
+            select(ListMembership.contact_id)
+            .join(ContactList, col(ContactList.id) == col(ListMembership.list_id))
+            .where(col(ContactList.key) == page.list_key)
+            .order_by(col(ListMembership.contact_id))
+            .limit(page.page_size)
+        )
+        if after is not None:
+            query = query.where(col(ListMembership.contact_id) > after)
+        return query

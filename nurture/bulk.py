@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 
 from sqlalchemy import func
 from sqlmodel import col, select
 from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from nurture.contracts import BULK_ENROLL_WORKFLOW, BulkEnrollInput
 from nurture.db.engine import SessionFactory
-from nurture.db.models import BulkEnrollment, ContactList, Journey, JourneyStatus, ListMembership
+from nurture.db.models import (
+    BulkEnrollment,
+    ContactList,
+    Journey,
+    JourneyStatus,
+    ListMembership,
+    Segment,
+)
 from nurture.errors import Conflict, NotFound
+from nurture.segments.service import count
 
 
 async def start_bulk_enrollment(
@@ -19,39 +29,75 @@ async def start_bulk_enrollment(
     client: Client,
     task_queue: str,
     journey_key: str,
-    list_key: str,
+    list_key: str | None = None,
     page_size: int = 200,
+    *,
+    segment_key: str | None = None,
+    workflow_id: str | None = None,
+    start_delay: timedelta | None = None,
 ) -> BulkEnrollment:
+    """Enroll a list's or a segment's members. With `workflow_id`, a second call with the same
+    id starts nothing new (a one-time segment journey published again runs once)."""
+    if (list_key is None) == (segment_key is None):
+        raise ValueError("give exactly one of list_key, segment_key")
     async with sessions.begin() as session:
         journey = await session.scalar(select(Journey).where(col(Journey.key) == journey_key))
         if journey is None:
             raise NotFound(f"no journey {journey_key!r}")
         if journey.status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
             raise Conflict(f"journey {journey_key!r} is {journey.status}: nobody can enter it")
-        contact_list = await session.scalar(
-            select(ContactList).where(col(ContactList.key) == list_key)
-        )
-        if contact_list is None:
-            raise NotFound(f"no list {list_key!r}")
-        total = await session.scalar(
-            select(func.count()).where(col(ListMembership.list_id) == contact_list.id)
-        )
+        if workflow_id is not None:
+            existing = await session.scalar(
+                select(BulkEnrollment).where(col(BulkEnrollment.workflow_id) == workflow_id)
+            )
+            if existing is not None:
+                return existing
         bulk_id = uuid.uuid4()
+        list_id = segment_id = None
+        if segment_key is not None:
+            segment = await session.scalar(select(Segment).where(col(Segment.key) == segment_key))
+            if segment is None:
+                raise NotFound(f"no segment {segment_key!r}")
+            segment_id, total = segment.id, await count(session, segment)
+            audience = f"segment {segment_key}"
+        else:
+            contact_list = await session.scalar(
+                select(ContactList).where(col(ContactList.key) == list_key)
+            )
+            if contact_list is None:
+                raise NotFound(f"no list {list_key!r}")
+            list_id = contact_list.id
+            total = (
+                await session.scalar(
+                    select(func.count()).where(col(ListMembership.list_id) == contact_list.id)
+                )
+                or 0
+            )
+            audience = f"list {list_key}"
         bulk = BulkEnrollment(
             id=bulk_id,
             journey_id=journey.id,
-            list_id=contact_list.id,
-            workflow_id=f"bulk-enroll:{journey_key}:{list_key}:{bulk_id}",
-            total=total or 0,
+            list_id=list_id,
+            segment_id=segment_id,
+            workflow_id=workflow_id
+            or f"bulk-enroll:{journey_key}:{list_key or segment_key}:{bulk_id}",
+            total=total,
         )
         session.add(bulk)
     await client.start_workflow(
         BULK_ENROLL_WORKFLOW,
         BulkEnrollInput(
-            bulk_id=bulk.id, journey_key=journey_key, list_key=list_key, page_size=page_size
+            bulk_id=bulk.id,
+            journey_key=journey_key,
+            list_key=list_key,
+            segment_key=segment_key,
+            page_size=page_size,
         ),
         id=bulk.workflow_id,
         task_queue=task_queue,
-        static_summary=f"enroll list {list_key} into journey {journey_key}",
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        start_delay=start_delay,
+        static_summary=f"enroll {audience} into journey {journey_key}",
     )
     return bulk

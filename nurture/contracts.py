@@ -11,7 +11,7 @@ import uuid
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from nurture.journeys.definition import JourneyDefinition
 
@@ -197,17 +197,41 @@ class BulkProgress(_Message):
 
 
 class BulkEnrollInput(_Message):
-    bulk_id: uuid.UUID
+    """Enroll a list's or a segment's members. A scheduled run (recurring segment journeys)
+    has no `bulk_id`: the workflow opens its own progress row, one per run."""
+
+    bulk_id: uuid.UUID | None = None
     journey_key: str
-    list_key: str
+    list_key: str | None = None
+    segment_key: str | None = None
     page_size: int = Field(default=200, ge=1, le=5000)
     progress: BulkProgress = Field(default_factory=BulkProgress)
+
+    @model_validator(mode="after")
+    def _one_audience(self) -> BulkEnrollInput:
+        if (self.list_key is None) == (self.segment_key is None):
+            raise ValueError("give exactly one of list_key, segment_key")
+        return self
+
+    @property
+    def audience(self) -> str:
+        return f"list {self.list_key}" if self.list_key else f"segment {self.segment_key}"
+
+
+class BulkRun(_Message):
+    """What a run without a progress row needs to open one."""
+
+    workflow_id: str
+    journey_key: str
+    list_key: str | None = None
+    segment_key: str | None = None
 
 
 class BulkPage(_Message):
     bulk_id: uuid.UUID
     journey_key: str
-    list_key: str
+    list_key: str | None = None
+    segment_key: str | None = None
     page_size: int
     progress: BulkProgress
 

@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 
@@ -18,7 +19,7 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, Journey, JourneyStatus, Segment
 from nurture.enrollments import EnrollmentOptions, enroll
 from nurture.errors import Conflict
-from nurture.journeys.definition import EventTrigger, JourneyDefinition
+from nurture.journeys.definition import EventTrigger, JourneyDefinition, SegmentTrigger
 from nurture.journeys.publishing import latest_version
 from nurture.segments.service import contains
 
@@ -64,13 +65,15 @@ async def on_contact_changed(
         journeys = list(
             await session.scalars(
                 select(Journey).where(
-                    col(Journey.trigger_type) == "segment_entered",
+                    col(Journey.trigger_type).in_(("segment_entered", "segment")),
                     col(Journey.status).in_(_LIVE),
                 )
             )
         )
         candidates = []
         for journey in journeys:
+            if journey.trigger_type == "segment" and not await _takes_newcomers(session, journey):
+                continue  # a one-time or recurring audience: enrolled by its runs only
             segment = await session.scalar(
                 select(Segment).where(col(Segment.key) == journey.trigger_key)
             )
@@ -80,6 +83,14 @@ async def on_contact_changed(
             if await contains(session, segment, contact_id):
                 candidates.append(journey.key)
     return await _enroll_each(sessions, client, options, contact_id, candidates)
+
+
+async def _takes_newcomers(session: AsyncSession, journey: Journey) -> bool:
+    version = await latest_version(session, journey)
+    if version is None:
+        return False
+    trigger = JourneyDefinition.model_validate(version.definition).trigger
+    return isinstance(trigger, SegmentTrigger) and trigger.mode == "once_and_new"
 
 
 async def _enroll_each(

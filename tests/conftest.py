@@ -24,6 +24,7 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from nurture.binaries import find_binary
@@ -133,7 +134,11 @@ async def _terminate_started(settle_within: float = 10) -> None:
     for handle in STARTED:
         while (await handle.describe()).status == WorkflowExecutionStatus.RUNNING:
             if loop.time() > deadline or await _idle(handle):
-                await handle.terminate("test finished")
+                try:
+                    await handle.terminate("test finished")
+                except RPCError as err:  # it ended meanwhile
+                    if err.status != RPCStatusCode.NOT_FOUND:
+                        raise
                 break
             await asyncio.sleep(0.02)
     STARTED.clear()

@@ -9,13 +9,15 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlmodel import col
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
@@ -23,7 +25,7 @@ from api.resources import Resources
 from nurture.apikeys import create_api_key
 from nurture.binaries import find_binary
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Contact
+from nurture.db.models import BulkEnrollment, Contact, Enrollment
 from nurture.settings import Settings
 from nurture.tracing import dev_server_flags
 from tests.support import ok
@@ -267,3 +269,90 @@ async def test_temporal_cli_finds_contacts_by_journey_step(
     client: Client = dev_server.client
     for workflow_id in waiting:
         await client.get_workflow_handle(workflow_id).terminate("test finished")
+
+
+WEEKLY: dict[str, Any] = {
+    "key": "weekly-digest",
+    "name": "Weekly digest for trial users",
+    "trigger": {
+        "type": "segment",
+        "segment": "trials",
+        "mode": "recurring",
+        "cron": "0 9 * * MON",
+        "time_zone": "Europe/Paris",
+        "start_at": "2030-01-07T09:00:00",
+    },
+    "entry": {"reentry": "after_exit"},
+    "start": "tag",
+    "steps": {"tag": {"type": "update_contact", "increment": {"digests": 1}}},
+}
+
+
+async def test_a_recurring_segment_journey_runs_on_its_schedule(
+    live_api: httpx.AsyncClient, dev_server: WorkflowEnvironment, sessions: SessionFactory
+) -> None:
+    """Temporal Schedules exist only on the real server: created at publish, in the journey's
+    time zone, one progress row per run, re-entry rules per run, deleted at archive."""
+    ok(
+        await live_api.put(
+            "/v1/segments/trials",
+            json={"name": "Trials", "filter": {"type": "tag", "tag": "trial", "op": "has"}},
+        ),
+        201,
+    )
+    for n in range(3):
+        ok(await live_api.put(f"/v1/contacts/t{n}", json={"tags": ["trial"]}), 201)
+    ok(await live_api.put("/v1/contacts/paid", json={"tags": ["paid"]}), 201)
+    ok(await live_api.post("/v1/journeys", json=WEEKLY), 201)
+    ok(await live_api.post("/v1/journeys/weekly-digest/publish"), 201)
+
+    schedule = dev_server.client.get_schedule_handle("audience:weekly-digest")
+    description = await schedule.describe()
+    first = description.info.next_action_times[0].astimezone(ZoneInfo("Europe/Paris"))
+    assert (first.date().isoformat(), first.hour, first.minute) == ("2030-01-07", 9, 0)
+    assert description.schedule.spec.time_zone_name == "Europe/Paris"
+
+    await schedule.trigger()  # the Monday run, now
+    await _runs_done(sessions, 1)
+    await _enrollments_ended(sessions)
+    await schedule.trigger()  # next week: everyone's previous enrollment has ended
+    runs = await _runs_done(sessions, 2)
+    await _enrollments_ended(sessions)
+
+    assert [(r.total, r.enrolled) for r in runs] == [(3, 3), (3, 3)]
+    async with sessions() as session:
+        digests = {
+            c.external_id: c.fields.get("digests") for c in await session.scalars(select(Contact))
+        }
+    assert digests == {"t0": 2, "t1": 2, "t2": 2, "paid": None}
+    ok(await live_api.post("/v1/journeys/weekly-digest/archive"))
+    with pytest.raises(RPCError):
+        await schedule.describe()
+
+
+async def _enrollments_ended(sessions: SessionFactory) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            async with sessions() as session:
+                in_flight = await session.scalar(
+                    select(func.count())
+                    .select_from(Enrollment)
+                    .where(col(Enrollment.status).in_(("pending", "active")))
+                )
+            if in_flight == 0:
+                return
+            await asyncio.sleep(0.2)
+
+
+async def _runs_done(sessions: SessionFactory, count: int) -> list[BulkEnrollment]:
+    async with asyncio.timeout(60):
+        while True:
+            async with sessions() as session:
+                runs = list(
+                    await session.scalars(
+                        select(BulkEnrollment).order_by(col(BulkEnrollment.created_at))
+                    )
+                )
+            if len(runs) >= count and all(r.status == "completed" for r in runs):
+                return runs
+            await asyncio.sleep(0.2)

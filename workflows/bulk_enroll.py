@@ -1,4 +1,5 @@
-"""`BulkEnroll`: enroll every member of a list in a journey, page by page, resumable."""
+"""`BulkEnroll`: enroll every member of a list or segment in a journey, page by page,
+resumable (the cursor is the last contact id done; enrolling is idempotent per contact)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ with workflow.unsafe.imports_passed_through():
         BulkEnrollInput,
         BulkPage,
         BulkProgress,
+        BulkRun,
     )
 
 _PAGES_PER_RUN = 100  # then continue as new, so history stays small for huge lists
+_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1))
 
 
 @workflow.defn(name=BULK_ENROLL_WORKFLOW)
@@ -31,6 +34,20 @@ class BulkEnroll:
     @workflow.run
     async def run(self, input: BulkEnrollInput) -> BulkProgress:
         self._progress = input.progress
+        if input.bulk_id is None:  # started by a schedule: this run's own progress row
+            bulk_id = await workflow.execute_activity_method(
+                BulkActivities.open_run,
+                BulkRun(
+                    workflow_id=workflow.info().workflow_id,
+                    journey_key=input.journey_key,
+                    list_key=input.list_key,
+                    segment_key=input.segment_key,
+                ),
+                start_to_close_timeout=timedelta(minutes=1),
+                retry_policy=_RETRY,
+            )
+            input = input.model_copy(update={"bulk_id": bulk_id})
+        assert input.bulk_id is not None
         for _ in range(_PAGES_PER_RUN):
             result = await workflow.execute_activity_method(
                 BulkActivities.enroll_page,
@@ -38,12 +55,14 @@ class BulkEnroll:
                     bulk_id=input.bulk_id,
                     journey_key=input.journey_key,
                     list_key=input.list_key,
+                    segment_key=input.segment_key,
                     page_size=input.page_size,
                     progress=self._progress,
                 ),
                 start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
-                summary=f"enroll {input.list_key} into {input.journey_key} "
+                heartbeat_timeout=timedelta(seconds=20),
+                retry_policy=_RETRY,
+                summary=f"enroll {input.audience} into {input.journey_key} "
                 f"after {self._progress.done}",
             )
             self._progress = result.progress

@@ -10,6 +10,7 @@ from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
+from temporalio.service import RPCError
 
 from api.deps import ResourcesDep, SessionDep
 from api.schemas.common import BODY_TOO_LARGE, error_responses
@@ -24,8 +25,9 @@ from api.schemas.journeys import (
     VersionOut,
     VersionSummary,
 )
+from nurture.audiences import activate_audience, stop_audience
 from nurture.db.models import Journey, JourneyStatus, JourneyVersion
-from nurture.errors import Conflict, Invalid, NotFound
+from nurture.errors import Conflict, Invalid, NotFound, Unavailable
 from nurture.journeys import lifecycle
 from nurture.journeys.conversion import goal_conversion
 from nurture.journeys.publishing import publish, publishable, save_draft
@@ -165,7 +167,18 @@ async def publish_draft(key: str, resources: ResourcesDep) -> VersionOut:
     async with resources.sessions.begin() as session:
         version = await publish(session, key)
         journey = await _journey(session, key)
-        return _version_out(journey, version)
+        out = _version_out(journey, version)
+    # A segment-based journey starts its run (or schedule) once the version is committed.
+    try:
+        await activate_audience(
+            resources.sessions, resources.temporal, resources.enrollment_options, key
+        )
+    except RPCError as err:
+        raise Unavailable(
+            f"version {version.version} of {key!r} is published, but its audience could not be "
+            f"scheduled ({err.message}); publish again to retry"
+        ) from err
+    return out
 
 
 def _status_out(journey: Journey, signalled: int) -> JourneyStatusOut:
@@ -222,6 +235,7 @@ async def resume_journey(key: str, resources: ResourcesDep) -> JourneyStatusOut:
 )
 async def archive_journey(key: str, resources: ResourcesDep) -> JourneyStatusOut:
     journey = await lifecycle.archive(resources.sessions, key)
+    await stop_audience(resources.temporal, key)  # a recurring journey runs no more
     return _status_out(journey, 0)
 
 

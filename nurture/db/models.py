@@ -297,16 +297,23 @@ class ApiKey(SQLModel, table=True):
 
 
 class BulkEnrollment(SQLModel, table=True):
-    """Progress of enrolling a whole list, run by the BulkEnroll workflow."""
+    """Progress of enrolling a whole list or segment, run by the BulkEnroll workflow (one row
+    per run: a recurring segment journey has one per scheduled run)."""
 
     __tablename__ = "bulk_enrollments"
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     journey_id: uuid.UUID = Field(foreign_key="journeys.id", index=True)
-    list_id: uuid.UUID = Field(
-        sa_column=Column(ForeignKey("lists.id", ondelete="CASCADE"), nullable=False)
+    # The audience: a list or a segment (one of the two).
+    list_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("lists.id", ondelete="CASCADE"), nullable=True),
     )
-    workflow_id: str = Field(max_length=255)
+    segment_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("segments.id", ondelete="CASCADE"), nullable=True),
+    )
+    workflow_id: str = Field(max_length=255, unique=True)
     status: str = Field(default="running", max_length=16)  # running | completed | failed
     total: int = 0
     done: int = 0

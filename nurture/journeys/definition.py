@@ -162,6 +162,46 @@ class SegmentEnteredTrigger(_Strict):
     segment: Key
 
 
+class SegmentTrigger(_Strict):
+    """A segment-based journey (seed 003): its audience is a segment, enrolled in batches.
+
+    - once: the segment's members at the start time go through, once.
+    - once_and_new: the same, and whoever joins the segment later enters when they join;
+      each person goes through once, even if removed and re-added.
+    - recurring: the segment is enrolled on a schedule (a cron expression in `time_zone`);
+      the journey's re-entry rules decide who enters again on later runs."""
+
+    type: Literal["segment"]
+    segment: Key
+    mode: Literal["once", "once_and_new", "recurring"] = "once"
+    start_at: datetime | None = Field(
+        default=None,
+        description="local date and time of the first run in `time_zone`; unset: at publish",
+    )
+    time_zone: TimeZone = "UTC"
+    cron: str | None = Field(
+        default=None,
+        description="recurring only: minute hour day-of-month month day-of-week, e.g. "
+        "'0 9 * * MON' for Mondays at 9:00 in `time_zone`",
+        examples=["0 9 * * MON"],
+    )
+
+    @model_validator(mode="after")
+    def _schedule_fits_mode(self) -> SegmentTrigger:
+        if self.mode == "recurring":
+            if self.cron is None:
+                raise ValueError("a recurring segment journey needs a cron schedule")
+            if len(self.cron.split()) != 5:
+                raise ValueError(
+                    f"cron {self.cron!r} must have 5 fields: minute hour day month weekday"
+                )
+        elif self.cron is not None:
+            raise ValueError(f"cron is for recurring journeys, not mode {self.mode!r}")
+        if self.start_at is not None and self.start_at.tzinfo is not None:
+            raise ValueError("start_at is a local date and time in time_zone, without offset")
+        return self
+
+
 class EventTrigger(_Strict):
     type: Literal["event"]
     name: str = Field(min_length=1)
@@ -171,7 +211,7 @@ class EventTrigger(_Strict):
 
 
 Trigger = Annotated[
-    ApiTrigger | ListJoinedTrigger | SegmentEnteredTrigger | EventTrigger,
+    ApiTrigger | ListJoinedTrigger | SegmentEnteredTrigger | SegmentTrigger | EventTrigger,
     Field(discriminator="type"),
 ]
 

@@ -18,6 +18,7 @@ from nurture.journeys.definition import (
     Key,
     ListJoinedTrigger,
     SegmentEnteredTrigger,
+    SegmentTrigger,
     SendEmailStep,
     SendSmsStep,
 )
@@ -126,7 +127,7 @@ def trigger_index(definition: JourneyDefinition) -> tuple[str, str | None]:
     match trigger:
         case ListJoinedTrigger():
             return trigger.type, trigger.list
-        case SegmentEnteredTrigger():
+        case SegmentEnteredTrigger() | SegmentTrigger():
             return trigger.type, trigger.segment
         case EventTrigger():
             return trigger.type, trigger.name

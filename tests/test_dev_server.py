@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 from sqlmodel import col
-from temporalio.client import Client
+from temporalio.client import Client, ScheduleHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
@@ -315,6 +315,10 @@ async def test_a_recurring_segment_journey_runs_on_its_schedule(
     await schedule.trigger()  # the Monday run, now
     await _runs_done(sessions, 1)
     await _enrollments_ended(sessions)
+    await _no_run_in_flight(schedule)  # overlapping runs are skipped, by design
+    # A scheduled run's workflow id ends with its time to the second: two triggers within one
+    # second would be one run.
+    await asyncio.sleep(1.1)
     await schedule.trigger()  # next week: everyone's previous enrollment has ended
     runs = await _runs_done(sessions, 2)
     await _enrollments_ended(sessions)
@@ -328,6 +332,14 @@ async def test_a_recurring_segment_journey_runs_on_its_schedule(
     ok(await live_api.post("/v1/journeys/weekly-digest/archive"))
     with pytest.raises(RPCError):
         await schedule.describe()
+
+
+async def _no_run_in_flight(schedule: ScheduleHandle) -> None:
+    async with asyncio.timeout(60):
+        while True:
+            if not (await schedule.describe()).info.running_actions:
+                return
+            await asyncio.sleep(0.2)
 
 
 async def _enrollments_ended(sessions: SessionFactory) -> None:

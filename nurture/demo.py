@@ -8,6 +8,7 @@ added, so a second start changes nothing (and never overwrites what was edited s
 from __future__ import annotations
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,13 +21,17 @@ from sqlmodel import col
 from nurture.apikeys import create_api_key
 from nurture.cli import CommandError
 from nurture.db.engine import SessionFactory
-from nurture.db.models import ApiKey, Contact, ContactList, Journey, Template
+from nurture.db.models import ApiKey, Contact, ContactList, Journey, Segment, Template
 from nurture.errors import NurtureError
 from nurture.journeys.publishing import publish, save_draft
 
 API_KEY_NAME = "demo"
 
 LISTS = {"newsletter": "Newsletter", "paid-customers": "Paid customers"}
+# The segments the seed journeys name (the Dynamics seed starts on "top-customers").
+SEGMENTS: dict[str, tuple[str, dict[str, object]]] = {
+    "top-customers": ("Top customers", {"type": "tag", "tag": "vip", "op": "has"}),
+}
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,7 @@ async def seed_demo(sessions: SessionFactory, directory: Path) -> DemoSeeded:
     seeded = DemoSeeded()
     async with sessions.begin() as session:
         seeded.lists = await _add_lists(session)
+        await _add_segments(session)
         wanted = {pair for definition in definitions for pair in send_steps(definition)}
         seeded.templates = await _add_templates(session, sorted(wanted))
         for definition in definitions:
@@ -239,6 +245,15 @@ async def seed_demo(sessions: SessionFactory, directory: Path) -> DemoSeeded:
     if not has_key:
         seeded.api_key_secret = (await create_api_key(sessions, API_KEY_NAME)).secret
     return seeded
+
+
+async def _add_segments(session: AsyncSession) -> None:
+    for key, (name, filter) in SEGMENTS.items():
+        await session.execute(
+            insert(Segment)
+            .values(id=uuid.uuid4(), key=key, name=name, filter=filter)
+            .on_conflict_do_nothing(index_elements=["key"])
+        )
 
 
 async def _add_lists(session: AsyncSession) -> int:

@@ -25,6 +25,7 @@ from nurture.db.models import (
     EnrollmentStep,
     Message,
     OutboxMessage,
+    Segment,
     Template,
 )
 from nurture.enrollments import EnrollmentOptions, enroll
@@ -81,8 +82,30 @@ async def make_templates(sessions: SessionFactory, definition: Mapping[str, Any]
                 )
 
 
+async def make_segments(sessions: SessionFactory, definition: Mapping[str, Any]) -> None:
+    """Create (if missing) the segments a journey names, as they must exist to publish; a
+    stand-in segment matches contacts tagged with its key."""
+    named = [
+        (definition.get("trigger") or {}).get("segment"),
+        (definition.get("entry") or {}).get("exclusion_segment"),
+    ]
+    async with sessions.begin() as session:
+        for key in filter(None, named):
+            await session.execute(
+                insert(Segment)
+                .values(
+                    id=uuid.uuid4(),
+                    key=key,
+                    name=key,
+                    filter={"type": "tag", "tag": key, "op": "has"},
+                )
+                .on_conflict_do_nothing(index_elements=["key"])
+            )
+
+
 async def publish_journey(sessions: SessionFactory, definition: Mapping[str, Any]) -> int:
     await make_templates(sessions, definition)
+    await make_segments(sessions, definition)
     async with sessions.begin() as session:
         await save_draft(session, dict(definition))
         version = await publish(session, definition["key"])

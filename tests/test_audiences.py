@@ -16,7 +16,15 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message
-from tests.support import finish, make_contact, ok, publish_journey, reach_step
+from tests.support import (
+    finish,
+    make_contact,
+    make_templates,
+    ok,
+    problems,
+    publish_journey,
+    reach_step,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -62,10 +70,30 @@ async def test_a_contact_in_the_exclusion_segment_never_enters(
     assert admitted.status_code == 201, admitted.text
 
 
-async def test_a_missing_exclusion_segment_keeps_everyone_out(
+async def test_a_journey_cannot_go_live_with_segments_that_do_not_exist(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    definition = _two_emails(
+        "promo",
+        trigger={"type": "segment_entered", "segment": "nobody"},
+        entry={"exclusion_segment": "ghosts"},
+    )
+    await make_templates(sessions, definition)
+    ok(await api.post("/v1/journeys", json=definition), 201)
+
+    refused = await api.post("/v1/journeys/promo/publish")
+
+    assert problems(refused) == {
+        "trigger.segment": "no segment 'nobody'",
+        "entry.exclusion_segment": "no segment 'ghosts'",
+    }
+
+
+async def test_a_deleted_exclusion_segment_keeps_everyone_out(
     api: httpx.AsyncClient, sessions: SessionFactory
 ) -> None:
     await publish_journey(sessions, _two_emails("promo", entry={"exclusion_segment": "gone"}))
+    assert (await api.delete("/v1/segments/gone")).status_code == 204
     contact_id = await make_contact(sessions)
 
     refused = await _enroll(api, "promo", contact_id)

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from nurture.content.checks import template_problems
-from nurture.db.models import Journey, JourneyStatus, JourneyVersion, Template, utcnow
+from nurture.db.models import Journey, JourneyStatus, JourneyVersion, Segment, Template, utcnow
 from nurture.errors import Conflict, Invalid, NotFound
 from nurture.journeys.definition import (
     EventTrigger,
@@ -41,8 +41,14 @@ async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDef
             parsed = None
     missing, broken = await _template_problems(session, parsed) if parsed is not None else ([], [])
     content = missing + broken
+    audience = await _segment_problems(session, parsed) if parsed is not None else []
     if problems:
-        raise Invalid("the journey definition is invalid", detail=problems + content)
+        raise Invalid("the journey definition is invalid", detail=problems + content + audience)
+    if audience:
+        raise Invalid(
+            "the audience is not ready: create the missing segments first",
+            detail=audience + content,
+        )
     if broken:
         raise Invalid("content is not ready: fix the templates listed first", detail=content)
     if missing:
@@ -132,6 +138,31 @@ def trigger_index(definition: JourneyDefinition) -> tuple[str, str | None]:
         case EventTrigger():
             return trigger.type, trigger.name
     return trigger.type, None
+
+
+async def _segment_problems(
+    session: AsyncSession, definition: JourneyDefinition
+) -> list[dict[str, str]]:
+    """The segments the journey names (trigger, exclusion) that do not exist: a journey must
+    not go live with an audience, or an exclusion, that means nobody."""
+    named: list[tuple[str, str]] = []
+    trigger = definition.trigger
+    if isinstance(trigger, SegmentEnteredTrigger | SegmentTrigger):
+        named.append(("trigger.segment", trigger.segment))
+    if definition.entry.exclusion_segment is not None:
+        named.append(("entry.exclusion_segment", definition.entry.exclusion_segment))
+    if not named:
+        return []
+    existing = set(
+        await session.scalars(
+            select(col(Segment.key)).where(col(Segment.key).in_([key for _, key in named]))
+        )
+    )
+    return [
+        {"path": path, "message": f"no segment {key!r}"}
+        for path, key in named
+        if key not in existing
+    ]
 
 
 async def _template_problems(

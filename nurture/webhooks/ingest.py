@@ -4,9 +4,9 @@ Each event is stored once (webhook_events.dedupe_key is UNIQUE; a redelivery is 
 and, in the same transaction, matched to its message and acted on: a hard bounce, complaint
 or unsubscribe suppresses the contact on the message's channel. So a stored, matched event
 has always had its suppression applied. Opens and clicks go through `record_engagement`,
-which has its own transactions and signals Temporal: they are done after the commit, keyed by
-the dedupe key (counted once however often they arrive), and `processed_at` is set only once
-they succeeded. A redelivery of an event whose work is unfinished (engagement not recorded,
+which has its own transactions and signals Temporal (or keeps the event for redelivery when
+Temporal is away): they are done after the commit, keyed by the dedupe key (counted once
+however often they arrive), and `processed_at` is set only once they are recorded. A redelivery of an event whose work is unfinished (engagement not recorded,
 or message not known at the time) finishes it; it never does anything twice.
 
 An event whose message is not known yet is kept with message_id NULL; `match_pending` acts
@@ -28,11 +28,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Message, SuppressionReason, WebhookEvent, utcnow
-from nurture.errors import Unavailable
 from nurture.events import record_engagement
 from nurture.suppressions import suppress
 from nurture.webhooks.base import ProviderEvent
@@ -234,23 +232,18 @@ async def _process(
 async def _engage(
     sessions: SessionFactory, client: Client, engagement: _Engagement, result: IngestResult
 ) -> None:
-    try:
-        await record_engagement(
-            sessions,
-            client,
-            engagement.message_id,
-            "open" if engagement.kind == "open" else "click",
-            link=engagement.url,
-            idempotency_key=engagement.dedupe_key,
-            occurred_at=engagement.occurred_at,
-            machine=engagement.machine,
-        )
-    except RPCError as err:
-        # The event row stays unprocessed: the provider's retry (after our 503) finishes it.
-        raise Unavailable(
-            "the webhook was stored but its open/click could not reach Temporal; "
-            "a redelivery will complete it"
-        ) from err
+    # Never fails for Temporal being away: the open/click is then stored for our own
+    # redelivery (nurture.events.redeliver_engagement), so the webhook's work is done.
+    await record_engagement(
+        sessions,
+        client,
+        engagement.message_id,
+        "open" if engagement.kind == "open" else "click",
+        link=engagement.url,
+        idempotency_key=engagement.dedupe_key,
+        occurred_at=engagement.occurred_at,
+        machine=engagement.machine,
+    )
     result.engagements += 1
     async with sessions.begin() as session:
         await session.execute(

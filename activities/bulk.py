@@ -12,7 +12,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from sqlalchemy import Select, func
+from sqlalchemy import Select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select, update
@@ -20,6 +20,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from nurture.bulk import resolve_audience
 from nurture.contracts import BulkPage, BulkPageResult, BulkProgress, BulkRun
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -31,8 +32,8 @@ from nurture.db.models import (
     utcnow,
 )
 from nurture.enrollments import EnrollmentOptions, enroll_or_get
-from nurture.errors import Conflict
-from nurture.segments.service import count, members_query
+from nurture.errors import Conflict, NotFound
+from nurture.segments.service import members_query
 
 _CONCURRENCY = 20
 
@@ -54,35 +55,19 @@ class BulkActivities:
             )
             if journey_id is None:
                 raise ApplicationError(f"no journey {run.journey_key!r}", non_retryable=True)
-            list_id = segment_id = None
-            if run.segment_key is not None:
-                segment = await session.scalar(
-                    select(Segment).where(col(Segment.key) == run.segment_key)
-                )
-                if segment is None:
-                    raise ApplicationError(f"no segment {run.segment_key!r}", non_retryable=True)
-                segment_id, total = segment.id, await count(session, segment)
-            else:
-                list_id = await session.scalar(
-                    select(ContactList.id).where(col(ContactList.key) == run.list_key)
-                )
-                if list_id is None:
-                    raise ApplicationError(f"no list {run.list_key!r}", non_retryable=True)
-                total = (
-                    await session.scalar(
-                        select(func.count()).where(col(ListMembership.list_id) == list_id)
-                    )
-                    or 0
-                )
+            try:
+                audience = await resolve_audience(session, run.list_key, run.segment_key)
+            except NotFound as err:  # deleted since the schedule was made: retrying won't help
+                raise ApplicationError(err.message, non_retryable=True) from err
             await session.execute(
                 insert(BulkEnrollment)
                 .values(
                     id=bulk_id,
                     journey_id=journey_id,
-                    list_id=list_id,
-                    segment_id=segment_id,
+                    list_id=audience.list_id,
+                    segment_id=audience.segment_id,
                     workflow_id=run.workflow_id,
-                    total=total,
+                    total=audience.total,
                 )
                 .on_conflict_do_nothing(index_elements=["id"])
             )

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import func
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -22,6 +24,34 @@ from nurture.db.models import (
 )
 from nurture.errors import Conflict, NotFound
 from nurture.segments.service import count
+
+
+@dataclass(frozen=True)
+class Audience:
+    """A bulk enrollment's list or segment, and how many contacts it holds now."""
+
+    list_id: uuid.UUID | None
+    segment_id: uuid.UUID | None
+    total: int
+    label: str
+
+
+async def resolve_audience(
+    session: AsyncSession, list_key: str | None, segment_key: str | None
+) -> Audience:
+    """The list (or segment) with this key; NotFound when there is none."""
+    if segment_key is not None:
+        segment = await session.scalar(select(Segment).where(col(Segment.key) == segment_key))
+        if segment is None:
+            raise NotFound(f"no segment {segment_key!r}")
+        return Audience(None, segment.id, await count(session, segment), f"segment {segment_key}")
+    contact_list = await session.scalar(select(ContactList).where(col(ContactList.key) == list_key))
+    if contact_list is None:
+        raise NotFound(f"no list {list_key!r}")
+    total = await session.scalar(
+        select(func.count()).where(col(ListMembership.list_id) == contact_list.id)
+    )
+    return Audience(contact_list.id, None, total or 0, f"list {list_key}")
 
 
 async def start_bulk_enrollment(
@@ -53,35 +83,15 @@ async def start_bulk_enrollment(
             if existing is not None:
                 return existing
         bulk_id = uuid.uuid4()
-        list_id = segment_id = None
-        if segment_key is not None:
-            segment = await session.scalar(select(Segment).where(col(Segment.key) == segment_key))
-            if segment is None:
-                raise NotFound(f"no segment {segment_key!r}")
-            segment_id, total = segment.id, await count(session, segment)
-            audience = f"segment {segment_key}"
-        else:
-            contact_list = await session.scalar(
-                select(ContactList).where(col(ContactList.key) == list_key)
-            )
-            if contact_list is None:
-                raise NotFound(f"no list {list_key!r}")
-            list_id = contact_list.id
-            total = (
-                await session.scalar(
-                    select(func.count()).where(col(ListMembership.list_id) == contact_list.id)
-                )
-                or 0
-            )
-            audience = f"list {list_key}"
+        audience = await resolve_audience(session, list_key, segment_key)
         bulk = BulkEnrollment(
             id=bulk_id,
             journey_id=journey.id,
-            list_id=list_id,
-            segment_id=segment_id,
+            list_id=audience.list_id,
+            segment_id=audience.segment_id,
             workflow_id=workflow_id
             or f"bulk-enroll:{journey_key}:{list_key or segment_key}:{bulk_id}",
-            total=total,
+            total=audience.total,
         )
         session.add(bulk)
     await client.start_workflow(
@@ -98,6 +108,6 @@ async def start_bulk_enrollment(
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         start_delay=start_delay,
-        static_summary=f"enroll {audience} into journey {journey_key}",
+        static_summary=f"enroll {audience.label} into journey {journey_key}",
     )
     return bulk

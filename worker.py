@@ -20,17 +20,20 @@ from activities.bulk import BulkActivities
 from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
+from activities.segments import SegmentActivities
 from nurture.channels.base import ChannelSender
 from nurture.channels.outbox import OutboxChannel
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.enrollments import EnrollmentOptions
 from nurture.events import keep_redelivering
+from nurture.segments.sweeps import start_segment_watch
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
 from workflows.bulk_enroll import BulkEnroll
 from workflows.enrollment import JourneyEnrollment
+from workflows.segment_watch import SegmentWatch
 
 logger = logging.getLogger("nurture.worker")
 
@@ -50,23 +53,24 @@ def build_worker(
     settings: Settings | None = None,
     **worker_options: Any,
 ) -> Worker:
-    """The worker for enrollments and bulk enrollments.
+    """The worker for enrollments, bulk enrollments and the segment watch.
 
     Most enrollments sleep for days, so keeping every one of them cached buys little: a
     smaller cache (Temporal's default is 1,000) bounds memory, and a workflow evicted from it
     is replayed from its short history when it wakes."""
+    settings = settings or Settings()
+    options = EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     enrollment = EnrollmentActivities(sessions)
-    bulk = BulkActivities(
-        sessions, client, EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
-    )
+    bulk = BulkActivities(sessions, client, options)
     messaging = MessagingActivities(
-        sessions, channels or default_channels(sessions), settings or Settings(), client
+        sessions, channels or default_channels(sessions), settings, client, options
     )
     contacts = ContactActivities(sessions)
+    segments = SegmentActivities(sessions, client, options, settings.segment_sweep_seconds)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyEnrollment, BulkEnroll],
+        workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch],
         activities=[
             enrollment.load_contact,
             enrollment.record_step,
@@ -76,6 +80,7 @@ def build_worker(
             contacts.change_list_membership,
             bulk.open_run,
             bulk.enroll_page,
+            segments.sweep_segments,
         ],
         max_cached_workflows=max_cached_workflows,
         **worker_options,
@@ -106,6 +111,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             settings.temporal_address,
             settings.temporal_namespace,
         )
+        await start_segment_watch(client, settings.temporal_task_queue)
         # Opens and clicks that arrived while Temporal was unreachable, delivered once it is back.
         redelivery = asyncio.create_task(keep_redelivering(sessions, client), name="redelivery")
         try:

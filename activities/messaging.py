@@ -23,6 +23,7 @@ from nurture.content.rendering import TemplateRenderError, message_context, rend
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
+from nurture.enrollments import EnrollmentOptions
 from nurture.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.settings import Settings
 from nurture.suppressions import suppression_reason
@@ -52,11 +53,13 @@ class MessagingActivities:
         channels: Mapping[str, ChannelSender],
         settings: Settings,
         client: Client | None = None,
+        options: EnrollmentOptions | None = None,
     ) -> None:
         self._sessions = sessions
         self._channels = channels
         self._settings = settings
         self._client = client  # to act on webhooks that arrived before the send was recorded
+        self._options = options  # to start journeys a webhook's open or click qualifies for
         self._tracker = Tracker(settings.public_base_url, settings.secret_key.get_secret_value())
 
     @activity.defn
@@ -138,7 +141,7 @@ class MessagingActivities:
         assert self._client is not None
         try:
             matched = await match_pending(
-                self._sessions, self._client, provider, provider_message_id
+                self._sessions, self._client, provider, provider_message_id, self._options
             )
         except Exception:  # the message is sent; a retry of the send must not follow from this
             activity.logger.exception("webhooks for %s not matched", provider_message_id)

@@ -204,6 +204,8 @@ class BulkEnrollInput(_Message):
     journey_key: str
     list_key: str | None = None
     segment_key: str | None = None
+    # Only the list's members who joined since (a CSV import into the list).
+    joined_since: datetime | None = None
     page_size: int = Field(default=200, ge=1, le=5000)
     progress: BulkProgress = Field(default_factory=BulkProgress)
 
@@ -232,6 +234,7 @@ class BulkPage(_Message):
     journey_key: str
     list_key: str | None = None
     segment_key: str | None = None
+    joined_since: datetime | None = None
     page_size: int
     progress: BulkProgress
 
@@ -239,3 +242,23 @@ class BulkPage(_Message):
 class BulkPageResult(_Message):
     progress: BulkProgress
     finished: bool
+
+
+# --- watched segments ----------------------------------------------------------------------------
+
+SEGMENT_WATCH_WORKFLOW = "SegmentWatch"
+SEGMENT_WATCH_ID = "nurture:segment-watch"  # one per namespace, whatever the number of workers
+
+
+class SegmentWatchInput(_Message):
+    sweeps: int = 0  # done by earlier runs (continue-as-new), for the Web UI
+
+
+class SweepResult(_Message):
+    segments: int = 0  # watched segments compared
+    entered: int = 0
+    left: int = 0
+    admitted: int = 0  # entries given to their journeys (now or left over from before)
+    enrolled: int = 0
+    deferred: bool = False  # some entries could not be admitted (Temporal unreachable)
+    next_sweep_seconds: int = 300  # the worker's SEGMENT_SWEEP_SECONDS

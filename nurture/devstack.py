@@ -365,6 +365,7 @@ class DevStack:
         from nurture.channels.registry import channels_from_settings, close_channels
         from nurture.db.engine import create_engine, session_factory
         from nurture.events import keep_redelivering
+        from nurture.segments.sweeps import start_segment_watch
         from worker import build_worker
 
         settings = self.settings
@@ -411,6 +412,7 @@ class DevStack:
             )
             worker_task = asyncio.create_task(worker.run(), name="worker")
             stack.push_async_callback(_stop_worker, worker, worker_task)
+            await start_segment_watch(client, settings.temporal_task_queue)
             redelivery = asyncio.create_task(keep_redelivering(sessions, client))
             stack.callback(redelivery.cancel)
 

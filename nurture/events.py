@@ -124,13 +124,17 @@ async def record_engagement(
     idempotency_key: str | None = None,
     occurred_at: datetime | None = None,
     machine: bool = False,
+    options: EnrollmentOptions | None = None,
 ) -> RecordedEvent:
     """An open or click of a message we sent, delivered to the enrollment that sent it.
 
     A machine open (a mail proxy or scanner fetching the pixel) is stored but not signalled:
     journeys branch on people. If Temporal cannot be reached the event stays stored with
     `signalled_at` NULL and `redeliver_engagement` delivers it later; the caller (a redirect a
-    person is waiting for) is not failed for it."""
+    person is waiting for) is not failed for it.
+
+    With `options`, an open or click also re-checks the segments that start journeys ("opened
+    an email in the last 7 days"); an entry that cannot be admitted now is left to the sweep."""
     async with sessions() as session:
         message = await session.get(Message, message_id)
         if message is None:
@@ -156,7 +160,11 @@ async def record_engagement(
     except _TEMPORAL_UNREACHABLE as err:
         logger.warning("event %s kept for redelivery: Temporal unavailable (%s)", event.id, err)
         return RecordedEvent(event, duplicate, 0)
-    return RecordedEvent(event, duplicate, int(signalled))
+    started: list[uuid.UUID] = []
+    if options is not None and not duplicate and message.contact_id is not None:
+        entered = await on_contact_changed(sessions, client, options, message.contact_id)
+        started = [enrollment.id for enrollment in entered]
+    return RecordedEvent(event, duplicate, int(signalled), started)
 
 
 async def _signal_engagement(

@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         ge=1,
         description="an enrollment continues as new after this many steps, bounding its history",
     )
+    segment_sweep_seconds: int = Field(
+        default=300,
+        ge=5,
+        description="how often watched segments are re-checked in full: entries that no "
+        "single change announces (time passing, an edited filter) start journeys this late",
+    )
 
     # --- Engagement: links in messages, tracking, unsubscribe -------------------------------
     public_base_url: str = Field(

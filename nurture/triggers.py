@@ -1,5 +1,6 @@
-"""Journeys that start by themselves: when a contact joins a list, performs an event, or is
-found in a segment after a change (created, updated, joined a list, performed an event).
+"""Journeys that start by themselves: when a contact joins a list, performs an event, or
+enters a segment through a change (created, updated, joined a list, performed an event,
+opened or clicked).
 
 Called after the change that triggers them has committed. A contact that a journey refuses
 (re-entry not allowed, already in it) is simply not enrolled again; the rest go on.
@@ -7,25 +8,29 @@ Called after the change that triggers them has committed. A contact that a journ
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from sqlalchemy.ext.asyncio import AsyncSession
+import sqlalchemy as sa
 from sqlmodel import col, select
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Enrollment, Journey, JourneyStatus, Segment
+from nurture.db.models import Enrollment, Journey, JourneyStatus, SegmentMember
 from nurture.enrollments import EnrollmentOptions, enroll
-from nurture.errors import Conflict
-from nurture.journeys.definition import EventTrigger, JourneyDefinition, SegmentTrigger
+from nurture.errors import Conflict, NotFound
+from nurture.journeys.definition import EventTrigger, JourneyDefinition
 from nurture.journeys.publishing import latest_version
-from nurture.segments.service import contains
+from nurture.segments.membership import Entry, observe
 
 logger = logging.getLogger(__name__)
 
 _LIVE = (JourneyStatus.ACTIVE, JourneyStatus.PAUSED)
+_ADMIT_CONCURRENCY = 20
 
 
 async def on_list_joined(
@@ -56,41 +61,13 @@ async def on_event(
 async def on_contact_changed(
     sessions: SessionFactory, client: Client, options: EnrollmentOptions, contact_id: uuid.UUID
 ) -> list[Enrollment]:
-    """Enroll the contact in the live journeys triggered by a segment it is in now.
+    """Enroll the contact in the live journeys that start on entering a segment it just entered.
 
-    Checked right after each change, so a contact enters within moments of qualifying. The
-    journey's re-entry rules decide whether a contact still in the segment enters again: with
-    the default (never), each contact enters once."""
-    async with sessions() as session:
-        journeys = list(
-            await session.scalars(
-                select(Journey).where(
-                    col(Journey.trigger_type).in_(("segment_entered", "segment")),
-                    col(Journey.status).in_(_LIVE),
-                )
-            )
-        )
-        candidates = []
-        for journey in journeys:
-            if journey.trigger_type == "segment" and not await _takes_newcomers(session, journey):
-                continue  # a one-time or recurring audience: enrolled by its runs only
-            segment = await session.scalar(
-                select(Segment).where(col(Segment.key) == journey.trigger_key)
-            )
-            if segment is None:
-                logger.warning("journey %s is triggered by a missing segment", journey.key)
-                continue
-            if await contains(session, segment, contact_id):
-                candidates.append(journey.key)
-    return await _enroll_each(sessions, client, options, contact_id, candidates)
-
-
-async def _takes_newcomers(session: AsyncSession, journey: Journey) -> bool:
-    version = await latest_version(session, journey)
-    if version is None:
-        return False
-    trigger = JourneyDefinition.model_validate(version.definition).trigger
-    return isinstance(trigger, SegmentTrigger) and trigger.mode == "once_and_new"
+    Checked right after each change, so a contact enters within moments of qualifying; a
+    contact that was already in the segment has not entered it (`nurture.segments.membership`).
+    """
+    entries = await observe(sessions, contact_id)
+    return (await admit(sessions, client, options, entries)).enrollments if entries else []
 
 
 async def _enroll_each(
@@ -142,3 +119,80 @@ async def _start_triggered(
                 continue
             candidates.append(journey.key)
     return await _enroll_each(sessions, client, options, contact_id, candidates)
+
+
+@dataclass
+class Admitted:
+    enrollments: list[Enrollment] = field(default_factory=list)
+    admitted: int = 0
+    deferred: int = 0  # left unadmitted: their enrollment could not reach Temporal
+
+
+async def admit(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    entries: Sequence[Entry],
+) -> Admitted:
+    """Enroll each segment entry in its journeys, then mark it admitted.
+
+    A journey that refuses (re-entry rules, exclusion) is an answer too. An entry whose
+    enrollment could not reach Temporal stays unadmitted for the next sweep."""
+    result = Admitted()
+    limit = asyncio.Semaphore(_ADMIT_CONCURRENCY)
+
+    async def one(entry: Entry) -> None:
+        async with limit:
+            try:
+                result.enrollments.extend(await _admit(sessions, client, options, entry))
+                result.admitted += 1
+            except (RPCError, RuntimeError, TimeoutError) as err:
+                result.deferred += 1
+                logger.warning(
+                    "entry of %s into segment %s left for the next sweep: %s",
+                    entry.contact_id,
+                    entry.segment_id,
+                    err,
+                )
+
+    await asyncio.gather(*(one(entry) for entry in entries))
+    return result
+
+
+async def _admit(
+    sessions: SessionFactory, client: Client, options: EnrollmentOptions, entry: Entry
+) -> list[Enrollment]:
+    started = []
+    for journey_key in entry.journey_keys:
+        if await _enrolled_since(sessions, journey_key, entry):
+            continue  # this entry was given to the journey before a crash
+        try:
+            started.append(await enroll(sessions, client, options, journey_key, entry.contact_id))
+        except (Conflict, NotFound) as refused:  # refused, or the journey is gone
+            logger.info("not enrolling %s in %s: %s", entry.contact_id, journey_key, refused)
+    async with sessions.begin() as session:
+        await session.execute(
+            sa.update(SegmentMember)
+            .where(
+                col(SegmentMember.segment_id) == entry.segment_id,
+                col(SegmentMember.contact_id) == entry.contact_id,
+                col(SegmentMember.entered_at) == entry.entered_at,
+            )
+            .values(admitted_at=sa.func.now())
+        )
+    return started
+
+
+async def _enrolled_since(sessions: SessionFactory, journey_key: str, entry: Entry) -> bool:
+    async with sessions() as session:
+        found = await session.scalar(
+            select(col(Enrollment.id))
+            .join(Journey, col(Journey.id) == col(Enrollment.journey_id))
+            .where(
+                col(Journey.key) == journey_key,
+                col(Enrollment.contact_id) == entry.contact_id,
+                col(Enrollment.enrolled_at) >= entry.entered_at,
+            )
+            .limit(1)
+        )
+    return found is not None

@@ -72,5 +72,6 @@ async def post_engagement(
         link=body.link,
         idempotency_key=body.idempotency_key,
         occurred_at=body.occurred_at,
+        options=resources.enrollment_options,
     )
     return event_out(recorded)

@@ -66,6 +66,7 @@ async def click(
             "click",
             link=target.link,
             machine=is_machine_open(request.headers.get("user-agent"), None),
+            options=resources.enrollment_options,
         )
     except NotFound:
         pass  # the message is gone (contact erased): the link still works
@@ -93,6 +94,7 @@ async def open_pixel(
             message_id,
             "open",
             machine=is_machine_open(request.headers.get("user-agent"), client_ip),
+            options=resources.enrollment_options,
         )
     except (InvalidToken, NotFound):
         pass  # an image is answered all the same: a broken image helps nobody

@@ -65,7 +65,9 @@ async def receive_webhook(
     except Unauthorized as err:
         logger.warning("webhook %s: refused: %s", provider, err.message)
         raise
-    result = await ingest(resources.sessions, resources.temporal, events)
+    result = await ingest(
+        resources.sessions, resources.temporal, events, resources.enrollment_options
+    )
     return WebhookReceipt(
         received=result.received, duplicates=result.duplicates, unmatched=result.unmatched
     )

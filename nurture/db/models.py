@@ -417,5 +417,59 @@ class Segment(SQLModel, table=True):
     key: str = Field(unique=True, max_length=64)
     name: str = Field(max_length=200)
     filter: dict[str, Any] = _json()
+    # Set while a live journey starts on entering this segment: from then on its members are
+    # kept in `segment_members`, so that entering is a change from "out" to "in".
+    watched_since: datetime | None = _timestamp(nullable=True, default_now=False)
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+
+
+class SegmentMember(SQLModel, table=True):
+    """A contact found in a watched segment at the last look (`nurture.segments.membership`).
+
+    `admitted_at` is NULL while the journeys that start on entering have not yet been given
+    this entry; the row is written first, so an entry interrupted by a crash is finished by
+    the next sweep instead of being lost."""
+
+    __tablename__ = "segment_members"
+    __table_args__ = (
+        Index(
+            "ix_segment_members_unadmitted",
+            "segment_id",
+            postgresql_where=text("admitted_at IS NULL"),
+        ),
+    )
+
+    segment_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True)
+    )
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(
+            ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True, index=True
+        )
+    )
+    entered_at: datetime = _timestamp()
+    admitted_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class ContactImport(SQLModel, table=True):
+    """One CSV import: its progress, written after each batch, and its report."""
+
+    __tablename__ = "contact_imports"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    status: str = Field(default="running", max_length=16)  # running | completed | failed
+    list_key: str | None = Field(default=None, max_length=64)
+    rows: int = 0
+    imported: int = 0
+    created: int = 0
+    updated: int = 0
+    error_count: int = 0
+    errors: list[dict[str, Any]] = _json(default=list)
+    signalled: int = 0  # in-flight enrollments told that their contact changed
+    failure: str | None = Field(default=None, sa_type=Text)
+    # The BulkEnroll runs that take the imported list members into the list's journeys.
+    enrollment_runs: list[str] = _json(default=list)
+    started_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+    finished_at: datetime | None = _timestamp(nullable=True, default_now=False)

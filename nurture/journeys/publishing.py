@@ -23,6 +23,7 @@ from nurture.journeys.definition import (
     SendSmsStep,
 )
 from nurture.journeys.validation import InvalidJourney, validate_journey
+from nurture.segments.membership import starts_on_entry, watch_segment
 
 
 async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDefinition:
@@ -124,6 +125,10 @@ async def publish(session: AsyncSession, key: str) -> JourneyVersion:
     if definition.goal is None and previous is not None and previous.definition.get("goal"):
         journey.goal_reset_at = journey.published_at
     await session.flush()
+    entered = starts_on_entry(definition)
+    if entered is not None:
+        # Today's members are already in: from now on, only contacts who enter start it.
+        await watch_segment(session, entered)
     return version
 
 

@@ -31,6 +31,7 @@ from temporalio.client import Client
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Message, SuppressionReason, WebhookEvent, utcnow
+from nurture.enrollments import EnrollmentOptions
 from nurture.events import record_engagement
 from nurture.suppressions import suppress
 from nurture.webhooks.base import ProviderEvent
@@ -67,7 +68,10 @@ class _Engagement:
 
 
 async def ingest(
-    sessions: SessionFactory, client: Client, events: list[ProviderEvent]
+    sessions: SessionFactory,
+    client: Client,
+    events: list[ProviderEvent],
+    options: EnrollmentOptions | None = None,
 ) -> IngestResult:
     result = IngestResult()
     for event in events:
@@ -105,12 +109,16 @@ async def ingest(
             if row.message_id is None and row_id is not None:
                 result.unmatched += 1
         if engagement is not None:
-            await _engage(sessions, client, engagement, result)
+            await _engage(sessions, client, engagement, result, options)
     return result
 
 
 async def match_pending(
-    sessions: SessionFactory, client: Client, provider: str, provider_message_id: str
+    sessions: SessionFactory,
+    client: Client,
+    provider: str,
+    provider_message_id: str,
+    options: EnrollmentOptions | None = None,
 ) -> int:
     """Act on stored events that arrived before we knew which message they were about;
     call once the message row has its provider id. Returns how many were matched."""
@@ -139,7 +147,7 @@ async def match_pending(
             if engagement is not None:
                 engagements.append(engagement)
     for engagement in engagements:
-        await _engage(sessions, client, engagement, result)
+        await _engage(sessions, client, engagement, result, options)
     return matched
 
 
@@ -230,7 +238,11 @@ async def _process(
 
 
 async def _engage(
-    sessions: SessionFactory, client: Client, engagement: _Engagement, result: IngestResult
+    sessions: SessionFactory,
+    client: Client,
+    engagement: _Engagement,
+    result: IngestResult,
+    options: EnrollmentOptions | None,
 ) -> None:
     # Never fails for Temporal being away: the open/click is then stored for our own
     # redelivery (nurture.events.redeliver_engagement), so the webhook's work is done.
@@ -243,6 +255,7 @@ async def _engage(
         idempotency_key=engagement.dedupe_key,
         occurred_at=engagement.occurred_at,
         machine=engagement.machine,
+        options=options,
     )
     result.engagements += 1
     async with sessions.begin() as session:

@@ -1,0 +1,52 @@
+"""Re-checking watched segments, for the SegmentWatch workflow (`nurture.segments.membership`)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+from temporalio.client import Client
+
+from nurture.contracts import SweepResult
+from nurture.db.engine import SessionFactory
+from nurture.enrollments import EnrollmentOptions
+from nurture.segments.membership import ADMIT_BATCH, sweep, unadmitted
+from nurture.triggers import admit
+
+
+class SegmentActivities:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        client: Client,
+        options: EnrollmentOptions,
+        sweep_seconds: int = 300,
+    ):
+        self._sessions = sessions
+        self._client = client
+        self._options = options
+        self._sweep_seconds = sweep_seconds
+
+    @activity.defn
+    async def sweep_segments(self) -> SweepResult:
+        """Compare every watched segment with its members, then give each entry (new, or left
+        over from an earlier attempt) to the journeys it starts. Safe to retry: entries are
+        rows, and an entry already given to a journey is not given again."""
+        report = await sweep(self._sessions, activity.heartbeat)
+        admitted = enrolled = 0
+        deferred = False
+        while entries := await unadmitted(self._sessions, ADMIT_BATCH):
+            given = await admit(self._sessions, self._client, self._options, entries)
+            admitted += given.admitted
+            enrolled += len(given.enrollments)
+            activity.heartbeat(admitted)
+            if given.deferred:  # Temporal is in trouble: the next sweep tries again
+                deferred = True
+                break
+        return SweepResult(
+            segments=report.segments,
+            entered=report.entered,
+            left=report.left,
+            admitted=admitted,
+            enrolled=enrolled,
+            deferred=deferred,
+            next_sweep_seconds=self._sweep_seconds,
+        )

@@ -141,4 +141,6 @@ class BulkActivities:
         )
         if after is not None:
             query = query.where(col(ListMembership.contact_id) > after)
+        if page.joined_since is not None:
+            query = query.where(col(ListMembership.added_at) >= page.joined_since)
         return query

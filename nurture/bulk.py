@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -37,7 +37,10 @@ class Audience:
 
 
 async def resolve_audience(
-    session: AsyncSession, list_key: str | None, segment_key: str | None
+    session: AsyncSession,
+    list_key: str | None,
+    segment_key: str | None,
+    joined_since: datetime | None = None,
 ) -> Audience:
     """The list (or segment) with this key; NotFound when there is none."""
     if segment_key is not None:
@@ -48,9 +51,10 @@ async def resolve_audience(
     contact_list = await session.scalar(select(ContactList).where(col(ContactList.key) == list_key))
     if contact_list is None:
         raise NotFound(f"no list {list_key!r}")
-    total = await session.scalar(
-        select(func.count()).where(col(ListMembership.list_id) == contact_list.id)
-    )
+    members = select(func.count()).where(col(ListMembership.list_id) == contact_list.id)
+    if joined_since is not None:
+        members = members.where(col(ListMembership.added_at) >= joined_since)
+    total = await session.scalar(members)
     return Audience(contact_list.id, None, total or 0, f"list {list_key}")
 
 
@@ -65,6 +69,7 @@ async def start_bulk_enrollment(
     segment_key: str | None = None,
     workflow_id: str | None = None,
     start_delay: timedelta | None = None,
+    joined_since: datetime | None = None,
 ) -> BulkEnrollment:
     """Enroll a list's or a segment's members. With `workflow_id`, a second call with the same
     id starts nothing new (a one-time segment journey published again runs once)."""
@@ -83,7 +88,7 @@ async def start_bulk_enrollment(
             if existing is not None:
                 return existing
         bulk_id = uuid.uuid4()
-        audience = await resolve_audience(session, list_key, segment_key)
+        audience = await resolve_audience(session, list_key, segment_key, joined_since)
         bulk = BulkEnrollment(
             id=bulk_id,
             journey_id=journey.id,
@@ -101,6 +106,7 @@ async def start_bulk_enrollment(
             journey_key=journey_key,
             list_key=list_key,
             segment_key=segment_key,
+            joined_since=joined_since,
             page_size=page_size,
         ),
         id=bulk.workflow_id,

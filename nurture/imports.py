@@ -19,9 +19,8 @@ Contacts are matched by external_id, else by email (exactly as written, as `GET
 consent are merged, tags are added. Rows are numbered as a spreadsheet shows them: the header
 is row 1.
 
-Not done here: contacts updated by an import are not signalled to their in-flight
-enrollments (they see the change at their next reload), and joining `?list=` through an
-import does not start the journeys that list triggers (use bulk enrollment for that).
+This module only reads and writes; `nurture.import_jobs` runs an import as a job: progress
+row, in-flight enrollments told of the changes, journeys of the list and segments started.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ import csv
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -230,11 +229,16 @@ class _Records:
         return complete
 
 
+# Called after each batch is committed with the ids of the existing contacts it changed.
+BatchWritten = Callable[[ImportResult, list[uuid.UUID]], Awaitable[None]]
+
+
 async def import_contacts(
     sessions: SessionFactory,
     body: AsyncIterable[bytes],
     list_key: str | None = None,
     batch_rows: int = BATCH_ROWS,
+    on_batch: BatchWritten | None = None,
 ) -> ImportResult:
     """Read the CSV from `body` and upsert its contacts batch by batch; see the module doc.
 
@@ -266,7 +270,9 @@ async def import_contacts(
             except ValueError as bad:
                 result.refuse(number, str(bad))
         if rows:
-            await _write(sessions, rows, list_id, result)
+            updated = await _write(sessions, rows, list_id, result)
+            if on_batch is not None:
+                await on_batch(result, updated)
             logger.info(
                 "import: %d rows read, %d created, %d updated, %d refused",
                 result.rows,
@@ -318,12 +324,14 @@ def _deduplicated(rows: Iterable[_Row]) -> tuple[list[_Row], list[_Row]]:
 
 async def _write(
     sessions: SessionFactory, rows: list[_Row], list_id: uuid.UUID | None, result: ImportResult
-) -> None:
+) -> list[uuid.UUID]:
+    """Upsert the rows (and join the list) in one transaction; the existing contacts updated."""
     keyed, by_email = _deduplicated(rows)
     async with sessions.begin() as session:
         by_email, ambiguous = await _match_emails(session, by_email, result)
         written = sum(1 for row in rows if row.external_id or row.email not in ambiguous)
         ids: list[uuid.UUID] = []
+        updated: list[uuid.UUID] = []
         for group, target in ((keyed, "external_id"), (by_email, "id")):
             if not group:
                 continue
@@ -334,6 +342,7 @@ async def _write(
                     result.created += 1
                 else:
                     result.updated += 1
+                    updated.append(contact_id)
         if list_id is not None and ids:
             await session.execute(
                 insert(ListMembership)
@@ -348,6 +357,7 @@ async def _write(
                 .on_conflict_do_nothing()
             )
     result.imported += written
+    return updated
 
 
 async def _match_emails(

@@ -56,6 +56,7 @@ class BulkEnroll:
                     journey_key=input.journey_key,
                     list_key=input.list_key,
                     segment_key=input.segment_key,
+                    joined_since=input.joined_since,
                     page_size=input.page_size,
                     progress=self._progress,
                 ),

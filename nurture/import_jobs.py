@@ -1,0 +1,217 @@
+"""A CSV import as a job: a progress row, and everything a change of contacts sets off.
+
+`nurture.imports` reads and writes the rows; around it, this module:
+
+- keeps a `contact_imports` row with the counts so far, written after each batch, so
+  `GET /v1/imports/{id}` shows a long import's progress while the file is still uploading
+  (the client can choose the id up front), and the report once it is done;
+- tells the in-flight enrollments of each updated contact (`contact_changed`), batch by batch,
+  so goals and waits see the imported values at once;
+- once the file is read, starts the journeys that joining the list triggers, for the contacts
+  who joined it through this import, as one resumable BulkEnroll run per journey (an import
+  of 100,000 rows is not enrolled inside an HTTP request);
+- asks the SegmentWatch for a sweep now, so contacts the import put into a segment enter
+  journeys that start on it within moments.
+
+An import that fails half-way (a bad header is refused before anything is written) keeps
+what its finished batches wrote, and its list journeys are started for those contacts too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterable
+from dataclasses import asdict
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from nurture.bulk import start_bulk_enrollment
+from nurture.db.engine import SessionFactory
+from nurture.db.models import (
+    ACTIVE_ENROLLMENT_STATUSES,
+    ContactImport,
+    ContactList,
+    Enrollment,
+    Journey,
+    JourneyStatus,
+    utcnow,
+)
+from nurture.enrollments import EnrollmentOptions, signal_workflow
+from nurture.errors import Conflict, NotFound, NurtureError
+from nurture.imports import ImportResult, import_contacts
+from nurture.segments.sweeps import request_sweep
+
+logger = logging.getLogger(__name__)
+
+_SIGNAL_CONCURRENCY = 20
+
+
+async def run_import(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    body: AsyncIterable[bytes],
+    list_key: str | None = None,
+    import_id: uuid.UUID | None = None,
+) -> ContactImport:
+    """Import the CSV in `body` as a job (see the module doc); the finished job row."""
+    if list_key is not None:
+        await _check_list(sessions, list_key)
+    job = await _open(sessions, import_id or uuid.uuid4(), list_key)
+    signalled = 0
+
+    async def after_batch(result: ImportResult, updated: list[uuid.UUID]) -> None:
+        nonlocal signalled
+        signalled += await _tell_enrollments(sessions, client, updated)
+        await _save(sessions, job.id, result, signalled=signalled)
+
+    try:
+        result = await import_contacts(sessions, body, list_key, on_batch=after_batch)
+    except BaseException as err:
+        failure = err.message if isinstance(err, NurtureError) else type(err).__name__
+        await _save(sessions, job.id, None, status="failed", failure=failure)
+        await _set_off(sessions, client, options, job)
+        raise
+    await _save(sessions, job.id, result, signalled=signalled)
+    runs = await _set_off(sessions, client, options, job)
+    return await _save(sessions, job.id, result, status="completed", enrollment_runs=runs)
+
+
+async def get_import(sessions: SessionFactory, import_id: uuid.UUID) -> ContactImport:
+    async with sessions() as session:
+        job = await session.get(ContactImport, import_id)
+    if job is None:
+        raise NotFound(f"no import {import_id}")
+    return job
+
+
+async def list_imports(sessions: SessionFactory, limit: int = 20) -> list[ContactImport]:
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(ContactImport).order_by(col(ContactImport.started_at).desc()).limit(limit)
+        )
+        return list(rows)
+
+
+async def _check_list(sessions: SessionFactory, list_key: str) -> None:
+    async with sessions() as session:
+        found = await session.scalar(select(ContactList.id).where(col(ContactList.key) == list_key))
+    if found is None:
+        raise NotFound(f"no list {list_key!r}: create it first (POST /v1/lists)")
+
+
+async def _open(
+    sessions: SessionFactory, import_id: uuid.UUID, list_key: str | None
+) -> ContactImport:
+    job = ContactImport(id=import_id, list_key=list_key)
+    try:
+        async with sessions.begin() as session:
+            session.add(job)
+    except IntegrityError:
+        raise Conflict(f"import {import_id} already exists: choose a new import_id") from None
+    return job
+
+
+async def _save(
+    sessions: SessionFactory,
+    import_id: uuid.UUID,
+    result: ImportResult | None,
+    **values: object,
+) -> ContactImport:
+    """Write the counts so far (and any other column given); the row as saved."""
+    if result is not None:
+        values |= {
+            "rows": result.rows,
+            "imported": result.imported,
+            "created": result.created,
+            "updated": result.updated,
+            "error_count": result.error_count,
+            "errors": [asdict(error) for error in result.errors],
+        }
+    if values.get("status") in ("completed", "failed"):
+        values["finished_at"] = utcnow()
+    async with sessions.begin() as session:
+        await session.execute(
+            sa.update(ContactImport)
+            .where(col(ContactImport.id) == import_id)
+            .values(updated_at=utcnow(), **values)
+        )
+        job = await session.get(ContactImport, import_id, populate_existing=True)
+    assert job is not None
+    return job
+
+
+async def _tell_enrollments(
+    sessions: SessionFactory, client: Client, contact_ids: list[uuid.UUID]
+) -> int:
+    """Signal `contact_changed` to the in-flight enrollments of these contacts; how many.
+
+    Temporal being away does not fail the import: those enrollments see the new values when
+    they next load the contact (before each step)."""
+    if not contact_ids:
+        return 0
+    async with sessions() as session:
+        workflow_ids = list(
+            await session.scalars(
+                select(col(Enrollment.workflow_id)).where(
+                    col(Enrollment.contact_id).in_(contact_ids),
+                    col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+                )
+            )
+        )
+    limit = asyncio.Semaphore(_SIGNAL_CONCURRENCY)
+
+    async def one(workflow_id: str) -> bool:
+        async with limit:
+            try:
+                return await signal_workflow(client, workflow_id, "contact_changed")
+            except RPCError as err:
+                logger.warning("import: %s not told of its contact's change: %s", workflow_id, err)
+                return False
+
+    return sum(await asyncio.gather(*(one(w) for w in workflow_ids)))
+
+
+async def _set_off(
+    sessions: SessionFactory, client: Client, options: EnrollmentOptions, job: ContactImport
+) -> list[str]:
+    """Start the list's journeys for its new members, and ask for a segment sweep; the ids of
+    the BulkEnroll runs started. Temporal being away is logged, not raised: the contacts are
+    imported, and the runs can be started again by importing the same file."""
+    runs: list[str] = []
+    try:
+        for journey_key in await _list_journeys(sessions, job.list_key):
+            bulk = await start_bulk_enrollment(
+                sessions,
+                client,
+                options.task_queue,
+                journey_key,
+                list_key=job.list_key,
+                workflow_id=f"import:{job.id}:{journey_key}",
+                joined_since=job.started_at,
+            )
+            runs.append(bulk.workflow_id)
+        await request_sweep(client)
+    except (RPCError, RuntimeError) as err:
+        logger.warning("import %s: journeys not started: %s", job.id, err)
+    return runs
+
+
+async def _list_journeys(sessions: SessionFactory, list_key: str | None) -> list[str]:
+    if list_key is None:
+        return []
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(col(Journey.key)).where(
+                col(Journey.trigger_type) == "list_joined",
+                col(Journey.trigger_key) == list_key,
+                col(Journey.status).in_((JourneyStatus.ACTIVE, JourneyStatus.PAUSED)),
+            )
+        )
+        return list(rows)

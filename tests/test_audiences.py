@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
@@ -89,15 +89,23 @@ async def test_a_journey_cannot_go_live_with_segments_that_do_not_exist(
     }
 
 
-async def test_a_deleted_exclusion_segment_keeps_everyone_out(
+async def test_a_segment_a_journey_needs_cannot_be_deleted_and_if_gone_keeps_everyone_out(
     api: httpx.AsyncClient, sessions: SessionFactory
 ) -> None:
     await publish_journey(sessions, _two_emails("promo", entry={"exclusion_segment": "gone"}))
-    assert (await api.delete("/v1/segments/gone")).status_code == 204
-    contact_id = await make_contact(sessions)
+    await publish_journey(
+        sessions, _two_emails("old", trigger={"type": "segment_entered", "segment": "gone"})
+    )
+    ok(await api.post("/v1/journeys/old/archive"))
 
+    refused_delete = await api.delete("/v1/segments/gone")
+    async with sessions.begin() as session:  # deleted anyway, by hand in the database
+        await session.execute(text("DELETE FROM segments WHERE key = 'gone'"))
+    contact_id = await make_contact(sessions)
     refused = await _enroll(api, "promo", contact_id)
 
+    assert refused_delete.status_code == 409
+    assert "used by journey(s) promo " in refused_delete.json()["detail"]  # not the archived one
     assert refused.status_code == 409
     assert "'gone' does not exist" in refused.json()["detail"]
 

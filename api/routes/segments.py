@@ -106,8 +106,9 @@ async def get_segment(key: str, session: SessionDep) -> SegmentOut:
     "/{key}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a segment",
-    description="Journeys that name it (trigger or exclusion) are not checked.",
-    responses=error_responses(NO_SEGMENT),
+    description="Refused (409, naming them) while a journey that is not archived starts on "
+    "it or keeps its members out, in any published version.",
+    responses=error_responses({**NO_SEGMENT, 409: "journeys use the segment"}),
 )
 async def delete_segment(key: str, resources: ResourcesDep) -> Response:
     await service.delete_segment(resources.sessions, key)

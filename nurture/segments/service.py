@@ -1,6 +1,8 @@
 """Saved segments, and the queries every use of a filter comes down to.
 
-A segment stores only its filter; membership is computed when asked, so it is never stale.
+A segment stores only its filter; membership is computed when asked, so it is never stale
+(segments that start journeys also keep their members as last seen, to tell who entered:
+`nurture.segments.membership`).
 `members_query` is the one query the others are built on: a select of contact ids, in id
 order, that a batch enroller pages through by keyset (`after`), and `contains` re-checks one
 contact (for "segment entered" triggers and exclusion segments).
@@ -25,8 +27,17 @@ from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Contact, ContactList, Journey, Segment, Template, utcnow
-from nurture.errors import Invalid, NotFound
+from nurture.db.models import (
+    Contact,
+    ContactList,
+    Journey,
+    JourneyStatus,
+    JourneyVersion,
+    Segment,
+    Template,
+    utcnow,
+)
+from nurture.errors import Conflict, Invalid, NotFound
 from nurture.segments.compiler import FieldType, compile_filter, references
 from nurture.segments.definition import FILTER, Filter, dump
 
@@ -94,7 +105,8 @@ async def check_filter(
     return expression
 
 
-def _expression(filter: Filter | Segment) -> ColumnElement[bool]:
+def condition(filter: Filter | Segment) -> ColumnElement[bool]:
+    """The filter as a WHERE condition on `contacts`."""
     if isinstance(filter, Segment):
         filter = parse_filter(filter.filter)
     return compile_filter(filter)
@@ -110,7 +122,7 @@ def members_query(filter: Filter | Segment, after: uuid.UUID | None = None) -> s
     the primary key, so each page is an index range scan whatever the page number. Time
     windows ("in the last 30 days") are evaluated against the database's `now()` at each
     page, so a contact may leave or join between pages of a long run."""
-    query = select(col(Contact.id)).where(_expression(filter)).order_by(col(Contact.id))
+    query = select(col(Contact.id)).where(condition(filter)).order_by(col(Contact.id))
     if after is not None:
         query = query.where(col(Contact.id) > after)
     return query
@@ -118,7 +130,7 @@ def members_query(filter: Filter | Segment, after: uuid.UUID | None = None) -> s
 
 async def count(session: AsyncSession, filter: Filter | Segment) -> int:
     total = await session.scalar(
-        select(sa.func.count()).select_from(Contact).where(_expression(filter))
+        select(sa.func.count()).select_from(Contact).where(condition(filter))
     )
     return int(total or 0)
 
@@ -129,7 +141,7 @@ async def preview(
     """Some members, newest contacts first (the ones a marketer is likeliest to recognise)."""
     rows = await session.scalars(
         select(Contact)
-        .where(_expression(filter))
+        .where(condition(filter))
         .order_by(col(Contact.created_at).desc(), col(Contact.id))
         .limit(min(max(limit, 1), PREVIEW_LIMIT))
     )
@@ -139,7 +151,7 @@ async def preview(
 async def contains(session: AsyncSession, segment: Filter | Segment, contact_id: uuid.UUID) -> bool:
     """Is this contact in the segment now? One indexed lookup plus the filter's subqueries."""
     found = await session.scalar(
-        select(col(Contact.id)).where(col(Contact.id) == contact_id, _expression(segment))
+        select(col(Contact.id)).where(col(Contact.id) == contact_id, condition(segment))
     )
     return found is not None
 
@@ -201,13 +213,41 @@ async def list_segments(session: AsyncSession, limit: int = 100, offset: int = 0
 
 
 async def delete_segment(sessions: SessionFactory, key: str) -> None:
-    """Delete a segment. Journeys that name it (trigger, exclusion) are the caller's concern."""
+    """Delete a segment that no journey needs; `Conflict` names the journeys that do."""
     async with sessions.begin() as session:
-        deleted = await session.scalar(
-            sa.delete(Segment).where(col(Segment.key) == key).returning(col(Segment.id))
+        segment = await session.scalar(
+            select(Segment).where(col(Segment.key) == key).with_for_update()
         )
-    if deleted is None:
-        raise NotFound(f"no segment {key!r}")
+        if segment is None:
+            raise NotFound(f"no segment {key!r}")
+        users = await journeys_using(session, key)
+        if users:
+            raise Conflict(
+                f"segment {key!r} is used by journey(s) {', '.join(users)} (trigger or "
+                "exclusion segment): archive them or publish them without it first"
+            )
+        await session.delete(segment)
+
+
+async def journeys_using(session: AsyncSession, key: str) -> list[str]:
+    """Journeys not archived whose published versions start on this segment or keep its
+    members out. Any version counts, not only the latest: contacts still running an older
+    version check its exclusion segment before every send."""
+    definition = col(JourneyVersion.definition)
+    rows = await session.scalars(
+        select(col(Journey.key))
+        .join(JourneyVersion, col(JourneyVersion.journey_id) == col(Journey.id))
+        .where(
+            col(Journey.status) != JourneyStatus.ARCHIVED,
+            sa.or_(
+                definition["trigger"]["segment"].astext == key,
+                definition["entry"]["exclusion_segment"].astext == key,
+            ),
+        )
+        .distinct()
+        .order_by(col(Journey.key))
+    )
+    return list(rows)
 
 
 def stored_filter(segment: Segment) -> Filter:
@@ -216,10 +256,12 @@ def stored_filter(segment: Segment) -> Filter:
 
 __all__: Sequence[str] = (
     "check_filter",
+    "condition",
     "contains",
     "count",
     "delete_segment",
     "get_segment",
+    "journeys_using",
     "list_segments",
     "members_query",
     "parse_filter",

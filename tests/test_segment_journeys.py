@@ -1,6 +1,7 @@
 """Segment-based journeys (seed 003) on the time-skipping server: a one-time run over a
-segment, newcomers entering a once_and_new journey, and a 20,000-contact run that survives a
-worker restart half-way and enrolls everyone exactly once. (Recurring runs use Temporal
+segment, newcomers entering a once_and_new journey, and a large run (1,000 contacts; 20,000
+with NURTURE_TEST_AUDIENCE=20000) whose first worker is killed half-way, enrolling everyone
+exactly once. (Recurring runs use Temporal
 Schedules, which only the real server has: see tests/test_dev_server.py.)"""
 
 from __future__ import annotations

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
 from temporalio import activity
 from temporalio.client import Client
 
@@ -30,17 +34,17 @@ class SegmentActivities:
         """Compare every watched segment with its members, then give each entry (new, or left
         over from an earlier attempt) to the journeys it starts. Safe to retry: entries are
         rows, and an entry already given to a journey is not given again."""
-        report = await sweep(self._sessions, activity.heartbeat)
-        admitted = enrolled = 0
-        deferred = False
-        while entries := await unadmitted(self._sessions, ADMIT_BATCH):
-            given = await admit(self._sessions, self._client, self._options, entries)
-            admitted += given.admitted
-            enrolled += len(given.enrollments)
-            activity.heartbeat(admitted)
-            if given.deferred:  # Temporal is in trouble: the next sweep tries again
-                deferred = True
-                break
+        async with _heartbeating():
+            report = await sweep(self._sessions)
+            admitted = enrolled = 0
+            deferred = False
+            while entries := await unadmitted(self._sessions, ADMIT_BATCH):
+                given = await admit(self._sessions, self._client, self._options, entries)
+                admitted += given.admitted
+                enrolled += len(given.enrollments)
+                if given.deferred:  # Temporal is in trouble: the next sweep tries again
+                    deferred = True
+                    break
         return SweepResult(
             segments=report.segments,
             entered=report.entered,
@@ -50,3 +54,20 @@ class SegmentActivities:
             deferred=deferred,
             next_sweep_seconds=self._sweep_seconds,
         )
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating(every: float = 30) -> AsyncIterator[None]:
+    """Heartbeat on a timer while the body runs: comparing one big segment is a single
+    statement that may outlast the heartbeat timeout, and is alive all the same."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()

@@ -22,7 +22,6 @@ entered, so a retried entry never enrolls twice.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -184,9 +183,7 @@ async def observe(sessions: SessionFactory, contact_id: uuid.UUID) -> list[Entry
     return entries
 
 
-async def sweep(
-    sessions: SessionFactory, heartbeat: Callable[[], None] = lambda: None
-) -> SweepReport:
+async def sweep(sessions: SessionFactory) -> SweepReport:
     """Bring every watched segment's rows up to date (one transaction per segment); start or
     stop watching as journeys were published or archived. Entries are left to `admit`."""
     report = SweepReport()
@@ -213,7 +210,6 @@ async def sweep(
                 report.entered += entered
                 report.left += left
             report.segments += 1
-        heartbeat()
     return report
 
 

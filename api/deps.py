@@ -10,12 +10,12 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from api.resources import Resources
-from nurture.apikeys import authenticate
 from nurture.db.models import ApiKey
 from nurture.errors import Unauthorized
 
 
-def get_resources(request: Request) -> Resources:
+async def get_resources(request: Request) -> Resources:
+    # async: a plain `def` dependency would be run in the thread pool on every request.
     resources: Resources = request.app.state.resources
     return resources
 
@@ -41,7 +41,7 @@ async def require_api_key(
 ) -> ApiKey:
     if credentials is None:
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'")
-    key = await authenticate(resources.sessions, credentials.credentials)
+    key = await resources.api_keys.authenticate(resources.sessions, credentials.credentials)
     if key is None:
         raise Unauthorized("invalid or revoked API key")
     return key

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from temporalio.client import Client
 
+from nurture.apikeys import KeyCache
 from nurture.channels.base import ChannelSender
 from nurture.db.engine import SessionFactory
 from nurture.enrollments import EnrollmentOptions
@@ -21,6 +22,7 @@ class Resources:
     temporal: Client
     # Senders by channel ("email", "sms") for test sends; None: the development outbox.
     channels: Mapping[str, ChannelSender] | None = None
+    api_keys: KeyCache = field(default_factory=KeyCache)
 
     @property
     def enrollment_options(self) -> EnrollmentOptions:

@@ -123,9 +123,7 @@ async def _claim(
         version = await latest_version(session, journey)
         if version is None:
             raise Conflict(f"journey {journey_key!r} has no published version")
-        # Only the entry rules are needed here; the whole (stored, valid) definition is parsed
-        # once, by start_workflow.
-        rules = EntryRules.model_validate(version.definition.get("entry", {}))
+        rules = parsed_definition(version).entry
         await _check_reentry(session, journey, rules, contact_id)
         await _check_exclusion(session, journey_key, rules, contact_id)
         enrollment = Enrollment(
@@ -148,7 +146,7 @@ async def start_workflow(
     version: JourneyVersion,
     paused: bool = False,
 ) -> None:
-    definition = JourneyDefinition.model_validate(version.definition)
+    definition = parsed_definition(version)
     await client.start_workflow(
         ENROLLMENT_WORKFLOW,
         EnrollmentInput(
@@ -169,6 +167,22 @@ async def start_workflow(
             str(enrollment.contact_id), journey_key, version.version
         ),
     )
+
+
+# Parsed definitions by version id. Versions never change once published, so a process can keep
+# them; bounded, for a long-lived API serving many journeys.
+_DEFINITIONS: dict[uuid.UUID, JourneyDefinition] = {}
+_MAX_DEFINITIONS = 1_000
+
+
+def parsed_definition(version: JourneyVersion) -> JourneyDefinition:
+    """The version's definition, validated once per process rather than on every enrollment."""
+    parsed = _DEFINITIONS.get(version.id)
+    if parsed is None:
+        if len(_DEFINITIONS) >= _MAX_DEFINITIONS:
+            _DEFINITIONS.clear()
+        parsed = _DEFINITIONS[version.id] = JourneyDefinition.model_validate(version.definition)
+    return parsed
 
 
 async def _check_reentry(

@@ -255,6 +255,7 @@ class SegmentWatchInput(_Message):
 
 
 class SweepResult(_Message):
+    sweep: int = 0  # its number, counted by the workflow across runs
     segments: int = 0  # watched segments compared
     entered: int = 0
     left: int = 0

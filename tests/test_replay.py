@@ -1,4 +1,5 @@
-"""Determinism guard: saved histories of real enrollments must replay on the current code.
+"""Determinism guard: saved histories of real enrollments, a bulk enrollment and the segment
+watch must replay on the current code.
 
 A change to the interpreter that would make a running enrollment take a different path fails
 here; such changes need `workflow.patched(...)`. To add histories after a deliberate, patched
@@ -8,17 +9,27 @@ next to the old ones (never replace old ones: they stand for workflows still run
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHistory
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from nurture.bulk import start_bulk_enrollment
+from nurture.contracts import SEGMENT_WATCH_ID, SweepResult
 from nurture.db.engine import SessionFactory
+from nurture.db.models import ContactList, ListMembership
+from nurture.segments.service import put_segment
+from nurture.segments.sweeps import request_sweep, start_segment_watch
 from tests.support import (
     example,
     finish,
@@ -29,13 +40,18 @@ from tests.support import (
     signal_event,
     start,
 )
+from workflows.bulk_enroll import BulkEnroll
 from workflows.enrollment import JourneyEnrollment
+from workflows.segment_watch import SegmentWatch
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[JourneyEnrollment], data_converter=pydantic_data_converter)
+    return Replayer(
+        workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch],
+        data_converter=pydantic_data_converter,
+    )
 
 
 def saved_histories() -> list[Path]:
@@ -82,8 +98,70 @@ async def test_fresh_histories_replay(
     await finish(env, handle)
     recorded["register-coupon-timeouts"] = handle
 
+    await _replay_and_record(recorded)
+
+
+async def _replay_and_record(recorded: dict[str, WorkflowHandle[Any, Any]]) -> None:
     for name, handle in recorded.items():
         history = await handle.fetch_history()
         await replayer().replay_workflow(history)
         if os.environ.get("NURTURE_RECORD_HISTORIES"):
             (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_bulk_enrollment_and_segment_watch_histories_replay(
+    sessions: SessionFactory, client: Client, env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The two other workflows: a list enrolled in pages (continue-as-new aside), and the
+    segment watch through a sweep that admits an entry and a second one asked for by signal."""
+    await make_lists(sessions, "trial")
+    await publish_journey(sessions, _exits("welcome", {"type": "list_joined", "list": "trial"}))
+    contact_ids = [await make_contact(sessions, external_id=f"t{n}") for n in range(3)]
+    async with sessions.begin() as session:
+        list_id = await _list_id(session, "trial")
+        session.add_all(ListMembership(list_id=list_id, contact_id=c) for c in contact_ids)
+    bulk = await start_bulk_enrollment(
+        sessions, client, task_queue, "welcome", list_key="trial", page_size=2
+    )
+    bulk_handle = client.get_workflow_handle(bulk.workflow_id)
+    async with env.time_skipping_unlocked():  # type: ignore[attr-defined]
+        await bulk_handle.result()
+
+    await put_segment(sessions, "vips", "VIPs", {"type": "tag", "tag": "vip"})
+    await publish_journey(sessions, _exits("vip", {"type": "segment_entered", "segment": "vips"}))
+    await make_contact(sessions, external_id="star", tags=["vip"])  # not seen until a sweep
+    await start_segment_watch(client, task_queue)
+    watch = client.get_workflow_handle(SEGMENT_WATCH_ID)
+    first = await _sweep_after(watch, 0)
+    await request_sweep(client)
+    await _sweep_after(watch, first.sweep)
+
+    assert first.enrolled == 1
+    await _replay_and_record({"bulk-enroll-list": bulk_handle, "segment-watch": watch})
+
+
+def _exits(key: str, trigger: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "key": key,
+        "name": key,
+        "trigger": trigger,
+        "start": "done",
+        "steps": {"done": {"type": "exit", "reason": "done"}},
+    }
+
+
+async def _list_id(session: AsyncSession, key: str) -> uuid.UUID:
+    found = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
+    assert found is not None
+    return found
+
+
+async def _sweep_after(watch: WorkflowHandle[Any, Any], previous: int) -> SweepResult:
+    """The watch's first sweep numbered after `previous`."""
+    async with asyncio.timeout(30):
+        while True:
+            last: SweepResult = await watch.query("last_sweep", result_type=SweepResult)
+            if last.sweep > previous:
+                return last
+            await asyncio.sleep(0.05)

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import col, select
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 from activities.segments import SegmentActivities
@@ -160,14 +161,15 @@ def _ago(days: int) -> str:
 
 
 async def _next_sweep(watch: Any, after: SweepResult | None) -> SweepResult:
-    """The watch's latest sweep result once it differs from `after` (the watch keeps it)."""
+    """The watch's first sweep after `after` (None: its first)."""
+    previous = after.sweep if after is not None else 0
     async with asyncio.timeout(30):
         while True:
             try:
                 last: SweepResult = await watch.query("last_sweep", result_type=SweepResult)
-            except Exception:  # not started yet
-                last = SweepResult(segments=-1)
-            if last.segments >= 0 and last != after and last != SweepResult():
+            except RPCError:  # its first task has not run yet
+                last = SweepResult()
+            if last.sweep > previous:
                 return last
             await asyncio.sleep(0.05)
 

@@ -39,13 +39,14 @@ class SegmentWatch:
     async def run(self, input: SegmentWatchInput) -> None:
         for sweep in range(input.sweeps + 1, input.sweeps + _SWEEPS_PER_RUN + 1):
             self._requested = False
-            self._last = await workflow.execute_activity_method(
+            result = await workflow.execute_activity_method(
                 SegmentActivities.sweep_segments,
                 start_to_close_timeout=timedelta(hours=1),
                 heartbeat_timeout=timedelta(minutes=5),
                 retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1)),
                 summary="re-check watched segments",
             )
+            self._last = result.model_copy(update={"sweep": sweep})
             workflow.set_current_details(
                 f"sweep {sweep}: {self._last.segments} segments, {self._last.entered} entered, "
                 f"{self._last.left} left, {self._last.enrolled} enrolled"

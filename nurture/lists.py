@@ -11,6 +11,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
@@ -19,7 +20,14 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Contact, ContactList, Enrollment, ListMembership
+from nurture.db.models import (
+    Contact,
+    ContactList,
+    Enrollment,
+    Journey,
+    JourneyStatus,
+    ListMembership,
+)
 from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments
 from nurture.errors import Conflict, NotFound, NurtureError, Unavailable
 from nurture.triggers import on_contact_changed, on_list_joined
@@ -124,10 +132,15 @@ async def _start_triggered(
 
 
 async def remove_member(
-    sessions: SessionFactory, client: Client, key: str, contact_id: uuid.UUID
+    sessions: SessionFactory,
+    client: Client,
+    key: str,
+    contact_id: uuid.UUID,
+    options: EnrollmentOptions | None = None,
 ) -> bool:
     """Take a contact off a list; say whether it was on it. Its enrollments are told, so
-    `in_list` conditions see the change at once."""
+    `in_list` conditions see the change at once; with `options`, leaving the list can also
+    make it enter a segment ("not on the customers list") that starts a journey."""
     async with sessions.begin() as session:
         list_id = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
         if list_id is None:
@@ -151,4 +164,70 @@ async def remove_member(
             f"contact {contact_id} was taken off list {key!r}, but its in-flight enrollments "
             f"could not be told ({err.message})"
         ) from err
+    if options is not None:
+        await on_contact_changed(sessions, client, options, contact_id)
     return True
+
+
+@dataclass(frozen=True)
+class Member:
+    contact_id: uuid.UUID
+    external_id: str | None
+    email: str | None
+    added_at: datetime
+
+
+async def list_members(
+    sessions: SessionFactory, key: str, after: uuid.UUID | None = None, limit: int = 100
+) -> list[Member]:
+    """A page of a list's members in contact id order; pass the last id as `after` for the next
+    (keyset paging: every page is an index range, however deep)."""
+    async with sessions() as session:
+        list_id = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
+        if list_id is None:
+            raise NotFound(f"no list {key!r}")
+        query = (
+            select(
+                col(ListMembership.contact_id),
+                col(Contact.external_id),
+                col(Contact.email),
+                col(ListMembership.added_at),
+            )
+            .join(Contact, col(Contact.id) == col(ListMembership.contact_id))
+            .where(col(ListMembership.list_id) == list_id)
+            .order_by(col(ListMembership.contact_id))
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(col(ListMembership.contact_id) > after)
+        rows = (await session.execute(query)).all()
+    return [Member(*row) for row in rows]
+
+
+async def delete_list(sessions: SessionFactory, key: str) -> None:
+    """Delete a list and its memberships, unless a journey that is not archived starts when
+    contacts join it (`Conflict` names them). Conditions and segment filters naming the list
+    then match nobody, as for any list a contact is not on."""
+    async with sessions.begin() as session:
+        contact_list = await session.scalar(
+            select(ContactList).where(col(ContactList.key) == key).with_for_update()
+        )
+        if contact_list is None:
+            raise NotFound(f"no list {key!r}")
+        users = list(
+            await session.scalars(
+                select(col(Journey.key))
+                .where(
+                    col(Journey.trigger_type) == "list_joined",
+                    col(Journey.trigger_key) == key,
+                    col(Journey.status) != JourneyStatus.ARCHIVED,
+                )
+                .order_by(col(Journey.key))
+            )
+        )
+        if users:
+            raise Conflict(
+                f"list {key!r} starts journey(s) {', '.join(users)}: archive them or publish "
+                "them with another trigger first"
+            )
+        await session.delete(contact_list)

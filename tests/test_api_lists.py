@@ -186,3 +186,56 @@ async def test_removing_a_member_tells_its_enrollments(
     assert removed.status_code == 204
     assert [p.step for p in result.path] == ["wait_1d", "still_in", "left"]
     assert await sent_templates(sessions, uuid.UUID(ada)) == ["left"]
+
+
+async def test_members_are_paged_by_contact_id(api: httpx.AsyncClient) -> None:
+    ok(await api.post("/v1/lists", json={"key": "webinar", "name": "Webinar"}), 201)
+    ids = sorted([await new_contact(api, f"m{n}") for n in range(5)])
+    ok(await api.post("/v1/lists/webinar/members", json={"contact_ids": ids}))
+
+    first = ok(await api.get("/v1/lists/webinar/members", params={"limit": 3}))
+    second = ok(
+        await api.get(
+            "/v1/lists/webinar/members", params={"limit": 3, "after": first["next_after"]}
+        )
+    )
+    missing = await api.get("/v1/lists/nope/members")
+
+    assert [m["contact_id"] for m in first["items"]] == ids[:3]
+    assert [m["contact_id"] for m in second["items"]] == ids[3:]
+    assert second["next_after"] is None
+    assert {m["email"] for m in first["items"] + second["items"]} == {
+        f"m{n}@example.com" for n in range(5)
+    }
+    assert missing.status_code == 404
+
+
+async def test_a_list_that_starts_a_journey_cannot_be_deleted(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    ok(await api.post("/v1/lists", json={"key": "trial", "name": "Trial"}), 201)
+    ok(await api.post("/v1/lists", json={"key": "old", "name": "Old"}), 201)
+    contact_id = await new_contact(api, "ada")
+    ok(await api.post("/v1/lists/old/members", json={"contact_ids": [contact_id]}))
+    trigger = {"type": "list_joined", "list": "trial"}
+    await publish_journey(
+        sessions,
+        {
+            "key": "trial-welcome",
+            "name": "Trial welcome",
+            "trigger": trigger,
+            "start": "done",
+            "steps": {"done": {"type": "exit", "reason": "done"}},
+        },
+    )
+
+    refused = await api.delete("/v1/lists/trial")
+    deleted = await api.delete("/v1/lists/old")
+    gone = await api.get("/v1/lists/old")
+    contact = ok(await api.get(f"/v1/contacts/{contact_id}"))
+
+    assert refused.status_code == 409
+    assert "trial-welcome" in refused.json()["detail"]
+    assert deleted.status_code == 204
+    assert gone.status_code == 404
+    assert contact["lists"] == []  # the contact stays; only the membership went

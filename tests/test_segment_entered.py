@@ -274,3 +274,20 @@ async def _members(sessions: SessionFactory) -> list[str]:
             )
         )
         return sorted(str(external_id) for external_id in rows)
+
+
+async def test_leaving_a_list_can_enter_a_segment(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    not_customers = {"type": "not", "condition": {"type": "in_list", "list": "customers"}}
+    ok(await api.post("/v1/lists", json={"key": "customers", "name": "Customers"}), 201)
+    ok(await api.put("/v1/segments/lapsed", json={"name": "Lapsed", "filter": not_customers}), 201)
+    ok(await api.put("/v1/contacts/ada", json={"email": "ada@example.com"}), 201)
+    ada = await _contact_id(sessions, "ada")
+    ok(await api.post("/v1/lists/customers/members", json={"contact_ids": [str(ada)]}))
+    await publish_journey(sessions, _welcome("win-back", "lapsed"))
+
+    removed = await api.delete(f"/v1/lists/customers/members/{ada}")
+
+    assert removed.status_code == 204
+    assert await _enrolled(sessions, "win-back") == ["ada"]

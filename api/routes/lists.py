@@ -1,4 +1,5 @@
-"""Static lists: create, read, add members (starting the journeys a list triggers), remove."""
+"""Static lists: create, read, delete; add members (starting the journeys a list triggers),
+page through them, remove them."""
 
 from __future__ import annotations
 
@@ -12,10 +13,18 @@ from sqlmodel import col, select
 
 from api.deps import ResourcesDep, SessionDep
 from api.schemas.common import BODY_TOO_LARGE, error_responses
-from api.schemas.lists import ListIn, ListOut, ListPage, MembersAddedOut, MembersIn
+from api.schemas.lists import (
+    ListIn,
+    ListOut,
+    ListPage,
+    MemberOut,
+    MemberPage,
+    MembersAddedOut,
+    MembersIn,
+)
 from nurture.db.models import ContactList, ListMembership
 from nurture.errors import NotFound
-from nurture.lists import add_members, create_list, remove_member
+from nurture.lists import add_members, create_list, delete_list, list_members, remove_member
 
 router = APIRouter(prefix="/lists", tags=["lists"])
 
@@ -132,5 +141,50 @@ async def post_members(key: str, body: MembersIn, resources: ResourcesDep) -> Me
     ),
 )
 async def delete_member(key: str, contact_id: uuid.UUID, resources: ResourcesDep) -> Response:
-    await remove_member(resources.sessions, resources.temporal, key, contact_id)
+    await remove_member(
+        resources.sessions, resources.temporal, key, contact_id, resources.enrollment_options
+    )
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get(
+    "/{key}/members",
+    response_model=MemberPage,
+    summary="Page through a list's members",
+    description="In contact id order. For the next page pass the last `contact_id` as "
+    "`after` (`next_after` says it; null on the last page).",
+    responses=error_responses(NO_LIST),
+)
+async def get_members(
+    key: str,
+    resources: ResourcesDep,
+    after: Annotated[uuid.UUID | None, Query(description="the last contact id seen")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> MemberPage:
+    members = await list_members(resources.sessions, key, after, limit)
+    return MemberPage(
+        items=[
+            MemberOut(
+                contact_id=m.contact_id,
+                external_id=m.external_id,
+                email=m.email,
+                added_at=m.added_at,
+            )
+            for m in members
+        ],
+        next_after=members[-1].contact_id if len(members) == limit else None,
+    )
+
+
+@router.delete(
+    "/{key}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Delete a list and its memberships",
+    description="Refused (409, naming them) while a journey that is not archived starts when "
+    "contacts join the list. Contacts are not deleted; journey conditions and segment filters "
+    "that name the list then match nobody.",
+    responses=error_responses({**NO_LIST, 409: "journeys start on joining this list"}),
+)
+async def delete_contact_list(key: str, resources: ResourcesDep) -> Response:
+    await delete_list(resources.sessions, key)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

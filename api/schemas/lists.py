@@ -74,3 +74,15 @@ class MembersAddedOut(BaseModel):
         description="enrollments in journeys triggered by joining this list (one already in "
         "flight for the contact is given as is)"
     )
+
+
+class MemberOut(BaseModel):
+    contact_id: uuid.UUID
+    external_id: str | None
+    email: str | None
+    added_at: datetime
+
+
+class MemberPage(BaseModel):
+    items: list[MemberOut]
+    next_after: uuid.UUID | None = Field(description="pass as `after` for the next page")

@@ -1,6 +1,7 @@
-"""The Nurture worker: runs enrollment workflows and their activities.
+"""The Nurture worker: runs the enrollment, bulk enrollment and segment watch workflows and their
+activities.
 
-    python worker.py            # or: nurture worker
+    python worker.py            # the same as: nurture worker (migrates the database first)
 
 Configured by the environment (see `nurture.settings.Settings`): TEMPORAL_ADDRESS,
 TEMPORAL_NAMESPACE, TEMPORAL_TASK_QUEUE, DATABASE_URL. Scale out by running more of these.
@@ -28,7 +29,7 @@ from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.enrollments import EnrollmentOptions
 from nurture.events import keep_redelivering
 from nurture.segments.sweeps import start_segment_watch
-from nurture.settings import Settings, get_settings
+from nurture.settings import Settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
 from workflows.bulk_enroll import BulkEnroll
@@ -124,12 +125,10 @@ async def run_worker(settings: Settings, database_url: str) -> None:
 
 
 def main() -> None:
-    from nurture.cli import resolve_database_url
+    """`python worker.py`: the same as `nurture worker` (migrates first, stops on a signal)."""
+    from nurture.cli import main as cli_main
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = get_settings()
-    with resolve_database_url(settings) as database_url:
-        asyncio.run(run_worker(settings, database_url))
+    raise SystemExit(cli_main(["worker"]))
 
 
 if __name__ == "__main__":

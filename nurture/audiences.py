@@ -9,6 +9,10 @@ Called after a journey is published. A journey triggered by `{"type": "segment",
   expression, in the journey's time zone, from `start_at`; each run has its own progress row.
   Publishing again updates the schedule; archiving the journey deletes it.
 
+A journey triggered by joining a list with `only_new: false` also takes the list's members
+at publish, through one BulkEnroll run under a fixed id (`audience:{journey}:members`), so
+publishing again does not run it twice; later joiners enter as they join.
+
 Every run enrolls through `enroll_or_get` and the journey's entry rules: nobody is enrolled
 twice by a retried page, a resumed run or an overlapping run.
 """
@@ -39,7 +43,7 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Journey, utcnow
 from nurture.enrollments import EnrollmentOptions
 from nurture.errors import NotFound
-from nurture.journeys.definition import JourneyDefinition, SegmentTrigger
+from nurture.journeys.definition import JourneyDefinition, ListJoinedTrigger, SegmentTrigger
 from nurture.journeys.publishing import latest_version
 
 logger = logging.getLogger(__name__)
@@ -53,14 +57,28 @@ def once_workflow_id(journey_key: str) -> str:
     return f"audience:{journey_key}:once"
 
 
+def members_workflow_id(journey_key: str) -> str:
+    return f"audience:{journey_key}:members"
+
+
 async def activate_audience(
     sessions: SessionFactory, client: Client, options: EnrollmentOptions, journey_key: str
 ) -> str | None:
-    """Start what the live version's segment trigger asks for; the id of the run or schedule
-    (None for journeys not triggered by a segment)."""
+    """Start what the live version's trigger asks for at publish: a segment's run or schedule,
+    or a list's existing members (`only_new: false`); its id, or None when there is nothing."""
     trigger = await _live_trigger(sessions, journey_key)
     if not isinstance(trigger, SegmentTrigger) or trigger.mode != "recurring":
         await stop_audience(client, journey_key)  # no longer recurring: no more runs
+    if isinstance(trigger, ListJoinedTrigger) and not trigger.only_new:
+        bulk = await start_bulk_enrollment(
+            sessions,
+            client,
+            options.task_queue,
+            journey_key,
+            list_key=trigger.list,
+            workflow_id=members_workflow_id(journey_key),
+        )
+        return bulk.workflow_id
     if not isinstance(trigger, SegmentTrigger):
         return None
     first_run = _first_run(trigger)

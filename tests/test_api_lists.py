@@ -3,6 +3,7 @@ remove members (telling their enrollments)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -15,7 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Enrollment, ListMembership
+from nurture.db.models import BulkEnrollment, Enrollment, Journey, ListMembership
 from tests.support import example, finish, ok, problems, publish_journey, reach_step, sent_templates
 
 
@@ -239,3 +240,48 @@ async def test_a_list_that_starts_a_journey_cannot_be_deleted(
     assert deleted.status_code == 204
     assert gone.status_code == 404
     assert contact["lists"] == []  # the contact stays; only the membership went
+
+
+@pytest.mark.usefixtures("worker")
+async def test_only_new_false_also_takes_the_members_the_list_has_at_publish(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    ok(await api.post("/v1/lists", json={"key": "club", "name": "Club"}), 201)
+    members = [await new_contact(api, f"member-{n}") for n in range(3)]
+    ok(await api.post("/v1/lists/club/members", json={"contact_ids": members}))
+    for key, only_new in (("club-all", False), ("club-new", True)):
+        definition = {
+            "key": key,
+            "name": key,
+            "trigger": {"type": "list_joined", "list": "club", "only_new": only_new},
+            "start": "done",
+            "steps": {"done": {"type": "exit", "reason": "welcomed"}},
+        }
+        ok(await api.post("/v1/journeys", json=definition), 201)
+        ok(await api.post(f"/v1/journeys/{key}/publish"), 201)
+        ok(await api.post(f"/v1/journeys/{key}/publish"), 201)  # again: no second run
+
+    async with asyncio.timeout(30):
+        while True:
+            async with sessions() as session:
+                bulk = await session.scalar(
+                    select(BulkEnrollment).where(
+                        col(BulkEnrollment.workflow_id) == "audience:club-all:members"
+                    )
+                )
+            if bulk is not None and bulk.status == "completed":
+                break
+            await asyncio.sleep(0.05)
+    async with sessions() as session:
+        enrolled = {
+            key: count
+            for key, count in await session.execute(
+                select(col(Journey.key), func.count())
+                .join(Enrollment, col(Enrollment.journey_id) == col(Journey.id))
+                .group_by(col(Journey.key))
+            )
+        }
+        runs = await session.scalar(select(func.count()).select_from(BulkEnrollment))
+
+    assert enrolled == {"club-all": 3}
+    assert runs == 1

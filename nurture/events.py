@@ -55,22 +55,24 @@ class RecordedEvent:
 async def _store(sessions: SessionFactory, values: dict[str, Any]) -> tuple[Event, bool]:
     async with sessions.begin() as session:
         inserted = await session.scalar(
-            insert(Event)
-            .values(**values)
-            .on_conflict_do_nothing(index_elements=["dedupe_key"])
-            .returning(col(Event.id))
+            select(Event).from_statement(
+                insert(Event)
+                .values(**values)
+                .on_conflict_do_nothing(index_elements=["dedupe_key"])
+                .returning(Event)
+            )
         )
-        event = await session.scalar(
+        if inserted is not None:
+            return inserted, False
+        event = await session.scalar(  # a repeated request: the event stored the first time
             select(Event).where(col(Event.dedupe_key) == values["dedupe_key"])
         )
         assert event is not None
-        if inserted is None and (
-            event.contact_id != values["contact_id"] or event.kind != values["kind"]
-        ):
+        if event.contact_id != values["contact_id"] or event.kind != values["kind"]:
             raise Conflict(
                 f"idempotency key {values['dedupe_key']!r} was already used for another event"
             )
-        return event, inserted is None
+        return event, True
 
 
 async def record_custom_event(
@@ -108,10 +110,8 @@ async def record_custom_event(
     started = await on_event(sessions, client, options, contact_id, name, event.properties)
     # An event can also put the contact in a segment ("purchased twice") that starts a journey.
     started += await on_contact_changed(sessions, client, options, contact_id)
-    async with sessions.begin() as session:
-        await session.execute(
-            update(Event).where(col(Event.id) == event.id).values(signalled_at=utcnow())
-        )
+    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event
+    # that could not be signalled failed its request, which the caller repeats.
     return RecordedEvent(event, duplicate, signalled, [e.id for e in started])
 
 

@@ -197,7 +197,7 @@ async def _set_off(
                 joined_since=job.started_at,
             )
             runs.append(bulk.workflow_id)
-        await request_sweep(client)
+        await request_sweep(client, options.task_queue)
     except (RPCError, RuntimeError) as err:
         logger.warning("import %s: journeys not started: %s", job.id, err)
     return runs

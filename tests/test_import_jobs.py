@@ -20,7 +20,6 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import BulkEnrollment, Contact, Enrollment, Journey
-from nurture.segments.sweeps import start_segment_watch
 from tests.support import finish, make_lists, ok, publish_journey, reach_step
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -192,15 +191,14 @@ async def test_contacts_who_join_the_list_through_an_import_start_its_journeys(
 
 
 async def test_contacts_an_import_puts_in_a_segment_enter_its_journeys(
-    api: httpx.AsyncClient, sessions: SessionFactory, client: Client, task_queue: str
+    api: httpx.AsyncClient, sessions: SessionFactory
 ) -> None:
     vips = {"name": "VIPs", "filter": {"type": "tag", "tag": "vip", "op": "has"}}
     ok(await api.put("/v1/segments/vips", json=vips), 201)
     await publish_journey(
         sessions, _exits_at_once("vip-welcome", {"type": "segment_entered", "segment": "vips"})
     )
-    await start_segment_watch(client, task_queue)
-
+    # No watch runs yet (no worker process started one): the import's request starts it.
     csv = "external_id,tags\nstar,vip\nplain,\n"
     ok(await api.post("/v1/contacts/import", content=csv.encode(), headers=CSV))
 

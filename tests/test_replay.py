@@ -134,7 +134,7 @@ async def test_fresh_bulk_enrollment_and_segment_watch_histories_replay(
     await start_segment_watch(client, task_queue)
     watch = client.get_workflow_handle(SEGMENT_WATCH_ID)
     first = await _sweep_after(watch, 0)
-    await request_sweep(client)
+    await request_sweep(client, task_queue)
     await _sweep_after(watch, first.sweep)
 
     assert first.enrolled == 1

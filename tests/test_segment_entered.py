@@ -149,7 +149,7 @@ async def test_time_passing_brings_contacts_in_at_the_watchs_next_sweep(
             ),
             {"id": await _contact_id(sessions, "sleeper")},
         )
-    assert await request_sweep(client)
+    await request_sweep(client, task_queue)
     second = await _next_sweep(watch, after=first)
 
     assert (second.entered, second.enrolled) == (1, 1)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import func, select
 from sqlmodel import col
 
@@ -15,6 +16,10 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, ContactList, ListMembership
 from nurture.imports import import_contacts
 from tests.support import make_contact, make_lists, ok, problems
+
+# An import asks the segment watch for a sweep, starting it if need be: a worker must run it,
+# or the time-skipping server would be left with a workflow task nobody takes.
+pytestmark = pytest.mark.usefixtures("worker")
 
 CSV = "text/csv"
 

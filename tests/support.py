@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col
 from temporalio.client import Client, WorkflowHandle
@@ -208,3 +208,48 @@ async def reload(sessions: SessionFactory, model: type[Any], key: Any) -> Any:
 
 def steps_of(result: EnrollmentResult) -> Sequence[str]:
     return [entry.step for entry in result.path]
+
+
+def exits_at_once(key: str, trigger: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A journey with this trigger that ends as soon as it starts (exit reason "done"):
+    for tests about who enters, not what happens next."""
+    return {
+        "key": key,
+        "name": key,
+        "trigger": dict(trigger),
+        "start": "done",
+        "steps": {"done": {"type": "exit", "reason": "done"}},
+        **extra,
+    }
+
+
+async def enrolled_in(sessions: SessionFactory, journey_key: str) -> list[str]:
+    """External ids of the journey's enrollments, oldest first (a contact twice if twice)."""
+    from nurture.db.models import Journey
+
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(col(Contact.external_id))
+            .join(Enrollment, col(Enrollment.contact_id) == col(Contact.id))
+            .join(Journey, col(Journey.id) == col(Enrollment.journey_id))
+            .where(col(Journey.key) == journey_key)
+            .order_by(col(Enrollment.enrolled_at))
+        )
+        return [str(external_id) for external_id in rows]
+
+
+async def all_enrollments_ended(
+    sessions: SessionFactory, within: float = 30, poll: float = 0.05
+) -> None:
+    """Wait until no enrollment is pending or active."""
+    async with asyncio.timeout(within):
+        while True:
+            async with sessions() as session:
+                in_flight = await session.scalar(
+                    select(func.count())
+                    .select_from(Enrollment)
+                    .where(col(Enrollment.status).in_(("pending", "active")))
+                )
+            if in_flight == 0:
+                return
+            await asyncio.sleep(poll)

@@ -17,7 +17,16 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import BulkEnrollment, Enrollment, Journey, ListMembership
-from tests.support import example, finish, ok, problems, publish_journey, reach_step, sent_templates
+from tests.support import (
+    example,
+    exits_at_once,
+    finish,
+    ok,
+    problems,
+    publish_journey,
+    reach_step,
+    sent_templates,
+)
 
 
 async def new_contact(api: httpx.AsyncClient, external_id: str) -> str:
@@ -219,16 +228,7 @@ async def test_a_list_that_starts_a_journey_cannot_be_deleted(
     contact_id = await new_contact(api, "ada")
     ok(await api.post("/v1/lists/old/members", json={"contact_ids": [contact_id]}))
     trigger = {"type": "list_joined", "list": "trial"}
-    await publish_journey(
-        sessions,
-        {
-            "key": "trial-welcome",
-            "name": "Trial welcome",
-            "trigger": trigger,
-            "start": "done",
-            "steps": {"done": {"type": "exit", "reason": "done"}},
-        },
-    )
+    await publish_journey(sessions, exits_at_once("trial-welcome", trigger))
 
     refused = await api.delete("/v1/lists/trial")
     deleted = await api.delete("/v1/lists/old")
@@ -250,13 +250,8 @@ async def test_only_new_false_also_takes_the_members_the_list_has_at_publish(
     members = [await new_contact(api, f"member-{n}") for n in range(3)]
     ok(await api.post("/v1/lists/club/members", json={"contact_ids": members}))
     for key, only_new in (("club-all", False), ("club-new", True)):
-        definition = {
-            "key": key,
-            "name": key,
-            "trigger": {"type": "list_joined", "list": "club", "only_new": only_new},
-            "start": "done",
-            "steps": {"done": {"type": "exit", "reason": "welcomed"}},
-        }
+        trigger = {"type": "list_joined", "list": "club", "only_new": only_new}
+        definition = exits_at_once(key, trigger)
         ok(await api.post("/v1/journeys", json=definition), 201)
         ok(await api.post(f"/v1/journeys/{key}/publish"), 201)
         ok(await api.post(f"/v1/journeys/{key}/publish"), 201)  # again: no second run

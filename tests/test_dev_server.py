@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlmodel import col
 from temporalio.client import Client, ScheduleHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -25,10 +25,10 @@ from api.resources import Resources
 from nurture.apikeys import create_api_key
 from nurture.binaries import find_binary
 from nurture.db.engine import SessionFactory
-from nurture.db.models import BulkEnrollment, Contact, Enrollment
+from nurture.db.models import BulkEnrollment, Contact
 from nurture.settings import Settings
 from nurture.tracing import dev_server_flags
-from tests.support import ok
+from tests.support import all_enrollments_ended, ok
 from worker import build_worker
 
 pytestmark = pytest.mark.usefixtures("clean_database")
@@ -314,14 +314,14 @@ async def test_a_recurring_segment_journey_runs_on_its_schedule(
 
     await schedule.trigger()  # the Monday run, now
     await _runs_done(sessions, 1)
-    await _enrollments_ended(sessions)
+    await all_enrollments_ended(sessions, within=60, poll=0.2)
     await _no_run_in_flight(schedule)  # overlapping runs are skipped, by design
     # A scheduled run's workflow id ends with its time to the second: two triggers within one
     # second would be one run.
     await asyncio.sleep(1.1)
     await schedule.trigger()  # next week: everyone's previous enrollment has ended
     runs = await _runs_done(sessions, 2)
-    await _enrollments_ended(sessions)
+    await all_enrollments_ended(sessions, within=60, poll=0.2)
 
     assert [(r.total, r.enrolled) for r in runs] == [(3, 3), (3, 3)]
     async with sessions() as session:
@@ -338,20 +338,6 @@ async def _no_run_in_flight(schedule: ScheduleHandle) -> None:
     async with asyncio.timeout(60):
         while True:
             if not (await schedule.describe()).info.running_actions:
-                return
-            await asyncio.sleep(0.2)
-
-
-async def _enrollments_ended(sessions: SessionFactory) -> None:
-    async with asyncio.timeout(60):
-        while True:
-            async with sessions() as session:
-                in_flight = await session.scalar(
-                    select(func.count())
-                    .select_from(Enrollment)
-                    .where(col(Enrollment.status).in_(("pending", "active")))
-                )
-            if in_flight == 0:
                 return
             await asyncio.sleep(0.2)
 

@@ -9,7 +9,6 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -19,26 +18,24 @@ from temporalio.testing import WorkflowEnvironment
 
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
-from nurture.db.models import BulkEnrollment, Contact, Enrollment, Journey
-from tests.support import finish, make_lists, ok, publish_journey, reach_step
+from nurture.db.models import BulkEnrollment
+from tests.support import (
+    enrolled_in,
+    exits_at_once,
+    finish,
+    make_lists,
+    ok,
+    publish_journey,
+    reach_step,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
 CSV = {"Content-Type": "text/csv"}
 
 
-def _exits_at_once(key: str, trigger: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "key": key,
-        "name": key,
-        "trigger": trigger,
-        "start": "done",
-        "steps": {"done": {"type": "exit", "reason": "welcomed"}},
-    }
-
-
 async def _enrolled(sessions: SessionFactory, journey_key: str, within: float = 30) -> list[str]:
-    """External ids enrolled in the journey, once every enrollment run has completed."""
+    """External ids enrolled in the journey (sorted), once every enrollment run completed."""
     async with asyncio.timeout(within):
         while True:
             async with sessions() as session:
@@ -48,14 +45,7 @@ async def _enrolled(sessions: SessionFactory, journey_key: str, within: float = 
             if running is None:
                 break
             await asyncio.sleep(0.05)
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(col(Contact.external_id))
-            .join(Enrollment, col(Enrollment.contact_id) == col(Contact.id))
-            .join(Journey, col(Journey.id) == col(Enrollment.journey_id))
-            .where(col(Journey.key) == journey_key)
-        )
-        return sorted(str(external_id) for external_id in rows)
+    return sorted(await enrolled_in(sessions, journey_key))
 
 
 async def test_progress_can_be_read_while_the_file_is_still_uploading(
@@ -165,7 +155,7 @@ async def test_contacts_who_join_the_list_through_an_import_start_its_journeys(
 ) -> None:
     await make_lists(sessions, "webinar")
     await publish_journey(
-        sessions, _exits_at_once("webinar-welcome", {"type": "list_joined", "list": "webinar"})
+        sessions, exits_at_once("webinar-welcome", {"type": "list_joined", "list": "webinar"})
     )
     ok(await api.put("/v1/contacts/already", json={"email": "already@example.com"}), 201)
     async with sessions.begin() as session:  # a member from before: joined without the API
@@ -196,7 +186,7 @@ async def test_contacts_an_import_puts_in_a_segment_enter_its_journeys(
     vips = {"name": "VIPs", "filter": {"type": "tag", "tag": "vip", "op": "has"}}
     ok(await api.put("/v1/segments/vips", json=vips), 201)
     await publish_journey(
-        sessions, _exits_at_once("vip-welcome", {"type": "segment_entered", "segment": "vips"})
+        sessions, exits_at_once("vip-welcome", {"type": "segment_entered", "segment": "vips"})
     )
     # No watch runs yet (no worker process started one): the import's request starts it.
     csv = "external_id,tags\nstar,vip\nplain,\n"

@@ -32,6 +32,7 @@ from nurture.segments.service import put_segment
 from nurture.segments.sweeps import request_sweep, start_segment_watch
 from tests.support import (
     example,
+    exits_at_once,
     finish,
     make_contact,
     make_lists,
@@ -116,7 +117,9 @@ async def test_fresh_bulk_enrollment_and_segment_watch_histories_replay(
     """The two other workflows: a list enrolled in pages (continue-as-new aside), and the
     segment watch through a sweep that admits an entry and a second one asked for by signal."""
     await make_lists(sessions, "trial")
-    await publish_journey(sessions, _exits("welcome", {"type": "list_joined", "list": "trial"}))
+    await publish_journey(
+        sessions, exits_at_once("welcome", {"type": "list_joined", "list": "trial"})
+    )
     contact_ids = [await make_contact(sessions, external_id=f"t{n}") for n in range(3)]
     async with sessions.begin() as session:
         list_id = await _list_id(session, "trial")
@@ -129,7 +132,9 @@ async def test_fresh_bulk_enrollment_and_segment_watch_histories_replay(
         await bulk_handle.result()
 
     await put_segment(sessions, "vips", "VIPs", {"type": "tag", "tag": "vip"})
-    await publish_journey(sessions, _exits("vip", {"type": "segment_entered", "segment": "vips"}))
+    await publish_journey(
+        sessions, exits_at_once("vip", {"type": "segment_entered", "segment": "vips"})
+    )
     await make_contact(sessions, external_id="star", tags=["vip"])  # not seen until a sweep
     await start_segment_watch(client, task_queue)
     watch = client.get_workflow_handle(SEGMENT_WATCH_ID)
@@ -139,16 +144,6 @@ async def test_fresh_bulk_enrollment_and_segment_watch_histories_replay(
 
     assert first.enrolled == 1
     await _replay_and_record({"bulk-enroll-list": bulk_handle, "segment-watch": watch})
-
-
-def _exits(key: str, trigger: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "key": key,
-        "name": key,
-        "trigger": trigger,
-        "start": "done",
-        "steps": {"done": {"type": "exit", "reason": "done"}},
-    }
 
 
 async def _list_id(session: AsyncSession, key: str) -> uuid.UUID:

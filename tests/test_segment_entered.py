@@ -21,12 +21,19 @@ from temporalio.testing import ActivityEnvironment
 from activities.segments import SegmentActivities
 from nurture.contracts import SEGMENT_WATCH_ID, SweepResult
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Contact, Enrollment, Journey, Message, SegmentMember, utcnow
+from nurture.db.models import Contact, Message, SegmentMember, utcnow
 from nurture.enrollments import EnrollmentOptions
 from nurture.segments.membership import observe, sweep, unadmitted
 from nurture.segments.sweeps import request_sweep, start_segment_watch
 from nurture.triggers import admit
-from tests.support import make_contact, ok, publish_journey
+from tests.support import (
+    all_enrollments_ended,
+    enrolled_in,
+    exits_at_once,
+    make_contact,
+    ok,
+    publish_journey,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -47,40 +54,9 @@ CLICKERS = {"name": "Clickers", "filter": {"type": "clicked", "within_days": 30}
 
 def _welcome(key: str, segment: str, reentry: str = "never") -> dict[str, Any]:
     """A journey that starts on entering `segment` and ends at once."""
-    return {
-        "key": key,
-        "name": key,
-        "trigger": {"type": "segment_entered", "segment": segment},
-        "entry": {"reentry": reentry},
-        "start": "done",
-        "steps": {"done": {"type": "exit", "reason": "welcomed"}},
-    }
-
-
-async def _enrolled(sessions: SessionFactory, journey_key: str) -> list[str]:
-    """External ids of the journey's enrollments, oldest first (a contact twice if twice)."""
-    async with sessions() as session:
-        rows = await session.scalars(
-            select(col(Contact.external_id))
-            .join(Enrollment, col(Enrollment.contact_id) == col(Contact.id))
-            .join(Journey, col(Journey.id) == col(Enrollment.journey_id))
-            .where(col(Journey.key) == journey_key)
-            .order_by(col(Enrollment.enrolled_at))
-        )
-        return [str(external_id) for external_id in rows]
-
-
-async def _settled(sessions: SessionFactory) -> None:
-    """Every enrollment has ended (the journeys here end at once)."""
-    async with asyncio.timeout(30):
-        while True:
-            async with sessions() as session:
-                in_flight = await session.scalar(
-                    text("SELECT count(*) FROM enrollments WHERE status IN ('pending', 'active')")
-                )
-            if in_flight == 0:
-                return
-            await asyncio.sleep(0.05)
+    return exits_at_once(
+        key, {"type": "segment_entered", "segment": segment}, entry={"reentry": reentry}
+    )
 
 
 async def _contact_id(sessions: SessionFactory, external_id: str) -> uuid.UUID:
@@ -103,7 +79,7 @@ async def test_members_from_before_the_journey_started_have_not_entered(
     ok(await api.put("/v1/contacts/new-vip", json={"tags": ["vip"]}), 201)
     ok(await api.put("/v1/contacts/not-vip", json={"tags": ["other"]}), 201)
 
-    assert await _enrolled(sessions, "vip-welcome") == ["new-vip"]
+    assert await enrolled_in(sessions, "vip-welcome") == ["new-vip"]
 
 
 async def test_leaving_and_coming_back_is_a_new_entry_that_reentry_rules_judge(
@@ -114,15 +90,15 @@ async def test_leaving_and_coming_back_is_a_new_entry_that_reentry_rules_judge(
     await publish_journey(sessions, _welcome("only-once", "vips", reentry="never"))
 
     ok(await api.put("/v1/contacts/ada", json={"tags": ["vip"]}), 201)  # enters
-    await _settled(sessions)
+    await all_enrollments_ended(sessions)
     ok(await api.put("/v1/contacts/ada", json={"tags": ["vip"], "fields": {"n": 1}}))  # stays
     ok(await api.put("/v1/contacts/ada", json={"tags": []}))  # leaves
     ok(await api.put("/v1/contacts/ada", json={"tags": [], "fields": {"n": 2}}))  # stays out
     ok(await api.put("/v1/contacts/ada", json={"tags": ["vip"]}))  # comes back
-    await _settled(sessions)
+    await all_enrollments_ended(sessions)
 
-    assert await _enrolled(sessions, "every-time") == ["ada", "ada"]
-    assert await _enrolled(sessions, "only-once") == ["ada"]
+    assert await enrolled_in(sessions, "every-time") == ["ada", "ada"]
+    assert await enrolled_in(sessions, "only-once") == ["ada"]
 
 
 async def test_time_passing_brings_contacts_in_at_the_watchs_next_sweep(
@@ -137,7 +113,7 @@ async def test_time_passing_brings_contacts_in_at_the_watchs_next_sweep(
     await start_segment_watch(client, task_queue)
     watch = client.get_workflow_handle(SEGMENT_WATCH_ID)
     first = await _next_sweep(watch, after=None)
-    assert await _enrolled(sessions, "win-back") == []  # both logged in yesterday
+    assert await enrolled_in(sessions, "win-back") == []  # both logged in yesterday
 
     # Three days pass for the sleeper (its login moves back; nothing about it is changed
     # through the API, so only a sweep can notice).
@@ -153,7 +129,7 @@ async def test_time_passing_brings_contacts_in_at_the_watchs_next_sweep(
     second = await _next_sweep(watch, after=first)
 
     assert (second.entered, second.enrolled) == (1, 1)
-    assert await _enrolled(sessions, "win-back") == ["sleeper"]
+    assert await enrolled_in(sessions, "win-back") == ["sleeper"]
 
 
 def _ago(days: int) -> str:
@@ -197,12 +173,12 @@ async def test_an_open_or_click_can_bring_a_contact_into_a_segment(
         201,
     )
     message_id = await _sent_message(sessions, reader)
-    assert await _enrolled(sessions, "thanks-for-clicking") == []
+    assert await enrolled_in(sessions, "thanks-for-clicking") == []
 
     click = {"kind": "click", "link": "shop"}
     ok(await api.post(f"/v1/messages/{message_id}/engagements", json=click), 202)
 
-    assert await _enrolled(sessions, "thanks-for-clicking") == ["reader"]
+    assert await enrolled_in(sessions, "thanks-for-clicking") == ["reader"]
 
 
 async def _sent_message(sessions: SessionFactory, contact_id: uuid.UUID) -> uuid.UUID:
@@ -229,19 +205,19 @@ async def test_an_entry_cut_short_by_a_crash_is_finished_by_a_sweep_and_never_do
     contact_id = await make_contact(sessions, external_id="ada", tags=["vip"])
     # The change was seen and the entry written, then the process died before enrolling.
     [entry] = await observe(sessions, contact_id)
-    assert await _enrolled(sessions, "vip-welcome") == []
+    assert await enrolled_in(sessions, "vip-welcome") == []
 
     options = EnrollmentOptions(task_queue)
     activities = SegmentActivities(sessions, client, options)
     result = await ActivityEnvironment().run(activities.sweep_segments)
-    await _settled(sessions)
+    await all_enrollments_ended(sessions)
     # A retry of the same entry (say the mark "admitted" was lost): the journey already has
     # this entry's enrollment, so even with re-entry "always" nobody is enrolled again.
     again = await admit(sessions, client, options, [entry])
 
     assert (result.admitted, result.enrolled) == (1, 1)
     assert again.enrollments == []
-    assert await _enrolled(sessions, "vip-welcome") == ["ada"]
+    assert await enrolled_in(sessions, "vip-welcome") == ["ada"]
     assert await unadmitted(sessions) == []
 
 
@@ -290,4 +266,4 @@ async def test_leaving_a_list_can_enter_a_segment(
     removed = await api.delete(f"/v1/lists/customers/members/{ada}")
 
     assert removed.status_code == 204
-    assert await _enrolled(sessions, "win-back") == ["ada"]
+    assert await enrolled_in(sessions, "win-back") == ["ada"]

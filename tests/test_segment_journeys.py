@@ -23,7 +23,13 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import BulkEnrollment
 from nurture.enrollments import EnrollmentOptions
 from nurture.segments.service import put_segment
-from tests.support import make_contact, ok, publish_journey
+from tests.support import (
+    all_enrollments_ended,
+    exits_at_once,
+    make_contact,
+    ok,
+    publish_journey,
+)
 from worker import build_worker
 
 TRIALS = {"type": "tag", "tag": "trial", "op": "has"}
@@ -48,18 +54,6 @@ async def _wait_done(sessions: SessionFactory, workflow_id: str, within: float =
                 )
             if bulk is not None and bulk.status == "completed":
                 return bulk
-            await asyncio.sleep(0.2)
-
-
-async def _all_ended(sessions: SessionFactory, within: float = 300) -> None:
-    async with asyncio.timeout(within):
-        while True:
-            async with sessions() as session:
-                in_flight = await session.scalar(
-                    text("SELECT count(*) FROM enrollments WHERE status IN ('pending', 'active')")
-                )
-            if in_flight == 0:
-                return
             await asyncio.sleep(0.2)
 
 
@@ -149,14 +143,8 @@ async def test_a_large_audience_is_enrolled_exactly_once_when_the_worker_is_kill
             {"total": total},
         )
     await put_segment(sessions, "trials", "Trials", TRIALS)
-    journey = {
-        "key": "big",
-        "name": "big",
-        "trigger": {"type": "segment", "segment": "trials", "mode": "once"},
-        "start": "done",
-        "steps": {"done": {"type": "exit", "reason": "enrolled"}},
-    }
-    await publish_journey(sessions, journey)
+    trigger = {"type": "segment", "segment": "trials", "mode": "once"}
+    await publish_journey(sessions, exits_at_once("big", trigger))
     options = EnrollmentOptions(task_queue)
 
     # The first worker runs in a process of its own, killed (SIGKILL) once about half of the
@@ -187,7 +175,7 @@ async def test_a_large_audience_is_enrolled_exactly_once_when_the_worker_is_kill
         bulk = await _wait_done(sessions, once_workflow_id("big"), within=patience)
         # Let every enrollment end while a worker runs: the test server would keep time
         # skipping locked for later tests if they were terminated mid-step.
-        await _all_ended(sessions, patience)
+        await all_enrollments_ended(sessions, within=patience, poll=0.2)
 
     assert await _enrolled(sessions, "big") == (total, total)
     assert bulk.done == total

@@ -41,9 +41,9 @@ from nurture.bulk import start_bulk_enrollment
 from nurture.contracts import BULK_ENROLL_WORKFLOW, BulkEnrollInput
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Journey, utcnow
-from nurture.enrollments import EnrollmentOptions
+from nurture.enrollments import EnrollmentOptions, parsed_definition
 from nurture.errors import NotFound
-from nurture.journeys.definition import JourneyDefinition, ListJoinedTrigger, SegmentTrigger
+from nurture.journeys.definition import ListJoinedTrigger, SegmentTrigger
 from nurture.journeys.publishing import latest_version
 
 logger = logging.getLogger(__name__)
@@ -145,4 +145,4 @@ async def _live_trigger(sessions: SessionFactory, journey_key: str) -> object:
         version = await latest_version(session, journey)
     if version is None:
         return None
-    return JourneyDefinition.model_validate(version.definition).trigger
+    return parsed_definition(version).trigger

@@ -36,16 +36,14 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactImport,
-    ContactList,
     Enrollment,
-    Journey,
-    JourneyStatus,
     utcnow,
 )
 from nurture.enrollments import EnrollmentOptions, signal_workflow
 from nurture.errors import Conflict, NotFound, NurtureError
-from nurture.imports import ImportResult, import_contacts
+from nurture.imports import ImportResult, find_list_id, import_contacts
 from nurture.segments.sweeps import request_sweep
+from nurture.triggers import live_journeys
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ async def run_import(
 ) -> ContactImport:
     """Import the CSV in `body` as a job (see the module doc); the finished job row."""
     if list_key is not None:
-        await _check_list(sessions, list_key)
+        await find_list_id(sessions, list_key)  # refused before a job row exists
     job = await _open(sessions, import_id or uuid.uuid4(), list_key)
     signalled = 0
 
@@ -97,13 +95,6 @@ async def list_imports(sessions: SessionFactory, limit: int = 20) -> list[Contac
             select(ContactImport).order_by(col(ContactImport.started_at).desc()).limit(limit)
         )
         return list(rows)
-
-
-async def _check_list(sessions: SessionFactory, list_key: str) -> None:
-    async with sessions() as session:
-        found = await session.scalar(select(ContactList.id).where(col(ContactList.key) == list_key))
-    if found is None:
-        raise NotFound(f"no list {list_key!r}: create it first (POST /v1/lists)")
 
 
 async def _open(
@@ -207,11 +198,4 @@ async def _list_journeys(sessions: SessionFactory, list_key: str | None) -> list
     if list_key is None:
         return []
     async with sessions() as session:
-        rows = await session.scalars(
-            select(col(Journey.key)).where(
-                col(Journey.trigger_type) == "list_joined",
-                col(Journey.trigger_key) == list_key,
-                col(Journey.status).in_((JourneyStatus.ACTIVE, JourneyStatus.PAUSED)),
-            )
-        )
-        return list(rows)
+        return [journey.key for journey in await live_journeys(session, "list_joined", list_key)]

@@ -244,7 +244,7 @@ async def import_contacts(
 
     A bad header refuses the whole file (422); a bad row is reported and skipped. Batches
     already written stay written if a later one fails."""
-    list_id = await _list_id(sessions, list_key) if list_key is not None else None
+    list_id = await find_list_id(sessions, list_key) if list_key is not None else None
     result = ImportResult()
     records = _Records()
     columns: _Columns | None = None
@@ -299,7 +299,8 @@ async def import_contacts(
     return result
 
 
-async def _list_id(sessions: SessionFactory, key: str) -> uuid.UUID:
+async def find_list_id(sessions: SessionFactory, key: str) -> uuid.UUID:
+    """The id of the list an import adds contacts to; `NotFound` says to create it first."""
     async with sessions() as session:
         found = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
     if found is None:

@@ -15,15 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, Journey, JourneyStatus, SegmentMember
-from nurture.enrollments import EnrollmentOptions, enroll
+from nurture.enrollments import EnrollmentOptions, enroll, parsed_definition
 from nurture.errors import Conflict, NotFound
-from nurture.journeys.definition import EventTrigger, JourneyDefinition
+from nurture.journeys.definition import EventTrigger
 from nurture.journeys.publishing import latest_version
 from nurture.segments.membership import Entry, observe
 
@@ -86,6 +87,22 @@ async def _enroll_each(
     return started
 
 
+async def live_journeys(
+    session: AsyncSession, trigger_type: str, trigger_key: str
+) -> list[Journey]:
+    """The active or paused journeys this trigger starts (`list_joined` of a list, ...)."""
+    rows = await session.scalars(
+        select(Journey)
+        .where(
+            col(Journey.trigger_type) == trigger_type,
+            col(Journey.trigger_key) == trigger_key,
+            col(Journey.status).in_(_LIVE),
+        )
+        .order_by(col(Journey.key))
+    )
+    return list(rows)
+
+
 async def _start_triggered(
     sessions: SessionFactory,
     client: Client,
@@ -96,21 +113,13 @@ async def _start_triggered(
     properties: Mapping[str, object] | None,
 ) -> list[Enrollment]:
     async with sessions() as session:
-        journeys = list(
-            await session.scalars(
-                select(Journey).where(
-                    col(Journey.trigger_type) == trigger_type,
-                    col(Journey.trigger_key) == trigger_key,
-                    col(Journey.status).in_(_LIVE),
-                )
-            )
-        )
+        journeys = await live_journeys(session, trigger_type, trigger_key)
         candidates = []
         for journey in journeys:
             version = await latest_version(session, journey)
             if version is None:
                 continue
-            trigger = JourneyDefinition.model_validate(version.definition).trigger
+            trigger = parsed_definition(version).trigger
             if (
                 isinstance(trigger, EventTrigger)
                 and properties is not None

@@ -114,21 +114,26 @@ async def watch(session: AsyncSession, segment: Segment) -> int:
     many; a segment already watched is left as it is (0)."""
     if segment.watched_since is not None:
         return 0
+    added = await _add_members(session, segment, admitted=True)
+    segment.watched_since = await session.scalar(select(sa.func.now()))
+    session.add(segment)
+    return added
+
+
+async def _add_members(session: AsyncSession, segment: Segment, *, admitted: bool) -> int:
+    """Give every member without a row one, entered now; how many. Not `admitted`: each is
+    an entry for the segment's journeys."""
+    admitted_at = sa.func.now() if admitted else sa.null()
     result = await session.execute(
         insert(SegmentMember)
         .from_select(
             ["segment_id", "contact_id", "entered_at", "admitted_at"],
             select(
-                sa.literal(segment.id, sa.Uuid()),
-                col(Contact.id),
-                sa.func.now(),
-                sa.func.now(),
+                sa.literal(segment.id, sa.Uuid()), col(Contact.id), sa.func.now(), admitted_at
             ).where(condition(segment)),
         )
         .on_conflict_do_nothing()
     )
-    segment.watched_since = await session.scalar(select(sa.func.now()))
-    session.add(segment)
     return int(getattr(result, "rowcount", 0) or 0)
 
 
@@ -215,16 +220,7 @@ async def sweep(sessions: SessionFactory) -> SweepReport:
 
 async def _compare(session: AsyncSession, segment: Segment) -> tuple[int, int]:
     """Insert the members without a row (entries), delete the rows of non-members."""
-    entered = await session.execute(
-        insert(SegmentMember)
-        .from_select(
-            ["segment_id", "contact_id", "entered_at"],
-            select(sa.literal(segment.id, sa.Uuid()), col(Contact.id), sa.func.now()).where(
-                condition(segment)
-            ),
-        )
-        .on_conflict_do_nothing()
-    )
+    entered = await _add_members(session, segment, admitted=False)
     still_member = (
         select(col(Contact.id))
         .where(col(Contact.id) == col(SegmentMember.contact_id), condition(segment))
@@ -235,10 +231,7 @@ async def _compare(session: AsyncSession, segment: Segment) -> tuple[int, int]:
             col(SegmentMember.segment_id) == segment.id, sa.not_(still_member)
         )
     )
-    return (
-        int(getattr(entered, "rowcount", 0) or 0),
-        int(getattr(left, "rowcount", 0) or 0),
-    )
+    return entered, int(getattr(left, "rowcount", 0) or 0)
 
 
 async def unadmitted(sessions: SessionFactory, limit: int = ADMIT_BATCH) -> list[Entry]:

@@ -24,6 +24,7 @@ from nurture.db.models import (
     EnrollmentStep,
     ListMembership,
 )
+from nurture.facts import facts_of
 
 
 async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> ContactFacts:
@@ -36,16 +37,7 @@ async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> Contact
         .where(col(ListMembership.contact_id) == contact_id)
         .order_by(col(ContactList.key))
     )
-    return ContactFacts(
-        contact_id=contact.id,
-        has_email=bool(contact.email),
-        has_phone=bool(contact.phone),
-        time_zone=contact.time_zone,
-        fields=contact.fields,
-        tags=list(contact.tags),
-        lists=list(list_keys),
-        consent=contact.consent,
-    )
+    return facts_of(contact, list_keys)
 
 
 async def _close_step(

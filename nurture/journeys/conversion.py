@@ -41,6 +41,7 @@ from nurture.db.models import (
     MessageStatus,
 )
 from nurture.errors import NotFound
+from nurture.facts import facts_of
 from nurture.journeys.conditions import Engagement, evaluate
 from nurture.journeys.definition import (
     AllCondition,
@@ -222,10 +223,9 @@ async def _meeting_goal_now(
 async def contacts_facts(
     session: AsyncSession, contact_ids: Iterable[uuid.UUID]
 ) -> dict[uuid.UUID, ContactFacts]:
-    """`ContactFacts` for many contacts in two queries, built exactly as the workflow's
-    `load_contact` activity (`activities.enrollment.contact_facts`) builds them one at a time,
-    so a goal judged here agrees with the one the enrollment checks. Deleted contacts are
-    absent."""
+    """`ContactFacts` for many contacts in two queries, built by the same `facts_of` as the
+    workflow's `load_contact` activity builds them one at a time, so a goal judged here agrees
+    with the one the enrollment checks. Deleted contacts are absent."""
     ids = list(contact_ids)
     contacts = await session.scalars(select(Contact).where(col(Contact.id).in_(ids)))
     lists: dict[uuid.UUID, list[str]] = defaultdict(list)
@@ -237,19 +237,7 @@ async def contacts_facts(
     )
     for contact_id, key in memberships:
         lists[contact_id].append(key)
-    return {
-        contact.id: ContactFacts(
-            contact_id=contact.id,
-            has_email=bool(contact.email),
-            has_phone=bool(contact.phone),
-            time_zone=contact.time_zone,
-            fields=contact.fields,
-            tags=list(contact.tags),
-            lists=lists[contact.id],
-            consent=contact.consent,
-        )
-        for contact in contacts
-    }
+    return {contact.id: facts_of(contact, lists[contact.id]) for contact in contacts}
 
 
 def _uses_engagement(condition: Condition) -> bool:

@@ -6,6 +6,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,37 @@ async def all_enrollments_ended(
             if in_flight == 0:
                 return
             await asyncio.sleep(poll)
+
+
+@dataclass(frozen=True)
+class AwaitingClick:
+    """A contact enrolled through the API in the Benchmark seed, its welcome email sent and
+    the journey waiting (step `wait_1d`) for a click on it."""
+
+    contact_id: uuid.UUID
+    enrollment: dict[str, Any]  # the API's answer to the enrollment
+    handle: WorkflowHandle[Any, EnrollmentResult]
+    message_id: uuid.UUID
+
+
+async def enroll_awaiting_click(
+    api: httpx.AsyncClient, sessions: SessionFactory, client: Client
+) -> AwaitingClick:
+    await make_lists(sessions, "paid-customers")
+    await publish_journey(sessions, example("benchmark-welcome"))
+    contact_id = await make_contact(sessions)
+    created = ok(
+        await api.post(
+            "/v1/enrollments",
+            json={"journey_key": "benchmark-welcome", "contact_id": str(contact_id)},
+        ),
+        201,
+    )
+    handle = client.get_workflow_handle(created["workflow_id"], result_type=EnrollmentResult)
+    await reach_step(handle, "wait_1d")
+    async with sessions() as session:
+        message_id = await session.scalar(
+            select(col(Message.id)).where(col(Message.contact_id) == contact_id)
+        )
+    assert message_id is not None
+    return AwaitingClick(contact_id, created, handle, message_id)

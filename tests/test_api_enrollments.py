@@ -23,6 +23,7 @@ from nurture.db.engine import SessionFactory, session_factory
 from nurture.db.models import BulkEnrollment, ContactList, Event, ListMembership, Message
 from nurture.settings import Settings
 from tests.support import (
+    enroll_awaiting_click,
     example,
     finish,
     make_contact,
@@ -171,21 +172,8 @@ async def test_custom_event_reaches_the_waiting_enrollment_once(
 async def test_a_click_posted_for_a_message_takes_the_clicked_branch(
     api: httpx.AsyncClient, sessions: SessionFactory, client: Client, env: WorkflowEnvironment
 ) -> None:
-    await make_lists(sessions, "paid-customers")
-    await publish_journey(sessions, example("benchmark-welcome"))
-    contact_id = await make_contact(sessions)
-    created = (
-        await api.post(
-            "/v1/enrollments",
-            json={"journey_key": "benchmark-welcome", "contact_id": str(contact_id)},
-        )
-    ).json()
-    handle = handle_of(client, created)
-    await reach_step(handle, "wait_1d")
-    async with sessions() as session:
-        message_id = await session.scalar(
-            select(col(Message.id)).where(col(Message.contact_id) == contact_id)
-        )
+    waiting = await enroll_awaiting_click(api, sessions, client)
+    created, handle, message_id = waiting.enrollment, waiting.handle, waiting.message_id
 
     click = await api.post(
         f"/v1/messages/{message_id}/engagements", json={"kind": "click", "link": "purchase"}

@@ -18,13 +18,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.resources import Resources
-from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Event, Message, Suppression
 from nurture.events import redeliver_engagement
 from nurture.settings import Settings
 from nurture.tracking import InvalidToken, Tracker, is_machine_open
-from tests.support import example, finish, make_contact, make_lists, publish_journey, reach_step
+from tests.support import enroll_awaiting_click, finish, make_contact
 
 BASE = "http://nurture.test"
 SECRET = "test-secret"
@@ -237,22 +236,8 @@ async def test_a_click_while_temporal_is_down_still_redirects_and_is_delivered_l
     tracker: Tracker,
     api: httpx.AsyncClient,
 ) -> None:
-    await make_lists(sessions, "paid-customers")
-    await publish_journey(sessions, example("benchmark-welcome"))
-    contact_id = await make_contact(sessions)
-    created = (
-        await api.post(
-            "/v1/enrollments",
-            json={"journey_key": "benchmark-welcome", "contact_id": str(contact_id)},
-        )
-    ).json()
-    handle = client.get_workflow_handle(created["workflow_id"], result_type=EnrollmentResult)
-    await reach_step(handle, "wait_1d")
-    async with sessions() as session:
-        message_id = await session.scalar(
-            select(col(Message.id)).where(col(Message.contact_id) == contact_id)
-        )
-    assert message_id is not None
+    waiting = await enroll_awaiting_click(api, sessions, client)
+    handle, message_id = waiting.handle, waiting.message_id
     # An API whose Temporal is unreachable (nothing listens on port 1).
     unreachable = await Client.connect(
         "127.0.0.1:1", lazy=True, data_converter=pydantic_data_converter

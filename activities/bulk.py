@@ -8,7 +8,6 @@ retry rewrites the same numbers instead of adding them again.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import Any
 
@@ -21,6 +20,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from nurture.bulk import resolve_audience
+from nurture.concurrency import gather_limited
 from nurture.contracts import BulkPage, BulkPageResult, BulkProgress, BulkRun
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -78,27 +78,24 @@ class BulkActivities:
         async with self._sessions() as session:
             contact_ids = list(await session.scalars(await self._page_query(session, page)))
 
-        limit = asyncio.Semaphore(_CONCURRENCY)
-
         async def one(contact_id: uuid.UUID) -> bool:
-            async with limit:
-                try:
-                    _, created = await enroll_or_get(
-                        self._sessions,
-                        self._client,
-                        self._options,
-                        page.journey_key,
-                        contact_id,
-                    )
-                except Conflict:  # refused by the journey's entry rules
-                    return False
-                finally:
-                    # Alive: a worker that dies mid-page is noticed within the heartbeat
-                    # timeout, and the page is retried (enrolling nobody twice).
-                    activity.heartbeat()
-                return created
+            try:
+                _, created = await enroll_or_get(
+                    self._sessions,
+                    self._client,
+                    self._options,
+                    page.journey_key,
+                    contact_id,
+                )
+            except Conflict:  # refused by the journey's entry rules
+                return False
+            finally:
+                # Alive: a worker that dies mid-page is noticed within the heartbeat
+                # timeout, and the page is retried (enrolling nobody twice).
+                activity.heartbeat()
+            return created
 
-        created = await asyncio.gather(*(one(c) for c in contact_ids))
+        created = await gather_limited(_CONCURRENCY, one, contact_ids)
         enrolled = sum(created)
         progress = BulkProgress(
             after_contact_id=contact_ids[-1] if contact_ids else page.progress.after_contact_id,

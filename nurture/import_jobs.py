@@ -19,7 +19,6 @@ what its finished batches wrote, and its list journeys are started for those con
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterable
@@ -32,6 +31,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from nurture.bulk import start_bulk_enrollment
+from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
@@ -156,17 +156,15 @@ async def _tell_enrollments(
                 )
             )
         )
-    limit = asyncio.Semaphore(_SIGNAL_CONCURRENCY)
 
     async def one(workflow_id: str) -> bool:
-        async with limit:
-            try:
-                return await signal_workflow(client, workflow_id, "contact_changed")
-            except RPCError as err:
-                logger.warning("import: %s not told of its contact's change: %s", workflow_id, err)
-                return False
+        try:
+            return await signal_workflow(client, workflow_id, "contact_changed")
+        except RPCError as err:
+            logger.warning("import: %s not told of its contact's change: %s", workflow_id, err)
+            return False
 
-    return sum(await asyncio.gather(*(one(w) for w in workflow_ids)))
+    return sum(await gather_limited(_SIGNAL_CONCURRENCY, one, workflow_ids))
 
 
 async def _set_off(

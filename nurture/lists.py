@@ -6,7 +6,6 @@ after it has committed, only for contacts that were not members already.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ from sqlmodel import col, delete, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from nurture.concurrency import gather_limited_outcomes
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     Contact,
@@ -103,19 +103,16 @@ async def _start_triggered(
     key: str,
     joined: Sequence[uuid.UUID],
 ) -> list[Enrollment]:
-    limit = asyncio.Semaphore(MAX_CONCURRENT_TRIGGERS)
-
     async def one(contact_id: uuid.UUID) -> list[Enrollment]:
-        async with limit:
-            try:
-                started = await on_list_joined(sessions, client, options, contact_id, key)
-                # Joining a list can also put the contact in a segment that starts a journey.
-                return started + await on_contact_changed(sessions, client, options, contact_id)
-            except NurtureError as refused:  # e.g. the contact was deleted meanwhile
-                logger.info("list %s: no journeys started for %s: %s", key, contact_id, refused)
-                return []
+        try:
+            started = await on_list_joined(sessions, client, options, contact_id, key)
+            # Joining a list can also put the contact in a segment that starts a journey.
+            return started + await on_contact_changed(sessions, client, options, contact_id)
+        except NurtureError as refused:  # e.g. the contact was deleted meanwhile
+            logger.info("list %s: no journeys started for %s: %s", key, contact_id, refused)
+            return []
 
-    results = await asyncio.gather(*(one(c) for c in joined), return_exceptions=True)
+    results = await gather_limited_outcomes(MAX_CONCURRENT_TRIGGERS, one, joined)
     failed = [c for c, r in zip(joined, results, strict=True) if isinstance(r, BaseException)]
     if failed:
         logger.error(

@@ -8,7 +8,6 @@ Called after the change that triggers them has committed. A contact that a journ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
@@ -20,6 +19,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, Journey, JourneyStatus, SegmentMember
 from nurture.enrollments import EnrollmentOptions, enroll, parsed_definition
@@ -148,23 +148,21 @@ async def admit(
     A journey that refuses (re-entry rules, exclusion) is an answer too. An entry whose
     enrollment could not reach Temporal stays unadmitted for the next sweep."""
     result = Admitted()
-    limit = asyncio.Semaphore(_ADMIT_CONCURRENCY)
 
     async def one(entry: Entry) -> None:
-        async with limit:
-            try:
-                result.enrollments.extend(await _admit(sessions, client, options, entry))
-                result.admitted += 1
-            except (RPCError, RuntimeError, TimeoutError) as err:
-                result.deferred += 1
-                logger.warning(
-                    "entry of %s into segment %s left for the next sweep: %s",
-                    entry.contact_id,
-                    entry.segment_id,
-                    err,
-                )
+        try:
+            result.enrollments.extend(await _admit(sessions, client, options, entry))
+            result.admitted += 1
+        except (RPCError, RuntimeError, TimeoutError) as err:
+            result.deferred += 1
+            logger.warning(
+                "entry of %s into segment %s left for the next sweep: %s",
+                entry.contact_id,
+                entry.segment_id,
+                err,
+            )
 
-    await asyncio.gather(*(one(entry) for entry in entries))
+    await gather_limited(_ADMIT_CONCURRENCY, one, entries)
     return result
 
 

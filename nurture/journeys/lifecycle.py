@@ -17,7 +17,6 @@ is how a request that failed part way through signalling is finished.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from dataclasses import dataclass
 
@@ -28,6 +27,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from nurture.concurrency import gather_limited_outcomes
 from nurture.db.engine import SessionFactory
 from nurture.db.models import ACTIVE_ENROLLMENT_STATUSES, Enrollment, Journey, JourneyStatus, utcnow
 from nurture.enrollments import signal_workflow
@@ -106,11 +106,9 @@ async def signal_journey_enrollments(
     """Signal every in-flight enrollment of a journey, `concurrency` at a time, a page of ids at
     a time (a journey may hold millions); return how many were signalled. Enrollments that end
     meanwhile are skipped (RPCError NOT_FOUND)."""
-    limit = asyncio.Semaphore(concurrency)
 
     async def one(workflow_id: str) -> bool:
-        async with limit:
-            return await signal_workflow(client, workflow_id, signal)
+        return await signal_workflow(client, workflow_id, signal)
 
     signalled = 0
     after: uuid.UUID | None = None
@@ -128,7 +126,7 @@ async def signal_journey_enrollments(
             query = query.where(col(Enrollment.id) > after)
         async with sessions() as session:
             rows = (await session.execute(query)).all()
-        results = await asyncio.gather(*(one(wid) for _, wid in rows), return_exceptions=True)
+        results = await gather_limited_outcomes(concurrency, one, [wid for _, wid in rows])
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # the rest of the page was still signalled

@@ -76,9 +76,10 @@ async def run_import(
         await _save(sessions, job.id, None, status="failed", failure=failure)
         await _set_off(sessions, client, options, job)
         raise
-    await _save(sessions, job.id, result, signalled=signalled)
     runs = await _set_off(sessions, client, options, job)
-    return await _save(sessions, job.id, result, status="completed", enrollment_runs=runs)
+    return await _save(
+        sessions, job.id, result, signalled=signalled, status="completed", enrollment_runs=runs
+    )
 
 
 async def get_import(sessions: SessionFactory, import_id: uuid.UUID) -> ContactImport:

@@ -22,14 +22,21 @@ from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
 from activities.segments import SegmentActivities
+from nurture.audience.events import keep_redelivering
+from nurture.audience.segments.sweeps import start_segment_watch
+from nurture.boot import (
+    CommandError,
+    configure_logging,
+    migrate_database,
+    resolve_database_url,
+    run_until_signalled,
+)
 from nurture.channels.base import ChannelSender
 from nurture.channels.outbox import OutboxChannel
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
-from nurture.enrollments import EnrollmentOptions
-from nurture.events import keep_redelivering
-from nurture.segments.sweeps import start_segment_watch
-from nurture.settings import Settings
+from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
 from workflows.bulk_enroll import BulkEnroll
@@ -124,11 +131,20 @@ async def run_worker(settings: Settings, database_url: str) -> None:
         await engine.dispose()
 
 
+def serve_worker(settings: Settings) -> None:
+    """Migrate the database, then run the worker until SIGINT or SIGTERM (`nurture worker`)."""
+    with resolve_database_url(settings) as database_url:
+        asyncio.run(migrate_database(database_url))
+        run_until_signalled(lambda: run_worker(settings, database_url))
+
+
 def main() -> None:
     """`python worker.py`: the same as `nurture worker` (migrates first, stops on a signal)."""
-    from nurture.cli import main as cli_main
-
-    raise SystemExit(cli_main(["worker"]))
+    configure_logging()
+    try:
+        serve_worker(get_settings())
+    except CommandError as err:
+        raise SystemExit(f"worker: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Enrolling a list or a segment page by page, for the BulkEnroll workflow.
 
-Each page enrolls its contacts through `nurture.enrollments.enroll`, which returns the live
+Each page enrolls its contacts through `nurture.journeys.enrollments.enroll`, which returns the live
 enrollment rather than making a second one, so a page retried after a crash enrolls nobody
 twice. Progress written to Postgres is absolute (cursor and counts from the workflow), so a
 retry rewrites the same numbers instead of adding them again.
@@ -19,7 +19,7 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from nurture.bulk import resolve_audience
+from nurture.audience.segments.service import members_query
 from nurture.concurrency import gather_limited
 from nurture.contracts import BulkPage, BulkPageResult, BulkProgress, BulkRun
 from nurture.db.engine import SessionFactory
@@ -31,9 +31,9 @@ from nurture.db.models import (
     Segment,
     utcnow,
 )
-from nurture.enrollments import EnrollmentOptions, enroll_or_get
 from nurture.errors import Conflict, NotFound
-from nurture.segments.service import members_query
+from nurture.journeys.bulk import resolve_audience
+from nurture.journeys.enrollments import EnrollmentOptions, enroll_or_get
 
 _CONCURRENCY = 20
 

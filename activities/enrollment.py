@@ -24,7 +24,7 @@ from nurture.db.models import (
     EnrollmentStep,
     ListMembership,
 )
-from nurture.facts import facts_of
+from nurture.journeys.facts import facts_of
 
 
 async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> ContactFacts:

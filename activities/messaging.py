@@ -17,16 +17,16 @@ from sqlmodel import col
 from temporalio import activity
 from temporalio.client import Client
 
+from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
 from nurture.content.loading import TemplateNotFound, load_template
 from nurture.content.rendering import TemplateRenderError, message_context, render
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
-from nurture.enrollments import EnrollmentOptions
-from nurture.exclusion import MissingExclusionSegment, in_exclusion_segment
+from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.settings import Settings
-from nurture.suppressions import suppression_reason
 from nurture.tracking import Tracker
 from nurture.webhooks.ingest import match_pending
 

@@ -1,4 +1,4 @@
-"""Re-checking watched segments, for the SegmentWatch workflow (`nurture.segments.membership`)."""
+"""Re-checking watched segments, for the SegmentWatch workflow (`nurture.audience.segments.membership`)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from temporalio import activity
 from temporalio.client import Client
 
+from nurture.audience.segments.membership import ADMIT_BATCH, sweep, unadmitted
 from nurture.contracts import SweepResult
 from nurture.db.engine import SessionFactory
-from nurture.enrollments import EnrollmentOptions
-from nurture.segments.membership import ADMIT_BATCH, sweep, unadmitted
-from nurture.triggers import admit
+from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.journeys.triggers import admit
 
 
 class SegmentActivities:

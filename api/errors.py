@@ -55,7 +55,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 # Streamed, never held in memory, and far larger than any JSON body: the CSV import reads
-# its body incrementally and enforces its own limit (nurture.imports.MAX_IMPORT_BYTES). Only
+# its body incrementally and enforces its own limit (nurture.audience.imports.MAX_IMPORT_BYTES). Only
 # this method and exact path are exempt; `PUT /v1/contacts/import` (a contact whose external
 # id is "import") keeps the limit.
 UNLIMITED = frozenset({("POST", "/v1/contacts/import")})

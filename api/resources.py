@@ -11,7 +11,7 @@ from temporalio.client import Client
 from nurture.apikeys import KeyCache
 from nurture.channels.base import ChannelSender
 from nurture.db.engine import SessionFactory
-from nurture.enrollments import EnrollmentOptions
+from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.settings import Settings
 
 

@@ -120,7 +120,7 @@ async def make_pending_enrollments(
 async def bare_start(
     client: Client, task_queue: str, journey: Published, enrollment: Enrollment
 ) -> None:
-    """Exactly the `client.start_workflow` call of `nurture.enrollments.start_workflow`: same
+    """Exactly the `client.start_workflow` call of `nurture.journeys.enrollments.start_workflow`: same
     workflow type, input, id, policies, summary and search attributes."""
     await client.start_workflow(
         ENROLLMENT_WORKFLOW,

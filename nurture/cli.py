@@ -18,110 +18,20 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import signal
 import sys
-import warnings
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from nurture.boot import (
+    CommandError,
+    configure_logging,
+    migrate_database,
+    resolve_database_url,
+)
 from nurture.settings import Settings, get_settings
 
 logger = logging.getLogger("nurture.cli")
-
-# Any constant works, as long as every process that migrates uses the same one.
-_MIGRATION_LOCK = 7_238_804_912
-
-
-@contextmanager
-def resolve_database_url(settings: Settings) -> Iterator[str]:
-    """The database to use: DATABASE_URL if set, else an embedded PostgreSQL kept under
-    `data_dir/postgres`, started here and stopped when the block ends."""
-    if settings.database_url:
-        yield settings.database_url
-        return
-    from nurture.embedded import start_embedded_postgres
-
-    pgdata = embedded_pgdata(settings)
-    _forget_dead_handles(pgdata)
-    server, url = start_embedded_postgres(pgdata)
-    try:
-        yield url
-    finally:
-        server.cleanup()
-
-
-def embedded_pgdata(settings: Settings) -> Path:
-    return (settings.data_dir / "postgres").resolve()
-
-
-def _forget_dead_handles(pgdata: Path) -> None:
-    """embedded-postgres stops the server when the last process using it lets go, counting
-    processes in a file; one that was killed stays counted and the server would never stop.
-    Drop the processes that no longer exist."""
-    handles = pgdata / ".handle_pids.json"
-    try:
-        pids = json.loads(handles.read_text())
-    except (OSError, ValueError):
-        return
-    alive = [pid for pid in pids if isinstance(pid, int) and _process_exists(pid)]
-    if alive != pids:
-        handles.write_text(json.dumps(alive))
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-async def migrate_database(database_url: str) -> None:
-    """Upgrade to the latest schema. Idempotent, and safe when several processes start at once
-    (worker and API replicas): they take turns under a Postgres advisory lock."""
-    from sqlalchemy import pool, text
-    from sqlalchemy.ext.asyncio import create_async_engine
-
-    from nurture.db.migrate import upgrade_async
-
-    engine = create_async_engine(database_url, poolclass=pool.NullPool)
-    try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
-            try:
-                await upgrade_async(database_url)
-            finally:
-                await conn.execute(
-                    text("SELECT pg_advisory_unlock(:key)"), {"key": _MIGRATION_LOCK}
-                )
-    finally:
-        await engine.dispose()
-
-
-def run_until_signalled(main: Callable[[], Awaitable[None]]) -> None:
-    """Run `main` in a new event loop; SIGINT or SIGTERM cancel it (which the worker and the
-    server turn into a clean shutdown) instead of killing the process mid-way."""
-
-    async def runner() -> None:
-        task = asyncio.ensure_future(main())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
-            logger.info("stopped")
-        finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-
-    asyncio.run(runner())
-
 
 # --- commands --------------------------------------------------------------------------------
 
@@ -141,11 +51,9 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import run_worker
+    from worker import serve_worker
 
-    with resolve_database_url(settings) as database_url:
-        asyncio.run(migrate_database(database_url))
-        run_until_signalled(lambda: run_worker(settings, database_url))
+    serve_worker(settings)
     return 0
 
 
@@ -247,19 +155,6 @@ def cmd_setup_temporal(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def configure_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
-    if not verbose:
-        # embedded-postgres logs every command it runs with its whole output at INFO.
-        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
-        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    # platformdirs warns that XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
-    warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
-
-
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -349,10 +244,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         code = 130
     return code
-
-
-class CommandError(Exception):
-    """A failure the user can act on: printed without a traceback."""
 
 
 if __name__ == "__main__":

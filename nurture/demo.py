@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from nurture.apikeys import create_api_key
-from nurture.cli import CommandError
+from nurture.boot import CommandError
 from nurture.db.engine import SessionFactory
 from nurture.db.models import ApiKey, Contact, ContactList, Journey, Segment, Template
 from nurture.errors import NurtureError

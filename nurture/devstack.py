@@ -29,7 +29,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from nurture.binaries import find_binary
-from nurture.cli import CommandError, embedded_pgdata, migrate_database, resolve_database_url
+from nurture.boot import CommandError, embedded_pgdata, migrate_database, resolve_database_url
 from nurture.settings import Settings
 from nurture.temporal import connect
 from nurture.tracing import dev_server_flags, ensure_search_attributes
@@ -362,10 +362,10 @@ class DevStack:
     async def _run(self) -> int:
         from api.app import create_app
         from api.resources import Resources
+        from nurture.audience.events import keep_redelivering
+        from nurture.audience.segments.sweeps import start_segment_watch
         from nurture.channels.registry import channels_from_settings, close_channels
         from nurture.db.engine import create_engine, session_factory
-        from nurture.events import keep_redelivering
-        from nurture.segments.sweeps import start_segment_watch
         from worker import build_worker
 
         settings = self.settings

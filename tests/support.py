@@ -29,7 +29,7 @@ from nurture.db.models import (
     Segment,
     Template,
 )
-from nurture.enrollments import EnrollmentOptions, enroll
+from nurture.journeys.enrollments import EnrollmentOptions, enroll
 from nurture.journeys.publishing import publish, save_draft
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "journeys"
@@ -139,7 +139,7 @@ async def finish(
     """Wait for the result with the test server's clock running free (days pass in moments).
 
     Only handles returned by the test client's own start_workflow unlock time skipping by
-    themselves; enrollments are started by `nurture.enrollments.enroll`, so unlock it here.
+    themselves; enrollments are started by `nurture.journeys.enrollments.enroll`, so unlock it here.
     """
     # time_skipping_unlocked exists only on the time-skipping environment class, not the base.
     async with env.time_skipping_unlocked():  # type: ignore[attr-defined]

@@ -17,10 +17,10 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app
 from api.resources import Resources
 from nurture.apikeys import create_api_key
-from nurture.bulk import start_bulk_enrollment
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory, session_factory
 from nurture.db.models import BulkEnrollment, ContactList, Event, ListMembership, Message
+from nurture.journeys.bulk import start_bulk_enrollment
 from nurture.settings import Settings
 from tests.support import (
     enroll_awaiting_click,

@@ -24,7 +24,7 @@ from sqlalchemy import text
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from nurture.apikeys import authenticate
-from nurture.cli import CommandError
+from nurture.boot import CommandError
 from nurture.db.engine import create_engine, session_factory
 from nurture.devstack import check_ports, port_in_use
 

@@ -19,7 +19,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.contracts import ContactChange
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, OutboxMessage
-from nurture.enrollments import unenroll
+from nurture.journeys.enrollments import unenroll
 from tests.support import (
     example,
     finish,

@@ -1,4 +1,4 @@
-"""A CSV import as a job (`nurture.import_jobs`): progress readable while the file uploads, the
+"""A CSV import as a job (`nurture.audience.import_jobs`): progress readable while the file uploads, the
 report kept, in-flight enrollments told of changes, the list's journeys started for the
 contacts who joined through the import, and segments re-checked."""
 

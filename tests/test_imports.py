@@ -12,9 +12,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import col
 
+from nurture.audience.imports import import_contacts
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, ContactList, ListMembership
-from nurture.imports import import_contacts
 from tests.support import make_contact, make_lists, ok, problems
 
 # An import asks the segment watch for a sweep, starting it if need be: a worker must run it,

@@ -24,12 +24,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from nurture.bulk import start_bulk_enrollment
+from nurture.audience.segments.service import put_segment
+from nurture.audience.segments.sweeps import request_sweep, start_segment_watch
 from nurture.contracts import SEGMENT_WATCH_ID, SweepResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import ContactList, ListMembership
-from nurture.segments.service import put_segment
-from nurture.segments.sweeps import request_sweep, start_segment_watch
+from nurture.journeys.bulk import start_bulk_enrollment
 from tests.support import (
     example,
     exits_at_once,

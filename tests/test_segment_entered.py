@@ -1,4 +1,4 @@
-"""Entering a segment is a change from out to in (`nurture.segments.membership`): contacts
+"""Entering a segment is a change from out to in (`nurture.audience.segments.membership`): contacts
 already in when a journey starts have not entered; leaving and coming back is a new entry;
 time passing, opens and clicks, and sweeps find entries no API change announces; an entry
 cut short by a crash is finished by the next sweep without enrolling anyone twice."""
@@ -19,13 +19,13 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 from activities.segments import SegmentActivities
+from nurture.audience.segments.membership import observe, sweep, unadmitted
+from nurture.audience.segments.sweeps import request_sweep, start_segment_watch
 from nurture.contracts import SEGMENT_WATCH_ID, SweepResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Message, SegmentMember, utcnow
-from nurture.enrollments import EnrollmentOptions
-from nurture.segments.membership import observe, sweep, unadmitted
-from nurture.segments.sweeps import request_sweep, start_segment_watch
-from nurture.triggers import admit
+from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.journeys.triggers import admit
 from tests.support import (
     all_enrollments_ended,
     enrolled_in,
@@ -198,7 +198,7 @@ async def _sent_message(sessions: SessionFactory, contact_id: uuid.UUID) -> uuid
 async def test_an_entry_cut_short_by_a_crash_is_finished_by_a_sweep_and_never_doubled(
     sessions: SessionFactory, client: Client, task_queue: str
 ) -> None:
-    from nurture.segments.service import put_segment
+    from nurture.audience.segments.service import put_segment
 
     await put_segment(sessions, "vips", "VIPs", VIPS["filter"])
     await publish_journey(sessions, _welcome("vip-welcome", "vips", reentry="always"))

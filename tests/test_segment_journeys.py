@@ -18,11 +18,11 @@ from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from nurture.audiences import activate_audience, once_workflow_id
+from nurture.audience.segments.service import put_segment
 from nurture.db.engine import SessionFactory
 from nurture.db.models import BulkEnrollment
-from nurture.enrollments import EnrollmentOptions
-from nurture.segments.service import put_segment
+from nurture.journeys.audiences import activate_audience, once_workflow_id
+from nurture.journeys.enrollments import EnrollmentOptions
 from tests.support import (
     all_enrollments_ended,
     exits_at_once,

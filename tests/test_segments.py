@@ -11,6 +11,9 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from nurture.audience.segments import service
+from nurture.audience.segments.compiler import compile_filter
+from nurture.audience.segments.definition import FILTER
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     Contact,
@@ -25,9 +28,6 @@ from nurture.db.models import (
     utcnow,
 )
 from nurture.errors import Invalid
-from nurture.segments import service
-from nurture.segments.compiler import compile_filter
-from nurture.segments.definition import FILTER
 from tests.support import make_lists, ok, problems
 
 Population = dict[str, uuid.UUID]

@@ -18,9 +18,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app
 from api.resources import Resources
+from nurture.audience.events import redeliver_engagement
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Event, Message, Suppression
-from nurture.events import redeliver_engagement
 from nurture.settings import Settings
 from nurture.tracking import InvalidToken, Tracker, is_machine_open
 from tests.support import enroll_awaiting_click, finish, make_contact

@@ -2,7 +2,7 @@
 
 One per namespace (`SEGMENT_WATCH_ID`), started by each worker with "use existing", so any
 number of workers share it. Changes to a single contact are re-checked as they happen
-(`nurture.triggers.on_contact_changed`); this loop catches the rest: time passing, edited
+(`nurture.journeys.triggers.on_contact_changed`); this loop catches the rest: time passing, edited
 filters, imports (which ask for a sweep at once with the `sweep_now` signal).
 """
 

@@ -21,7 +21,7 @@ from api.schemas.contacts import (
     ContactUpsert,
     EnrollmentSummary,
 )
-from nurture.contacts import delete_contact, patch_contact, upsert_contact
+from nurture.audience.contacts import delete_contact, patch_contact, upsert_contact
 from nurture.db.models import Contact, ContactList, Enrollment, Journey, ListMembership
 from nurture.errors import NotFound
 

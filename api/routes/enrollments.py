@@ -22,7 +22,6 @@ from api.schemas.enrollments import (
     PathStep,
     UnenrollRequest,
 )
-from nurture.bulk import start_bulk_enrollment
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     BulkEnrollment,
@@ -33,8 +32,9 @@ from nurture.db.models import (
     Journey,
     Message,
 )
-from nurture.enrollments import enroll_or_get, unenroll
 from nurture.errors import NotFound
+from nurture.journeys.bulk import start_bulk_enrollment
+from nurture.journeys.enrollments import enroll_or_get, unenroll
 
 router = APIRouter(tags=["enrollments"])
 

@@ -9,7 +9,7 @@ from fastapi import APIRouter, status
 from api.deps import ResourcesDep
 from api.routes.enrollments import ERRORS, resolve_contact
 from api.schemas.events import EngagementIn, EventIn, EventOut
-from nurture.events import RecordedEvent, record_custom_event, record_engagement
+from nurture.audience.events import RecordedEvent, record_custom_event, record_engagement
 
 router = APIRouter(tags=["events"])
 

@@ -10,8 +10,8 @@ from fastapi import APIRouter, Query, Request
 from api.deps import ResourcesDep
 from api.schemas.common import error_responses
 from api.schemas.imports import ImportOut
-from nurture.import_jobs import get_import, list_imports, run_import
-from nurture.imports import BATCH_ROWS, MAX_IMPORT_BYTES
+from nurture.audience.import_jobs import get_import, list_imports, run_import
+from nurture.audience.imports import BATCH_ROWS, MAX_IMPORT_BYTES
 
 router = APIRouter(tags=["contacts"])
 

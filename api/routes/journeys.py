@@ -25,10 +25,10 @@ from api.schemas.journeys import (
     VersionOut,
     VersionSummary,
 )
-from nurture.audiences import activate_audience, stop_audience
 from nurture.db.models import Journey, JourneyStatus, JourneyVersion
 from nurture.errors import Conflict, Invalid, NotFound, Unavailable
 from nurture.journeys import lifecycle
+from nurture.journeys.audiences import activate_audience, stop_audience
 from nurture.journeys.conversion import goal_conversion
 from nurture.journeys.publishing import publish, publishable, save_draft
 

@@ -22,9 +22,15 @@ from api.schemas.lists import (
     MembersAddedOut,
     MembersIn,
 )
+from nurture.audience.lists import (
+    add_members,
+    create_list,
+    delete_list,
+    list_members,
+    remove_member,
+)
 from nurture.db.models import ContactList, ListMembership
 from nurture.errors import NotFound
-from nurture.lists import add_members, create_list, delete_list, list_members, remove_member
 
 router = APIRouter(prefix="/lists", tags=["lists"])
 

@@ -18,7 +18,7 @@ from api.schemas.segments import (
     SegmentOut,
     SegmentPage,
 )
-from nurture.segments import service
+from nurture.audience.segments import service
 
 router = APIRouter(prefix="/segments", tags=["segments"])
 

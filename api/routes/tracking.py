@@ -3,7 +3,7 @@
 Authenticated by the HMAC-signed token in the URL (see `nurture.tracking`), not by an API key.
 A person following a link always gets where it goes: the click is stored first and signalled
 to the enrollment, and if the database or Temporal has trouble, the redirect still happens
-(Temporal outages are redelivered later; see `nurture.events.redeliver_engagement`).
+(Temporal outages are redelivered later; see `nurture.audience.events.redeliver_engagement`).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from api.deps import ResourcesDep
+from nurture.audience.events import record_engagement
+from nurture.audience.suppressions import suppress
 from nurture.db.models import Message, SuppressionReason
 from nurture.errors import NotFound
-from nurture.events import record_engagement
-from nurture.suppressions import suppress
 from nurture.tracking import PIXEL_GIF, InvalidToken, Tracker, is_machine_open
 
 logger = logging.getLogger(__name__)

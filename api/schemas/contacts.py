@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from nurture.contacts import Attribute, ContactChanges
+from nurture.audience.contacts import Attribute, ContactChanges
 from nurture.journeys.definition import FieldName, check_time_zone
 
 EmailAddress = Annotated[

@@ -8,8 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from nurture.audience.imports import MAX_ERRORS
 from nurture.db.models import ContactImport
-from nurture.imports import MAX_ERRORS
 
 
 class RowErrorOut(BaseModel):

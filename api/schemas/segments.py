@@ -1,6 +1,6 @@
 """Segments: saved filters over contacts, their counts and previews.
 
-The filter is taken as plain JSON and checked by `nurture.segments` (shape, value types, that
+The filter is taken as plain JSON and checked by `nurture.audience.segments` (shape, value types, that
 named lists and journeys exist), so every problem comes back as `{path, message}` with a path
 into the filter as written, e.g. `filter.conditions.1.value`. The language is described in
 docs/segments.md.

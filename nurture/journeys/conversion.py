@@ -41,7 +41,6 @@ from nurture.db.models import (
     MessageStatus,
 )
 from nurture.errors import NotFound
-from nurture.facts import facts_of
 from nurture.journeys.conditions import Engagement, evaluate
 from nurture.journeys.definition import (
     AllCondition,
@@ -53,6 +52,7 @@ from nurture.journeys.definition import (
     NotCondition,
     OpenedCondition,
 )
+from nurture.journeys.facts import facts_of
 from nurture.journeys.publishing import latest_version
 
 # Contacts whose goal is evaluated in Python per round trip: bounded memory for big journeys.

@@ -30,8 +30,8 @@ from temporalio.service import RPCError
 from nurture.concurrency import gather_limited_outcomes
 from nurture.db.engine import SessionFactory
 from nurture.db.models import ACTIVE_ENROLLMENT_STATUSES, Enrollment, Journey, JourneyStatus, utcnow
-from nurture.enrollments import signal_workflow
 from nurture.errors import Conflict, NotFound, Unavailable
+from nurture.journeys.enrollments import signal_workflow
 
 MAX_CONCURRENT_SIGNALS = 50
 _PAGE_SIZE = 1000

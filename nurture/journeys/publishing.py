@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from nurture.audience.segments.membership import starts_on_entry, watch_segment
 from nurture.content.checks import template_problems
 from nurture.db.models import Journey, JourneyStatus, JourneyVersion, Segment, Template, utcnow
 from nurture.errors import Conflict, Invalid, NotFound
@@ -23,7 +24,6 @@ from nurture.journeys.definition import (
     SendSmsStep,
 )
 from nurture.journeys.validation import InvalidJourney, validate_journey
-from nurture.segments.membership import starts_on_entry, watch_segment
 
 
 async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDefinition:

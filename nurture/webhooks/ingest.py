@@ -29,11 +29,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 
+from nurture.audience.events import record_engagement
+from nurture.audience.suppressions import suppress
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Message, SuppressionReason, WebhookEvent, utcnow
-from nurture.enrollments import EnrollmentOptions
-from nurture.events import record_engagement
-from nurture.suppressions import suppress
+from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.webhooks.base import ProviderEvent
 
 logger = logging.getLogger("nurture.webhooks")
@@ -245,7 +245,7 @@ async def _engage(
     options: EnrollmentOptions | None,
 ) -> None:
     # Never fails for Temporal being away: the open/click is then stored for our own
-    # redelivery (nurture.events.redeliver_engagement), so the webhook's work is done.
+    # redelivery (nurture.audience.events.redeliver_engagement), so the webhook's work is done.
     await record_engagement(
         sessions,
         client,

@@ -19,14 +19,14 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from nurture.audience.segments.membership import Entry, observe
 from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, Journey, JourneyStatus, SegmentMember
-from nurture.enrollments import EnrollmentOptions, enroll, parsed_definition
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.definition import EventTrigger
+from nurture.journeys.enrollments import EnrollmentOptions, enroll, parsed_definition
 from nurture.journeys.publishing import latest_version
-from nurture.segments.membership import Entry, observe
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ async def on_contact_changed(
     """Enroll the contact in the live journeys that start on entering a segment it just entered.
 
     Checked right after each change, so a contact enters within moments of qualifying; a
-    contact that was already in the segment has not entered it (`nurture.segments.membership`).
+    contact that was already in the segment has not entered it (`nurture.audience.segments.membership`).
     """
     entries = await observe(sessions, contact_id)
     return (await admit(sessions, client, options, entries)).enrollments if entries else []

@@ -19,7 +19,7 @@ Contacts are matched by external_id, else by email (exactly as written, as `GET
 consent are merged, tags are added. Rows are numbered as a spreadsheet shows them: the header
 is row 1.
 
-This module only reads and writes; `nurture.import_jobs` runs an import as a job: progress
+This module only reads and writes; `nurture.audience.import_jobs` runs an import as a job: progress
 row, in-flight enrollments told of the changes, journeys of the list and segments started.
 """
 

@@ -4,7 +4,7 @@ Called after a journey is published. A journey triggered by `{"type": "segment",
 
 - once / once_and_new: one BulkEnroll run over the segment (at `start_at`, or now), under a
   workflow id fixed per journey, so publishing again never runs it a second time. With
-  once_and_new, contacts who join the segment later enter as they join (`nurture.triggers`).
+  once_and_new, contacts who join the segment later enter as they join (`nurture.journeys.triggers`).
 - recurring: a Temporal Schedule (`audience:{journey}`) starts a BulkEnroll run on the cron
   expression, in the journey's time zone, from `start_at`; each run has its own progress row.
   Publishing again updates the schedule; archiving the journey deletes it.
@@ -37,13 +37,13 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from nurture.bulk import start_bulk_enrollment
 from nurture.contracts import BULK_ENROLL_WORKFLOW, BulkEnrollInput
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Journey, utcnow
-from nurture.enrollments import EnrollmentOptions, parsed_definition
 from nurture.errors import NotFound
+from nurture.journeys.bulk import start_bulk_enrollment
 from nurture.journeys.definition import ListJoinedTrigger, SegmentTrigger
+from nurture.journeys.enrollments import EnrollmentOptions, parsed_definition
 from nurture.journeys.publishing import latest_version
 
 logger = logging.getLogger(__name__)

@@ -31,9 +31,13 @@ from nurture.db.models import (
     Message,
     utcnow,
 )
-from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments, signal_workflow
 from nurture.errors import Conflict, NotFound
-from nurture.triggers import on_contact_changed, on_event
+from nurture.journeys.enrollments import (
+    EnrollmentOptions,
+    signal_contact_enrollments,
+    signal_workflow,
+)
+from nurture.journeys.triggers import on_contact_changed, on_event
 
 logger = logging.getLogger(__name__)
 

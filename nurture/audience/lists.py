@@ -28,9 +28,9 @@ from nurture.db.models import (
     JourneyStatus,
     ListMembership,
 )
-from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments
 from nurture.errors import Conflict, NotFound, NurtureError, Unavailable
-from nurture.triggers import on_contact_changed, on_list_joined
+from nurture.journeys.enrollments import EnrollmentOptions, signal_contact_enrollments
+from nurture.journeys.triggers import on_contact_changed, on_list_joined
 
 logger = logging.getLogger(__name__)
 

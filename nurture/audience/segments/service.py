@@ -2,7 +2,7 @@
 
 A segment stores only its filter; membership is computed when asked, so it is never stale
 (segments that start journeys also keep their members as last seen, to tell who entered:
-`nurture.segments.membership`).
+`nurture.audience.segments.membership`).
 `members_query` is the one query the others are built on: a select of contact ids, in id
 order, that a batch enroller pages through by keyset (`after`), and `contains` re-checks one
 contact (for "segment entered" triggers and exclusion segments).
@@ -26,6 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
+from nurture.audience.segments.compiler import FieldType, compile_filter, references
+from nurture.audience.segments.definition import FILTER, Filter, dump
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     Contact,
@@ -38,8 +40,6 @@ from nurture.db.models import (
     utcnow,
 )
 from nurture.errors import Conflict, Invalid, NotFound
-from nurture.segments.compiler import FieldType, compile_filter, references
-from nurture.segments.definition import FILTER, Filter, dump
 
 PREVIEW_LIMIT = 100
 

@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from nurture.audience.segments.service import condition, contains
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     Contact,
@@ -44,7 +45,6 @@ from nurture.journeys.definition import (
     SegmentEnteredTrigger,
     SegmentTrigger,
 )
-from nurture.segments.service import condition, contains
 
 _LIVE = (JourneyStatus.ACTIVE, JourneyStatus.PAUSED)
 ADMIT_BATCH = 500

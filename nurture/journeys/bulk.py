@@ -12,6 +12,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
+from nurture.audience.segments.service import count
 from nurture.contracts import BULK_ENROLL_WORKFLOW, BulkEnrollInput
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -23,7 +24,6 @@ from nurture.db.models import (
     Segment,
 )
 from nurture.errors import Conflict, NotFound
-from nurture.segments.service import count
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A CSV import as a job: a progress row, and everything a change of contacts sets off.
 
-`nurture.imports` reads and writes the rows; around it, this module:
+`nurture.audience.imports` reads and writes the rows; around it, this module:
 
 - keeps a `contact_imports` row with the counts so far, written after each batch, so
   `GET /v1/imports/{id}` shows a long import's progress while the file is still uploading
@@ -30,7 +30,8 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from nurture.bulk import start_bulk_enrollment
+from nurture.audience.imports import ImportResult, find_list_id, import_contacts
+from nurture.audience.segments.sweeps import request_sweep
 from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -39,11 +40,10 @@ from nurture.db.models import (
     Enrollment,
     utcnow,
 )
-from nurture.enrollments import EnrollmentOptions, signal_workflow
 from nurture.errors import Conflict, NotFound, NurtureError
-from nurture.imports import ImportResult, find_list_id, import_contacts
-from nurture.segments.sweeps import request_sweep
-from nurture.triggers import live_journeys
+from nurture.journeys.bulk import start_bulk_enrollment
+from nurture.journeys.enrollments import EnrollmentOptions, signal_workflow
+from nurture.journeys.triggers import live_journeys
 
 logger = logging.getLogger(__name__)
 

@@ -28,19 +28,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
-from nurture.db.models import (
-    ACTIVE_ENROLLMENT_STATUSES,
-    Contact,
-    ContactList,
-    Enrollment,
-    Event,
-    Journey,
-    ListMembership,
-    Message,
-    Suppression,
-)
-from nurture.errors import Invalid
-from nurture.segments.definition import (
+from nurture.audience.segments.definition import (
     AllFilter,
     AnyFilter,
     ClickedFilter,
@@ -55,6 +43,18 @@ from nurture.segments.definition import (
     SuppressedFilter,
     TagFilter,
 )
+from nurture.db.models import (
+    ACTIVE_ENROLLMENT_STATUSES,
+    Contact,
+    ContactList,
+    Enrollment,
+    Event,
+    Journey,
+    ListMembership,
+    Message,
+    Suppression,
+)
+from nurture.errors import Invalid
 
 FieldType = Literal["string", "number", "boolean", "date"]
 

@@ -21,9 +21,9 @@ from temporalio.service import RPCError
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, utcnow
-from nurture.enrollments import EnrollmentOptions, signal_contact_enrollments
 from nurture.errors import NotFound, Unavailable
-from nurture.triggers import on_contact_changed
+from nurture.journeys.enrollments import EnrollmentOptions, signal_contact_enrollments
+from nurture.journeys.triggers import on_contact_changed
 
 Attribute = Literal["email", "phone", "time_zone"]
 

@@ -8,8 +8,8 @@ import uuid
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from nurture.audience.segments.service import contains
 from nurture.db.models import Segment
-from nurture.segments.service import contains
 
 
 class MissingExclusionSegment(Exception):

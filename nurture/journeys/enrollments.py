@@ -34,8 +34,8 @@ from nurture.db.models import (
     JourneyVersion,
 )
 from nurture.errors import Conflict, NotFound
-from nurture.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.journeys.definition import EntryRules, JourneyDefinition
+from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
 

@@ -1,0 +1,2 @@
+"""The audience side: contacts and every change to them, lists, events, segments, imports,
+suppressions."""

@@ -11,6 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     CheckConstraint,
     Column,
     DateTime,
@@ -180,6 +181,12 @@ class Enrollment(SQLModel, table=True):
     enrolled_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
     ended_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    # What started it, for the contact's timeline: "api", "list_joined:<list>",
+    # "segment_entered:<segment>", "event:<name>", "bulk:<list or segment>".
+    entered_by: str | None = Field(default=None, max_length=160)
+    # The contact change whose announcement started it: announcing a change twice finds this
+    # row and does not enroll again.
+    change_id: int | None = Field(default=None, sa_type=BigInteger, index=True)
 
 
 class EnrollmentStep(SQLModel, table=True):
@@ -206,6 +213,7 @@ class Message(SQLModel, table=True):
         CheckConstraint(
             "status IN ('sending', 'sent', 'skipped', 'failed')", name="message_status"
         ),
+        Index("ix_messages_contact_created", "contact_id", "created_at"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -408,7 +416,7 @@ class WebhookEvent(SQLModel, table=True):
 
 
 class Segment(SQLModel, table=True):
-    """A saved dynamic audience: a filter over contacts (`nurture.segments.definition`),
+    """A saved dynamic audience: a filter over contacts (`nurture.audience.segments.definition`),
     evaluated whenever it is used, so membership is always current."""
 
     __tablename__ = "segments"
@@ -425,7 +433,7 @@ class Segment(SQLModel, table=True):
 
 
 class SegmentMember(SQLModel, table=True):
-    """A contact found in a watched segment at the last look (`nurture.segments.membership`).
+    """A contact found in a watched segment at the last look (`nurture.audience.segments.membership`).
 
     `admitted_at` is NULL while the journeys that start on entering have not yet been given
     this entry; the row is written first, so an entry interrupted by a crash is finished by
@@ -473,3 +481,71 @@ class ContactImport(SQLModel, table=True):
     started_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
     finished_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class ContactChangeRecord(SQLModel, table=True):
+    """One committed change to a contact, whatever made it (`nurture.audience.changes`).
+
+    Written in the same transaction as the change, so it is both the contact's change log (the
+    timeline shows it with its source) and a transactional outbox: `announced_at` stays NULL
+    until everything that depends on the contact was told (its other enrollments, the journeys
+    its list joins, events and segment entries start). `lease_until` says who may announce it:
+    the process that made the change, until then; after that, the relay in the worker."""
+
+    __tablename__ = "contact_changes"
+    __table_args__ = (
+        Index("ix_contact_changes_contact", "contact_id", "at"),
+        Index(
+            "ix_contact_changes_unannounced",
+            "lease_until",
+            postgresql_where=text("announced_at IS NULL"),
+        ),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False)
+    )
+    at: datetime = _timestamp()
+    # "api", "import:<id>", "journey:<key>:<step>", "webhook:<provider>", "unsubscribe_link"...
+    source: str = Field(max_length=160)
+    # What changed, for people: {"fields": {name: [before, after]}, "tags_added": [...],
+    # "lists_joined": [...], "consent": {...}, "suppressed": {...}, "event": {...}, ...}
+    changes: dict[str, Any] = _json()
+    # Lists the contact joined (their list_joined journeys start) and the custom event it
+    # performed (signalled to its enrollments; its event journeys start).
+    joined_lists: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    )
+    event_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("events.id", ondelete="CASCADE"), nullable=True),
+    )
+    # Whether the contact's enrollments must reload it (fields, tags, lists, consent changed);
+    # the enrollment that made the change already has the new values and is not told again.
+    reload: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
+    origin_enrollment_id: uuid.UUID | None = None
+    lease_until: datetime | None = _timestamp(nullable=True, default_now=False)
+    announced_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class TimelineNote(SQLModel, table=True):
+    """What a contact's timeline must say that no other table records: a journey the contact
+    did not enter and why. Later rules (frequency caps, quiet hours) add kinds of their own."""
+
+    __tablename__ = "timeline_notes"
+    __table_args__ = (Index("ix_timeline_notes_contact", "contact_id", "at"),)
+
+    id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False)
+    )
+    at: datetime = _timestamp()
+    kind: str = Field(max_length=32)  # not_entered | ...
+    journey_key: str | None = Field(default=None, max_length=64)
+    # A stable code (reentry_never, max_entries, excluded, goal_already_met, journey_archived...)
+    reason: str = Field(max_length=64)
+    detail: str | None = Field(default=None, sa_type=Text)
+    # What tried: "api", "list_joined:<list>", "segment_entered:<segment>", "event:<name>"...
+    source: str | None = Field(default=None, max_length=160)

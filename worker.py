@@ -22,6 +22,7 @@ from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
 from activities.segments import SegmentActivities
+from nurture.audience.changes import Announcer
 from nurture.audience.events import keep_redelivering
 from nurture.audience.segments.sweeps import start_segment_watch
 from nurture.boot import (
@@ -73,7 +74,7 @@ def build_worker(
     messaging = MessagingActivities(
         sessions, channels or default_channels(sessions), settings, client, options
     )
-    contacts = ContactActivities(sessions)
+    contacts = ContactActivities(sessions, client, options)
     segments = SegmentActivities(sessions, client, options, settings.segment_sweep_seconds)
     return Worker(
         client,
@@ -93,6 +94,20 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
         **worker_options,
     )
+
+
+def start_loops(
+    sessions: SessionFactory, client: Client, options: EnrollmentOptions
+) -> list[asyncio.Task[None]]:
+    """What a worker runs beside its pollers: opens and clicks that arrived while Temporal was
+    unreachable are delivered once it is back, and contact changes whose announcement was cut
+    short (a process died, Temporal was away) are announced by the relay."""
+    return [
+        asyncio.create_task(keep_redelivering(sessions, client), name="redelivery"),
+        asyncio.create_task(
+            Announcer(sessions, client, options).keep_relaying(), name="change-relay"
+        ),
+    ]
 
 
 async def run_worker(settings: Settings, database_url: str) -> None:
@@ -120,12 +135,16 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             settings.temporal_namespace,
         )
         await start_segment_watch(client, settings.temporal_task_queue)
-        # Opens and clicks that arrived while Temporal was unreachable, delivered once it is back.
-        redelivery = asyncio.create_task(keep_redelivering(sessions, client), name="redelivery")
+        loops = start_loops(
+            sessions,
+            client,
+            EnrollmentOptions(settings.temporal_task_queue, settings.max_steps_per_run),
+        )
         try:
             await worker.run()
         finally:
-            redelivery.cancel()
+            for loop in loops:
+                loop.cancel()
             await close_channels(channels)
     finally:
         await engine.dispose()

@@ -86,6 +86,7 @@ class BulkActivities:
                     self._options,
                     page.journey_key,
                     contact_id,
+                    cause=f"audience:{page.list_key or page.segment_key}",
                 )
             except Conflict:  # refused by the journey's entry rules
                 return False

@@ -1,23 +1,37 @@
 """Activities that change a contact: fields and tags, and list membership.
 
 `update_contact` records its operation key in the same transaction as the change, so a retry
-after a lost acknowledgement sees the key and does not increment a counter twice.
+after a lost acknowledgement sees the key and does not increment a counter twice. Both record
+the change in the change log and announce it (`nurture.audience.changes`): the contact's other
+enrollments reload it, and the journeys it now starts (a list joined, a segment entered) start.
+A retry after a crash between the commit and the announcement announces what is still due.
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities.enrollment import contact_facts
+from nurture.audience.changes import Announcer, Change, diff, record, tag_changes
 from nurture.contracts import ContactChange, ContactFacts, ListChange
 from nurture.db.engine import SessionFactory
-from nurture.db.models import AppliedOperation, Contact, ContactList, ListMembership, utcnow
+from nurture.db.models import (
+    AppliedOperation,
+    Contact,
+    ContactChangeRecord,
+    ContactList,
+    ListMembership,
+    utcnow,
+)
+from nurture.journeys.enrollments import EnrollmentOptions
 
 
 def apply_change(contact: Contact, change: ContactChange) -> None:
@@ -43,8 +57,11 @@ def apply_change(contact: Contact, change: ContactChange) -> None:
 
 
 class ContactActivities:
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(
+        self, sessions: SessionFactory, client: Client, options: EnrollmentOptions
+    ) -> None:
         self._sessions = sessions
+        self._announcer = Announcer(sessions, client, options)
 
     @activity.defn
     async def update_contact(self, change: ContactChange) -> ContactFacts:
@@ -58,9 +75,26 @@ class ContactActivities:
                     .returning(col(AppliedOperation.key))
                 )
                 if first_time is not None:
+                    before_fields, before_tags = dict(contact.fields), list(contact.tags)
                     apply_change(contact, change)
                     await session.flush()
-            return await contact_facts(session, change.contact_id)
+                    changed = {
+                        **({"fields": f} if (f := diff(before_fields, contact.fields)) else {}),
+                        **tag_changes(before_tags, contact.tags),
+                    }
+                    if changed:
+                        await record(
+                            session,
+                            Change(
+                                contact.id,
+                                change.source,
+                                changed,
+                                origin_enrollment_id=change.enrollment_id,
+                            ),
+                        )
+            facts = await contact_facts(session, change.contact_id)
+        await self._announce_due(change.contact_id, change.enrollment_id)
+        return facts
 
     @activity.defn
     async def change_list_membership(self, change: ListChange) -> ContactFacts:
@@ -77,16 +111,55 @@ class ContactActivities:
             exists = await session.get(Contact, change.contact_id)
             if exists is not None:
                 if change.member:
-                    await session.execute(
+                    joined = await session.scalar(
                         insert(ListMembership)
                         .values(list_id=list_id, contact_id=change.contact_id)
                         .on_conflict_do_nothing()
+                        .returning(col(ListMembership.contact_id))
+                    )
+                    moved = Change(
+                        change.contact_id,
+                        change.source,
+                        {"lists_joined": [change.list_key]},
+                        joined_lists=[change.list_key],
+                        origin_enrollment_id=change.enrollment_id,
                     )
                 else:
-                    await session.execute(
-                        delete(ListMembership).where(
+                    joined = await session.scalar(
+                        delete(ListMembership)
+                        .where(
                             col(ListMembership.list_id) == list_id,
                             col(ListMembership.contact_id) == change.contact_id,
                         )
+                        .returning(col(ListMembership.contact_id))
                     )
-            return await contact_facts(session, change.contact_id)
+                    moved = Change(
+                        change.contact_id,
+                        change.source,
+                        {"lists_left": [change.list_key]},
+                        origin_enrollment_id=change.enrollment_id,
+                    )
+                if joined is not None:  # a retry finds the move made: nothing new to record
+                    await record(session, moved)
+            facts = await contact_facts(session, change.contact_id)
+        await self._announce_due(change.contact_id, change.enrollment_id)
+        return facts
+
+    async def _announce_due(self, contact_id: uuid.UUID, enrollment_id: uuid.UUID | None) -> None:
+        """Announce this enrollment's changes of the contact not announced yet: the one just
+        made, or one a crashed attempt committed and never announced."""
+        if enrollment_id is None:
+            return  # not from a journey step; the relay announces it
+        async with self._sessions() as session:
+            due = list(
+                await session.scalars(
+                    select(col(ContactChangeRecord.id))
+                    .where(
+                        col(ContactChangeRecord.contact_id) == contact_id,
+                        col(ContactChangeRecord.origin_enrollment_id) == enrollment_id,
+                        col(ContactChangeRecord.announced_at).is_(None),
+                    )
+                    .order_by(col(ContactChangeRecord.id))
+                )
+            )
+        await self._announcer.announce_now([int(i) for i in due if i is not None])

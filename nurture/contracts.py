@@ -171,6 +171,9 @@ class ContactChange(_Message):
 
     operation_key: str
     contact_id: uuid.UUID
+    # Who changes it, for the change log ("journey:<key>:<step>"); that enrollment is not told.
+    source: str = "journey"
+    enrollment_id: uuid.UUID | None = None
     set: dict[str, JsonValue] = Field(default_factory=dict)
     unset: list[str] = Field(default_factory=list)
     add_tags: list[str] = Field(default_factory=list)
@@ -182,6 +185,8 @@ class ListChange(_Message):
     contact_id: uuid.UUID
     list_key: str
     member: bool
+    source: str = "journey"
+    enrollment_id: uuid.UUID | None = None
 
 
 # --- bulk enrollment -----------------------------------------------------------------------------

@@ -362,11 +362,11 @@ class DevStack:
     async def _run(self) -> int:
         from api.app import create_app
         from api.resources import Resources
-        from nurture.audience.events import keep_redelivering
         from nurture.audience.segments.sweeps import start_segment_watch
         from nurture.channels.registry import channels_from_settings, close_channels
         from nurture.db.engine import create_engine, session_factory
-        from worker import build_worker
+        from nurture.journeys.enrollments import EnrollmentOptions
+        from worker import build_worker, start_loops
 
         settings = self.settings
         async with AsyncExitStack() as stack:
@@ -413,8 +413,9 @@ class DevStack:
             worker_task = asyncio.create_task(worker.run(), name="worker")
             stack.push_async_callback(_stop_worker, worker, worker_task)
             await start_segment_watch(client, settings.temporal_task_queue)
-            redelivery = asyncio.create_task(keep_redelivering(sessions, client))
-            stack.callback(redelivery.cancel)
+            options = EnrollmentOptions(settings.temporal_task_queue, settings.max_steps_per_run)
+            for loop in start_loops(sessions, client, options):
+                stack.callback(loop.cancel)
 
             resources = Resources(
                 settings=settings, sessions=sessions, temporal=client, channels=channels

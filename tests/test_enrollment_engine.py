@@ -19,7 +19,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.contracts import ContactChange
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, OutboxMessage
-from nurture.journeys.enrollments import unenroll
+from nurture.journeys.enrollments import EnrollmentOptions, unenroll
 from tests.support import (
     example,
     finish,
@@ -326,9 +326,11 @@ async def test_worker_restarted_mid_journey_sends_nothing_twice(
     assert await outbox_count(sessions) == 2
 
 
-async def test_retried_contact_update_increments_once(sessions: SessionFactory) -> None:
+async def test_retried_contact_update_increments_once(
+    sessions: SessionFactory, client: Client, task_queue: str
+) -> None:
     contact_id = await make_contact(sessions, fields={"score": 10})
-    activities = ContactActivities(sessions)
+    activities = ContactActivities(sessions, client, EnrollmentOptions(task_queue))
     change = ContactChange(
         operation_key=f"{uuid.uuid4()}:score:1",
         contact_id=contact_id,

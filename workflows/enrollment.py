@@ -253,6 +253,8 @@ class JourneyEnrollment:
                 change = ContactChange(
                     operation_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
                     contact_id=self._input.contact_id,
+                    source=self._source(step_id),
+                    enrollment_id=self._input.enrollment_id,
                     set=step.set,
                     unset=step.unset,
                     add_tags=step.add_tags,
@@ -265,7 +267,11 @@ class JourneyEnrollment:
             case AddToListStep() | RemoveFromListStep():
                 member = isinstance(step, AddToListStep)
                 change_list = ListChange(
-                    contact_id=self._input.contact_id, list_key=step.list, member=member
+                    contact_id=self._input.contact_id,
+                    list_key=step.list,
+                    member=member,
+                    source=self._source(step_id),
+                    enrollment_id=self._input.enrollment_id,
                 )
                 verb = "add to" if member else "remove from"
                 return await self._change_contact(
@@ -276,6 +282,10 @@ class JourneyEnrollment:
             case ExitStep():
                 raise _Finish("exited", step.reason)
         raise ApplicationError(f"unknown step type {step.type!r}", non_retryable=True)
+
+    def _source(self, step_id: str) -> str:
+        """How the contact's change log names a change made by this step."""
+        return f"journey:{self._input.journey_key}:{step_id}"
 
     async def _send(self, step_id: str, step: SendEmailStep | SendSmsStep, visit: int) -> str:
         # The one gate every send passes through: frequency caps and quiet hours belong here too.

@@ -1,9 +1,11 @@
 """Contacts: upsert by external id, patch, delete (GDPR).
 
-Every change is written in one transaction; the contact's in-flight enrollments are signalled
-only after it has committed, so a workflow that reloads the contact sees the change:
-"contact_changed" after an upsert or patch (goals, waits and branches look at it at once),
-"unenroll" with reason "contact_deleted" before a delete.
+Every change is written in one transaction with its record in the change log, and announced
+once it has committed (`nurture.audience.changes`): the contact's in-flight enrollments reload
+it (goals, waits and branches look at the new values at once) and the journeys it now
+qualifies for start. Only real changes are recorded: a CRM sync repeating the same values every
+hour would otherwise grow the history of every waiting enrollment without end. A delete
+signals "unenroll" with reason "contact_deleted" first.
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from sqlmodel import col, delete, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from nurture.audience.changes import Announcer, Change, diff, record, tag_changes
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, utcnow
 from nurture.errors import NotFound, Unavailable
 from nurture.journeys.enrollments import EnrollmentOptions, signal_contact_enrollments
-from nurture.journeys.triggers import on_contact_changed
 
 Attribute = Literal["email", "phone", "time_zone"]
 
@@ -43,8 +45,9 @@ class ContactChanges:
     consent: Mapping[str, str] = field(default_factory=dict)
 
 
-def apply_changes(contact: Contact, changes: ContactChanges) -> bool:
-    """Change the contact in place; say whether anything actually changed."""
+def apply_changes(contact: Contact, changes: ContactChanges) -> dict[str, Any]:
+    """Change the contact in place; what actually changed, for the change log (empty: nothing
+    did)."""
     before = _snapshot(contact)
     for attribute, setting in changes.attributes.items():
         setattr(contact, attribute, setting)
@@ -62,21 +65,32 @@ def apply_changes(contact: Contact, changes: ContactChanges) -> bool:
     tags = [tag for tag in dict.fromkeys([*tags, *changes.add_tags]) if tag not in removed]
     contact.fields, contact.tags = fields, tags
     contact.consent = {**contact.consent, **changes.consent}
-    if _snapshot(contact) == before:
-        return False
-    contact.updated_at = utcnow()
-    return True
+    changed = _changes_between(before, _snapshot(contact))
+    if changed:
+        contact.updated_at = utcnow()
+    return changed
 
 
-def _snapshot(contact: Contact) -> tuple[Any, ...]:
-    return (
-        contact.email,
-        contact.phone,
-        contact.time_zone,
-        dict(contact.fields),
-        list(contact.tags),
-        dict(contact.consent),
-    )
+def _snapshot(contact: Contact) -> dict[str, Any]:
+    return {
+        "attributes": {
+            "email": contact.email,
+            "phone": contact.phone,
+            "time_zone": contact.time_zone,
+        },
+        "fields": dict(contact.fields),
+        "tags": list(contact.tags),
+        "consent": dict(contact.consent),
+    }
+
+
+def _changes_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for part in ("attributes", "fields", "consent"):
+        if changed := diff(before[part], after[part]):
+            found[part] = changed
+    found.update(tag_changes(before["tags"], after["tags"]))
+    return found
 
 
 @dataclass(frozen=True)
@@ -92,25 +106,31 @@ async def upsert_contact(
     external_id: str,
     changes: ContactChanges,
     options: EnrollmentOptions | None = None,
+    source: str = "api",
 ) -> Upserted:
-    """Create the contact with this external id, or change the existing one; with `options`,
-    then start the journeys triggered by a segment it is now in."""
+    """Create the contact with this external id, or change the existing one; then announce
+    the change (`nurture.audience.changes`). Without `options` the worker's relay announces
+    it."""
     for attempt in (1, 2):
         try:
-            result = await _upsert(sessions, external_id, changes)
+            result, change_id = await _upsert(sessions, external_id, changes, source, options)
             break
         except IntegrityError:
             # A concurrent request created it first: the retry updates that one.
             if attempt == 2:
                 raise
-    if result.changed and not result.created:
-        await _notify(sessions, client, result.contact.id)
-    if options is not None and (result.changed or result.created):
-        await on_contact_changed(sessions, client, options, result.contact.id)
+    if change_id is not None and options is not None:
+        await Announcer(sessions, client, options).announce_now([change_id])
     return result
 
 
-async def _upsert(sessions: SessionFactory, external_id: str, changes: ContactChanges) -> Upserted:
+async def _upsert(
+    sessions: SessionFactory,
+    external_id: str,
+    changes: ContactChanges,
+    source: str,
+    options: EnrollmentOptions | None,
+) -> tuple[Upserted, int | None]:
     async with sessions.begin() as session:
         contact = await session.scalar(
             select(Contact).where(col(Contact.external_id) == external_id).with_for_update()
@@ -121,7 +141,20 @@ async def _upsert(sessions: SessionFactory, external_id: str, changes: ContactCh
             session.add(contact)
         changed = apply_changes(contact, changes)
         await session.flush()
-    return Upserted(contact, created, changed)
+        change_id = None
+        if changed or created:
+            change_id = await record(
+                session,
+                Change(
+                    contact.id,
+                    source,
+                    {"created": True, **changed} if created else changed,
+                    # A new contact has no enrollments to tell; it may enter segments.
+                    reload=not created,
+                ),
+                announce_here=options is not None,
+            )
+    return Upserted(contact, created, bool(changed)), change_id
 
 
 async def patch_contact(
@@ -130,16 +163,20 @@ async def patch_contact(
     contact_id: uuid.UUID,
     changes: ContactChanges,
     options: EnrollmentOptions | None = None,
+    source: str = "api",
 ) -> Contact:
     async with sessions.begin() as session:
         contact = await session.get(Contact, contact_id, with_for_update=True)
         if contact is None:
             raise NotFound(f"no contact {contact_id}")
         changed = apply_changes(contact, changes)
-    if changed:
-        await _notify(sessions, client, contact_id)
-        if options is not None:
-            await on_contact_changed(sessions, client, options, contact_id)
+        change_id = None
+        if changed:
+            change_id = await record(
+                session, Change(contact_id, source, changed), announce_here=options is not None
+            )
+    if change_id is not None and options is not None:
+        await Announcer(sessions, client, options).announce_now([change_id])
     return contact
 
 
@@ -163,15 +200,3 @@ async def delete_contact(sessions: SessionFactory, client: Client, contact_id: u
         ) from err
     async with sessions.begin() as session:
         await session.execute(delete(Contact).where(col(Contact.id) == contact_id))
-
-
-async def _notify(sessions: SessionFactory, client: Client, contact_id: uuid.UUID) -> None:
-    # Only real changes are signalled: a CRM sync repeating the same values every hour would
-    # otherwise grow the history of every waiting enrollment without end.
-    try:
-        await signal_contact_enrollments(sessions, client, contact_id, "contact_changed")
-    except RPCError as err:
-        raise Unavailable(
-            f"contact {contact_id} was saved, but its in-flight enrollments could not be told "
-            f"({err.message}); they act on the previous values until its next change"
-        ) from err

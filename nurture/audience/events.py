@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -21,6 +21,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from nurture.audience.changes import Announcer, Change, record
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -34,10 +35,9 @@ from nurture.db.models import (
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.enrollments import (
     EnrollmentOptions,
-    signal_contact_enrollments,
     signal_workflow,
 )
-from nurture.journeys.triggers import on_contact_changed, on_event
+from nurture.journeys.triggers import on_contact_changed
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,11 @@ class RecordedEvent:
     started_enrollments: list[uuid.UUID] = field(default_factory=list)
 
 
-async def _store(sessions: SessionFactory, values: dict[str, Any]) -> tuple[Event, bool]:
+async def _store(
+    sessions: SessionFactory, values: dict[str, Any], change: Change | None = None
+) -> tuple[Event, bool, int | None]:
+    """Store the event once per dedupe key; with `change`, a new event is recorded as a change
+    of its contact in the same transaction. The event, whether it repeated, the change id."""
     async with sessions.begin() as session:
         inserted = await session.scalar(
             select(Event).from_statement(
@@ -67,7 +71,10 @@ async def _store(sessions: SessionFactory, values: dict[str, Any]) -> tuple[Even
             )
         )
         if inserted is not None:
-            return inserted, False
+            change_id = None
+            if change is not None:
+                change_id = await record(session, replace(change, event_id=inserted.id))
+            return inserted, False, change_id
         event = await session.scalar(  # a repeated request: the event stored the first time
             select(Event).where(col(Event.dedupe_key) == values["dedupe_key"])
         )
@@ -76,7 +83,7 @@ async def _store(sessions: SessionFactory, values: dict[str, Any]) -> tuple[Even
             raise Conflict(
                 f"idempotency key {values['dedupe_key']!r} was already used for another event"
             )
-        return event, True
+        return event, True, None
 
 
 async def record_custom_event(
@@ -88,11 +95,16 @@ async def record_custom_event(
     properties: dict[str, Any],
     idempotency_key: str | None = None,
     occurred_at: datetime | None = None,
+    source: str = "api",
 ) -> RecordedEvent:
+    """Store a custom event as a change of its contact (`nurture.audience.changes`); its
+    announcement signals it to the contact's enrollments, starts the journeys it triggers and
+    re-checks the segments that look at events. A repeated request (same idempotency key)
+    announces nothing new: the first one's change is announced, now or by the relay."""
     async with sessions() as session:
         if await session.get(Contact, contact_id) is None:
             raise NotFound(f"no contact {contact_id}")
-    event, duplicate = await _store(
+    event, duplicate, change_id = await _store(
         sessions,
         {
             "dedupe_key": idempotency_key or f"custom:{uuid.uuid4()}",
@@ -102,21 +114,20 @@ async def record_custom_event(
             "properties": properties,
             "occurred_at": occurred_at or utcnow(),
         },
+        Change(
+            contact_id,
+            source,
+            {"event": {"name": name, "properties": properties}},
+            reload=False,
+        ),
     )
-    signal = EnrollmentEvent(
-        event_id=event.dedupe_key,
-        kind="custom",
-        name=event.name,
-        properties=event.properties,
-        occurred_at=event.occurred_at,
+    announcer = Announcer(sessions, client, options)
+    announced = await announcer.announce_now([change_id] if change_id is not None else [])
+    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event is
+    # delivered by its change's announcement (here, or by the relay if this one fails).
+    return RecordedEvent(
+        event, duplicate, announced.signalled, [e.id for e in announced.enrollments]
     )
-    signalled = await signal_contact_enrollments(sessions, client, contact_id, "event", signal)
-    started = await on_event(sessions, client, options, contact_id, name, event.properties)
-    # An event can also put the contact in a segment ("purchased twice") that starts a journey.
-    started += await on_contact_changed(sessions, client, options, contact_id)
-    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event
-    # that could not be signalled failed its request, which the caller repeats.
-    return RecordedEvent(event, duplicate, signalled, [e.id for e in started])
 
 
 async def record_engagement(
@@ -143,7 +154,7 @@ async def record_engagement(
         message = await session.get(Message, message_id)
         if message is None:
             raise NotFound(f"no message {message_id}")
-    event, duplicate = await _store(
+    event, duplicate, _ = await _store(
         sessions,
         {
             "dedupe_key": idempotency_key or f"{kind}:{uuid.uuid4()}",

@@ -5,8 +5,9 @@
 - keeps a `contact_imports` row with the counts so far, written after each batch, so
   `GET /v1/imports/{id}` shows a long import's progress while the file is still uploading
   (the client can choose the id up front), and the report once it is done;
-- tells the in-flight enrollments of each updated contact (`contact_changed`), batch by batch,
-  so goals and waits see the imported values at once;
+- announces its changes (`nurture.audience.changes`) in bulk rather than one by one: tells the
+  in-flight enrollments of each updated contact (`contact_changed`), batch by batch, so goals
+  and waits see the imported values at once;
 - once the file is read, starts the journeys that joining the list triggers, for the contacts
   who joined it through this import, as one resumable BulkEnroll run per journey (an import
   of 100,000 rows is not enrolled inside an HTTP request);
@@ -30,7 +31,8 @@ from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from nurture.audience.imports import ImportResult, find_list_id, import_contacts
+from nurture.audience.changes import mark_announced
+from nurture.audience.imports import Batch, ImportResult, find_list_id, import_contacts
 from nurture.audience.segments.sweeps import request_sweep
 from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
@@ -63,20 +65,24 @@ async def run_import(
         await find_list_id(sessions, list_key)  # refused before a job row exists
     job = await _open(sessions, import_id or uuid.uuid4(), list_key)
     signalled = 0
+    change_ids: list[int] = []
 
-    async def after_batch(result: ImportResult, updated: list[uuid.UUID]) -> None:
+    async def after_batch(result: ImportResult, batch: Batch) -> None:
         nonlocal signalled
-        signalled += await _tell_enrollments(sessions, client, updated)
+        signalled += await _tell_enrollments(sessions, client, batch.updated)
+        change_ids.extend(batch.change_ids)
         await _save(sessions, job.id, result, signalled=signalled)
 
     try:
-        result = await import_contacts(sessions, body, list_key, on_batch=after_batch)
+        result = await import_contacts(
+            sessions, body, list_key, on_batch=after_batch, source=f"import:{job.id}"
+        )
     except BaseException as err:
         failure = err.message if isinstance(err, NurtureError) else type(err).__name__
         await _save(sessions, job.id, None, status="failed", failure=failure)
-        await _set_off(sessions, client, options, job)
+        await _set_off(sessions, client, options, job, change_ids)
         raise
-    runs = await _set_off(sessions, client, options, job)
+    runs = await _set_off(sessions, client, options, job, change_ids)
     return await _save(
         sessions, job.id, result, signalled=signalled, status="completed", enrollment_runs=runs
     )
@@ -169,11 +175,17 @@ async def _tell_enrollments(
 
 
 async def _set_off(
-    sessions: SessionFactory, client: Client, options: EnrollmentOptions, job: ContactImport
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    job: ContactImport,
+    change_ids: list[int],
 ) -> list[str]:
-    """Start the list's journeys for its new members, and ask for a segment sweep; the ids of
-    the BulkEnroll runs started. Temporal being away is logged, not raised: the contacts are
-    imported, and the runs can be started again by importing the same file."""
+    """Announce the import's changes in bulk: start the list's journeys for its new members,
+    ask for a segment sweep (the enrollments were told batch by batch), then mark the change
+    records announced. The ids of the BulkEnroll runs started. Temporal being away is logged,
+    not raised: the contacts are imported, and the relay announces each change once the
+    import's lease on them has run out."""
     runs: list[str] = []
     try:
         for journey_key in await _list_journeys(sessions, job.list_key):
@@ -190,6 +202,8 @@ async def _set_off(
         await request_sweep(client, options.task_queue)
     except (RPCError, RuntimeError) as err:
         logger.warning("import %s: journeys not started: %s", job.id, err)
+        return runs
+    await mark_announced(sessions, change_ids)
     return runs
 
 

@@ -32,6 +32,7 @@ import re
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -39,6 +40,7 @@ from sqlalchemy.dialects.postgresql import ARRAY, JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from nurture.audience.changes import Change, record_many
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, ContactList, ListMembership
 from nurture.errors import Invalid, NotFound, PayloadTooLarge
@@ -52,6 +54,9 @@ MAX_RECORD_CHARS = 1_000_000
 # The import is exempt from the API's body-size limit (settings.max_body_bytes), so it has
 # its own, generous one: large enough for millions of contacts, small enough to stop a runaway.
 MAX_IMPORT_BYTES = 2 * 1024**3
+# The import job announces its changes in bulk once the file is read (`nurture.audience.
+# import_jobs`); the relay takes over only if the job has not done so by then.
+IMPORT_LEASE = timedelta(minutes=10)
 
 STANDARD = ("external_id", "email", "phone", "time_zone", "tags", "consent_email", "consent_sms")
 # The same rules as the contacts API (api/schemas/contacts.py), so an import accepts exactly
@@ -230,7 +235,7 @@ class _Records:
 
 
 # Called after each batch is committed with the ids of the existing contacts it changed.
-BatchWritten = Callable[[ImportResult, list[uuid.UUID]], Awaitable[None]]
+BatchWritten = Callable[[ImportResult, "Batch"], Awaitable[None]]
 
 
 async def import_contacts(
@@ -239,6 +244,7 @@ async def import_contacts(
     list_key: str | None = None,
     batch_rows: int = BATCH_ROWS,
     on_batch: BatchWritten | None = None,
+    source: str = "import",
 ) -> ImportResult:
     """Read the CSV from `body` and upsert its contacts batch by batch; see the module doc.
 
@@ -270,9 +276,9 @@ async def import_contacts(
             except ValueError as bad:
                 result.refuse(number, str(bad))
         if rows:
-            updated = await _write(sessions, rows, list_id, result)
+            batch = await _write(sessions, rows, list_id, list_key, result, source)
             if on_batch is not None:
-                await on_batch(result, updated)
+                await on_batch(result, batch)
             logger.info(
                 "import: %d rows read, %d created, %d updated, %d refused",
                 result.rows,
@@ -323,42 +329,102 @@ def _deduplicated(rows: Iterable[_Row]) -> tuple[list[_Row], list[_Row]]:
     return list(by_id.values()), list(by_email.values())
 
 
+@dataclass(frozen=True)
+class Batch:
+    """What one batch wrote: the existing contacts it updated, and its change records."""
+
+    updated: list[uuid.UUID]
+    change_ids: list[int]
+
+
 async def _write(
-    sessions: SessionFactory, rows: list[_Row], list_id: uuid.UUID | None, result: ImportResult
-) -> list[uuid.UUID]:
-    """Upsert the rows (and join the list) in one transaction; the existing contacts updated."""
+    sessions: SessionFactory,
+    rows: list[_Row],
+    list_id: uuid.UUID | None,
+    list_key: str | None,
+    result: ImportResult,
+    source: str,
+) -> Batch:
+    """Upsert the rows (and join the list) in one transaction, with a change record per
+    contact (`nurture.audience.changes`: the import job announces them)."""
     keyed, by_email = _deduplicated(rows)
     async with sessions.begin() as session:
         by_email, ambiguous = await _match_emails(session, by_email, result)
         written = sum(1 for row in rows if row.external_id or row.email not in ambiguous)
         ids: list[uuid.UUID] = []
         updated: list[uuid.UUID] = []
+        changes: dict[uuid.UUID, dict[str, Any]] = {}
         for group, target in ((keyed, "external_id"), (by_email, "id")):
             if not group:
                 continue
+            for row in group:
+                row.id = row.id or uuid.uuid4()  # to find the row of each contact written
+            by_key = {
+                (row.external_id if target == "external_id" else row.id): row for row in group
+            }
             returned = await session.execute(_upsert(group, target))
-            for contact_id, inserted in returned:
+            for contact_id, external_id, inserted in returned:
                 ids.append(contact_id)
                 if inserted:
                     result.created += 1
                 else:
                     result.updated += 1
                     updated.append(contact_id)
+                row = by_key[external_id if target == "external_id" else contact_id]
+                changes[contact_id] = _what_was_set(row, created=bool(inserted))
+        joined: set[uuid.UUID] = set()
         if list_id is not None and ids:
-            await session.execute(
-                insert(ListMembership)
-                .from_select(
-                    ["list_id", "contact_id", "added_at"],
-                    sa.select(
-                        sa.literal(list_id, sa.Uuid()),
-                        sa.func.unnest(sa.bindparam("ids", ids, type_=ARRAY(sa.Uuid()))),
-                        sa.func.now(),
-                    ),
+            joined = set(
+                await session.scalars(
+                    insert(ListMembership)
+                    .from_select(
+                        ["list_id", "contact_id", "added_at"],
+                        sa.select(
+                            sa.literal(list_id, sa.Uuid()),
+                            sa.func.unnest(sa.bindparam("ids", ids, type_=ARRAY(sa.Uuid()))),
+                            sa.func.now(),
+                        ),
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(col(ListMembership.contact_id))
                 )
-                .on_conflict_do_nothing()
             )
+        change_ids = await record_many(
+            session,
+            [
+                Change(
+                    contact_id,
+                    source,
+                    {**what, "lists_joined": [list_key]} if contact_id in joined else what,
+                    joined_lists=[list_key] if list_key and contact_id in joined else [],
+                    reload=not what.get("created", False),
+                )
+                for contact_id, what in changes.items()
+            ],
+            lease=IMPORT_LEASE,
+        )
     result.imported += written
-    return updated
+    return Batch(updated, change_ids)
+
+
+def _what_was_set(row: _Row, created: bool) -> dict[str, Any]:
+    """For the change log: what the row gave (an import does not read the values it replaces)."""
+    attributes = {
+        name: value
+        for name, value in (
+            ("email", row.email),
+            ("phone", row.phone),
+            ("time_zone", row.time_zone),
+        )
+        if value is not None
+    }
+    return {
+        **({"created": True} if created else {}),
+        **({"attributes_set": attributes} if attributes else {}),
+        **({"fields_set": row.fields} if row.fields else {}),
+        **({"tags_added": row.tags} if row.tags else {}),
+        **({"consent_set": row.consent} if row.consent else {}),
+    }
 
 
 async def _match_emails(
@@ -467,4 +533,6 @@ def _upsert(rows: list[_Row], target: str) -> Any:
             ),
             "updated_at": now,
         },
-    ).returning(col(Contact.id), sa.literal_column("xmax = 0", sa.Boolean()))
+    ).returning(
+        col(Contact.id), col(Contact.external_id), sa.literal_column("xmax = 0", sa.Boolean())
+    )

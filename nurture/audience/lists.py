@@ -1,7 +1,8 @@
 """Static lists and their members. Joining a list starts the journeys it triggers.
 
-Members are added in one transaction, all or none; journeys triggered by the list are started
-after it has committed, only for contacts that were not members already.
+Members are added in one transaction, all or none, with a change record per contact who
+joined; once committed, the joins are announced (`nurture.audience.changes`), which starts the
+journeys triggered by the list, only for contacts that were not members already.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, delete, select
 from temporalio.client import Client
-from temporalio.service import RPCError
 
-from nurture.concurrency import gather_limited_outcomes
+from nurture.audience.changes import Announcer, Change, record, record_many
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     Contact,
@@ -28,13 +28,10 @@ from nurture.db.models import (
     JourneyStatus,
     ListMembership,
 )
-from nurture.errors import Conflict, NotFound, NurtureError, Unavailable
-from nurture.journeys.enrollments import EnrollmentOptions, signal_contact_enrollments
-from nurture.journeys.triggers import on_contact_changed, on_list_joined
+from nurture.errors import Conflict, NotFound
+from nurture.journeys.enrollments import EnrollmentOptions
 
 logger = logging.getLogger(__name__)
-
-MAX_CONCURRENT_TRIGGERS = 20
 
 
 async def create_list(sessions: SessionFactory, key: str, name: str) -> ContactList:
@@ -62,9 +59,11 @@ async def add_members(
     options: EnrollmentOptions,
     key: str,
     contact_ids: Sequence[uuid.UUID],
+    source: str = "api",
 ) -> MembersAdded:
-    """Add contacts to a list (all or none: an unknown id adds nobody), then start the journeys
-    that the list triggers for those who joined now."""
+    """Add contacts to a list (all or none: an unknown id adds nobody); the joins are announced
+    (`nurture.audience.changes`), which starts the journeys that the list triggers for those
+    who joined now."""
     wanted = list(dict.fromkeys(contact_ids))
     async with sessions.begin() as session:
         list_id = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
@@ -90,42 +89,14 @@ async def add_members(
                 .returning(col(ListMembership.contact_id))
             )
         )
-    added = [contact_id for contact_id in wanted if contact_id in inserted]
+        added = [contact_id for contact_id in wanted if contact_id in inserted]
+        change_ids = await record_many(
+            session,
+            [Change(c, source, {"lists_joined": [key]}, joined_lists=[key]) for c in added],
+        )
     already = [contact_id for contact_id in wanted if contact_id not in inserted]
-    enrollments = await _start_triggered(sessions, client, options, key, added)
-    return MembersAdded(added, already, enrollments)
-
-
-async def _start_triggered(
-    sessions: SessionFactory,
-    client: Client,
-    options: EnrollmentOptions,
-    key: str,
-    joined: Sequence[uuid.UUID],
-) -> list[Enrollment]:
-    async def one(contact_id: uuid.UUID) -> list[Enrollment]:
-        try:
-            started = await on_list_joined(sessions, client, options, contact_id, key)
-            # Joining a list can also put the contact in a segment that starts a journey.
-            return started + await on_contact_changed(sessions, client, options, contact_id)
-        except NurtureError as refused:  # e.g. the contact was deleted meanwhile
-            logger.info("list %s: no journeys started for %s: %s", key, contact_id, refused)
-            return []
-
-    results = await gather_limited_outcomes(MAX_CONCURRENT_TRIGGERS, one, joined)
-    failed = [c for c, r in zip(joined, results, strict=True) if isinstance(r, BaseException)]
-    if failed:
-        logger.error(
-            "list %s: starting triggered journeys failed for %s",
-            key,
-            failed,
-            exc_info=next(r for r in results if isinstance(r, BaseException)),
-        )
-        raise Unavailable(
-            f"the contacts were added to list {key!r}, but starting the journeys it triggers "
-            f"failed for {', '.join(map(str, failed))}; enroll them with POST /v1/enrollments"
-        )
-    return [e for r in results if not isinstance(r, BaseException) for e in r]
+    announced = await Announcer(sessions, client, options).announce_now(change_ids)
+    return MembersAdded(added, already, announced.enrollments)
 
 
 async def remove_member(
@@ -134,10 +105,11 @@ async def remove_member(
     key: str,
     contact_id: uuid.UUID,
     options: EnrollmentOptions | None = None,
+    source: str = "api",
 ) -> bool:
-    """Take a contact off a list; say whether it was on it. Its enrollments are told, so
-    `in_list` conditions see the change at once; with `options`, leaving the list can also
-    make it enter a segment ("not on the customers list") that starts a journey."""
+    """Take a contact off a list; say whether it was on it. The change is announced: its
+    enrollments reload it, so `in_list` conditions see the change at once, and leaving the
+    list can make it enter a segment ("not on the customers list") that starts a journey."""
     async with sessions.begin() as session:
         list_id = await session.scalar(select(ContactList.id).where(col(ContactList.key) == key))
         if list_id is None:
@@ -152,17 +124,15 @@ async def remove_member(
             )
             .returning(col(ListMembership.contact_id))
         )
-    if removed is None:
-        return False
-    try:
-        await signal_contact_enrollments(sessions, client, contact_id, "contact_changed")
-    except RPCError as err:
-        raise Unavailable(
-            f"contact {contact_id} was taken off list {key!r}, but its in-flight enrollments "
-            f"could not be told ({err.message})"
-        ) from err
+        if removed is None:
+            return False
+        change_id = await record(
+            session,
+            Change(contact_id, source, {"lists_left": [key]}),
+            announce_here=options is not None,
+        )
     if options is not None:
-        await on_contact_changed(sessions, client, options, contact_id)
+        await Announcer(sessions, client, options).announce_now([change_id])
     return True
 
 

@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from nurture.audience.changes import Change, record
 from nurture.db.models import Suppression, SuppressionReason
 
 
@@ -22,7 +23,9 @@ async def suppress(
 ) -> bool:
     """Suppress the contact on the channel (in the caller's transaction); True if it was not
     suppressed before. The first reason recorded stays: a bounce after an unsubscribe changes
-    nothing."""
+    nothing. A new suppression is a change of the contact (`nurture.audience.changes`),
+    announced by the worker's relay: segments that look at suppressions re-check it; sends
+    check suppressions themselves, so enrollments need not reload."""
     inserted = await session.scalar(
         insert(Suppression)
         .values(
@@ -36,7 +39,19 @@ async def suppress(
         .on_conflict_do_nothing(index_elements=["contact_id", "channel"])
         .returning(col(Suppression.id))
     )
-    return inserted is not None
+    if inserted is None:
+        return False
+    await record(
+        session,
+        Change(
+            contact_id,
+            source,
+            {"suppressed": {"channel": channel, "reason": str(reason)}},
+            reload=False,
+        ),
+        announce_here=False,
+    )
+    return True
 
 
 async def suppression_reason(

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -32,6 +33,7 @@ from nurture.db.models import (
     Journey,
     JourneyStatus,
     JourneyVersion,
+    TimelineNote,
 )
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.definition import EntryRules, JourneyDefinition
@@ -48,15 +50,28 @@ class EnrollmentOptions:
     max_steps_per_run: int = 500
 
 
+class EntryRefused(Conflict):
+    """The journey's rules keep the contact out; `reason` is a stable code the contact's
+    timeline words (see docs/timeline.md)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 async def enroll(
     sessions: SessionFactory,
     client: Client,
     options: EnrollmentOptions,
     journey_key: str,
     contact_id: uuid.UUID,
+    cause: str = "api",
+    change_id: int | None = None,
 ) -> Enrollment:
     """Enroll a contact in the latest published version of a journey (or return the live one)."""
-    enrollment, _ = await enroll_or_get(sessions, client, options, journey_key, contact_id)
+    enrollment, _ = await enroll_or_get(
+        sessions, client, options, journey_key, contact_id, cause, change_id
+    )
     return enrollment
 
 
@@ -66,16 +81,36 @@ async def enroll_or_get(
     options: EnrollmentOptions,
     journey_key: str,
     contact_id: uuid.UUID,
+    cause: str = "api",
+    change_id: int | None = None,
 ) -> tuple[Enrollment, bool]:
-    """Like `enroll`, also saying whether this call created the enrollment."""
+    """Like `enroll`, also saying whether this call created the enrollment.
+
+    `cause` says what asked ("api", "list_joined:<list>", "segment_entered:<segment>",
+    "event:<name>", "audience:<list or segment>") and is kept on the enrollment; a refusal is
+    written to the contact's timeline with it, and so is a trigger that finds the contact
+    still in the journey (an API call asking again just gets the same enrollment back)."""
     for attempt in (1, 2):
         try:
-            enrollment, version, created, paused = await _claim(sessions, journey_key, contact_id)
+            enrollment, version, created, paused = await _claim(
+                sessions, journey_key, contact_id, cause, change_id
+            )
             break
         except IntegrityError:
             # A concurrent request inserted the in-flight row first; the retry returns it.
             if attempt == 2:
                 raise
+        except EntryRefused as refused:
+            await note_not_entered(sessions, contact_id, journey_key, refused, cause)
+            raise
+    if not created and cause != "api":
+        await note_not_entered(
+            sessions,
+            contact_id,
+            journey_key,
+            EntryRefused("already_enrolled", f"contact {contact_id} is still in {journey_key!r}"),
+            cause,
+        )
     if enrollment.status == EnrollmentStatus.PENDING:
         # New, or created earlier by a call whose start never reached Temporal: (re)start it.
         # "Use existing" makes a repeated start return the running workflow.
@@ -96,8 +131,34 @@ async def _catch_up_pause(
         await signal_workflow(client, enrollment.workflow_id, "pause" if paused_now else "resume")
 
 
+async def note_not_entered(
+    sessions: SessionFactory,
+    contact_id: uuid.UUID,
+    journey_key: str,
+    refused: EntryRefused,
+    cause: str,
+) -> None:
+    """Write "not entered, and why" to the contact's timeline (its own short transaction: the
+    claim that refused has rolled back)."""
+    async with sessions.begin() as session:
+        await session.execute(
+            insert(TimelineNote).values(
+                contact_id=contact_id,
+                kind="not_entered",
+                journey_key=journey_key[:64],
+                reason=refused.reason,
+                detail=refused.message,
+                source=cause[:160],
+            )
+        )
+
+
 async def _claim(
-    sessions: SessionFactory, journey_key: str, contact_id: uuid.UUID
+    sessions: SessionFactory,
+    journey_key: str,
+    contact_id: uuid.UUID,
+    cause: str,
+    change_id: int | None,
 ) -> tuple[Enrollment, JourneyVersion, bool, bool]:
     """The in-flight enrollment row, created and committed if needed; whether it was created
     now; whether the journey is paused (new contacts then hold before their first send)."""
@@ -119,10 +180,15 @@ async def _claim(
             assert pinned is not None
             return existing, pinned, False, journey.status == JourneyStatus.PAUSED
         if journey.status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
-            raise Conflict(f"journey {journey_key!r} is {journey.status}: nobody can enter it")
+            raise EntryRefused(
+                "journey_not_live",
+                f"journey {journey_key!r} is {journey.status}: nobody can enter it",
+            )
         version = await latest_version(session, journey)
         if version is None:
-            raise Conflict(f"journey {journey_key!r} has no published version")
+            raise EntryRefused(
+                "no_published_version", f"journey {journey_key!r} has no published version"
+            )
         rules = parsed_definition(version).entry
         await _check_reentry(session, journey, rules, contact_id)
         await _check_exclusion(session, journey_key, rules, contact_id)
@@ -132,6 +198,8 @@ async def _claim(
             version=version.version,
             contact_id=contact_id,
             workflow_id=enrollment_workflow_id(journey_key, contact_id),
+            entered_by=cause[:160],
+            change_id=change_id,
         )
         session.add(enrollment)
         await session.flush()
@@ -197,11 +265,14 @@ async def _check_reentry(
         )
     )
     if previous and rules.reentry == "never":
-        raise Conflict(
-            f"contact {contact_id} was already enrolled in {journey.key!r}, which allows no re-entry"
+        raise EntryRefused(
+            "reentry_never",
+            f"contact {contact_id} was already enrolled in {journey.key!r}, which allows no re-entry",
         )
     if rules.max_entries is not None and (previous or 0) >= rules.max_entries:
-        raise Conflict(f"contact {contact_id} reached the {rules.max_entries} entries allowed")
+        raise EntryRefused(
+            "max_entries", f"contact {contact_id} reached the {rules.max_entries} entries allowed"
+        )
 
 
 async def _check_exclusion(
@@ -212,11 +283,15 @@ async def _check_exclusion(
     try:
         excluded = await in_exclusion_segment(session, rules.exclusion_segment, contact_id)
     except MissingExclusionSegment as err:
-        raise Conflict(f"{err}: nobody enters {journey_key!r} until it exists again") from err
+        raise EntryRefused(
+            "exclusion_segment_missing",
+            f"{err}: nobody enters {journey_key!r} until it exists again",
+        ) from err
     if excluded:
-        raise Conflict(
+        raise EntryRefused(
+            "excluded",
             f"contact {contact_id} is in {journey_key!r}'s exclusion segment "
-            f"{rules.exclusion_segment!r}"
+            f"{rules.exclusion_segment!r}",
         )
 
 

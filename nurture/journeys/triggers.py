@@ -1,16 +1,17 @@
-"""Journeys that start by themselves: when a contact joins a list, performs an event, or
-enters a segment through a change (created, updated, joined a list, performed an event,
-opened or clicked).
+"""Journeys that start by themselves: which live journeys a trigger starts, and segment
+entries admitted into the journeys that start on them.
 
-Called after the change that triggers them has committed. A contact that a journey refuses
-(re-entry not allowed, already in it) is simply not enrolled again; the rest go on.
+A contact's changes reach them through `nurture.audience.changes` (list joined, event
+performed, segment entered), after the change has committed; opens and clicks re-check
+segments here too (`on_contact_changed`). A contact that a journey refuses (re-entry not
+allowed, already in it) is not enrolled again, and its timeline says why; the rest go on.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -24,39 +25,12 @@ from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, Journey, JourneyStatus, SegmentMember
 from nurture.errors import Conflict, NotFound
-from nurture.journeys.definition import EventTrigger
-from nurture.journeys.enrollments import EnrollmentOptions, enroll, parsed_definition
-from nurture.journeys.publishing import latest_version
+from nurture.journeys.enrollments import EnrollmentOptions, enroll
 
 logger = logging.getLogger(__name__)
 
 _LIVE = (JourneyStatus.ACTIVE, JourneyStatus.PAUSED)
 _ADMIT_CONCURRENCY = 20
-
-
-async def on_list_joined(
-    sessions: SessionFactory,
-    client: Client,
-    options: EnrollmentOptions,
-    contact_id: uuid.UUID,
-    list_key: str,
-) -> list[Enrollment]:
-    return await _start_triggered(
-        sessions, client, options, contact_id, "list_joined", list_key, properties=None
-    )
-
-
-async def on_event(
-    sessions: SessionFactory,
-    client: Client,
-    options: EnrollmentOptions,
-    contact_id: uuid.UUID,
-    name: str,
-    properties: Mapping[str, object],
-) -> list[Enrollment]:
-    return await _start_triggered(
-        sessions, client, options, contact_id, "event", name, properties=properties
-    )
 
 
 async def on_contact_changed(
@@ -69,22 +43,6 @@ async def on_contact_changed(
     """
     entries = await observe(sessions, contact_id)
     return (await admit(sessions, client, options, entries)).enrollments if entries else []
-
-
-async def _enroll_each(
-    sessions: SessionFactory,
-    client: Client,
-    options: EnrollmentOptions,
-    contact_id: uuid.UUID,
-    journey_keys: list[str],
-) -> list[Enrollment]:
-    started = []
-    for journey_key in journey_keys:
-        try:
-            started.append(await enroll(sessions, client, options, journey_key, contact_id))
-        except Conflict as refused:
-            logger.info("not enrolling %s in %s: %s", contact_id, journey_key, refused.message)
-    return started
 
 
 async def live_journeys(
@@ -101,33 +59,6 @@ async def live_journeys(
         .order_by(col(Journey.key))
     )
     return list(rows)
-
-
-async def _start_triggered(
-    sessions: SessionFactory,
-    client: Client,
-    options: EnrollmentOptions,
-    contact_id: uuid.UUID,
-    trigger_type: str,
-    trigger_key: str,
-    properties: Mapping[str, object] | None,
-) -> list[Enrollment]:
-    async with sessions() as session:
-        journeys = await live_journeys(session, trigger_type, trigger_key)
-        candidates = []
-        for journey in journeys:
-            version = await latest_version(session, journey)
-            if version is None:
-                continue
-            trigger = parsed_definition(version).trigger
-            if (
-                isinstance(trigger, EventTrigger)
-                and properties is not None
-                and any(properties.get(k) != v for k, v in trigger.where.items())
-            ):
-                continue
-            candidates.append(journey.key)
-    return await _enroll_each(sessions, client, options, contact_id, candidates)
 
 
 @dataclass
@@ -174,7 +105,16 @@ async def _admit(
         if await _enrolled_since(sessions, journey_key, entry):
             continue  # this entry was given to the journey before a crash
         try:
-            started.append(await enroll(sessions, client, options, journey_key, entry.contact_id))
+            started.append(
+                await enroll(
+                    sessions,
+                    client,
+                    options,
+                    journey_key,
+                    entry.contact_id,
+                    cause=f"segment_entered:{entry.segment_key}",
+                )
+            )
         except (Conflict, NotFound) as refused:  # refused, or the journey is gone
             logger.info("not enrolling %s in %s: %s", entry.contact_id, journey_key, refused)
     async with sessions.begin() as session:

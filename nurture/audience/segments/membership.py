@@ -58,6 +58,7 @@ class Entry:
     contact_id: uuid.UUID
     entered_at: datetime
     journey_keys: tuple[str, ...]
+    segment_key: str = ""
 
 
 @dataclass
@@ -177,7 +178,11 @@ async def observe(sessions: SessionFactory, contact_id: uuid.UUID) -> list[Entry
                     .returning(col(SegmentMember.entered_at))
                 )
                 if entered_at is not None:
-                    entries.append(Entry(segment.id, contact_id, entered_at, journeys[segment.key]))
+                    entries.append(
+                        Entry(
+                            segment.id, contact_id, entered_at, journeys[segment.key], segment.key
+                        )
+                    )
             else:
                 await session.execute(
                     sa.delete(SegmentMember).where(
@@ -253,6 +258,6 @@ async def unadmitted(sessions: SessionFactory, limit: int = ADMIT_BATCH) -> list
             )
         ).all()
     return [
-        Entry(segment_id, contact_id, entered_at, journeys.get(key, ()))
+        Entry(segment_id, contact_id, entered_at, journeys.get(key, ()), key)
         for segment_id, contact_id, entered_at, key in rows
     ]

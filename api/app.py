@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI
 
+from api.contact_refs import ContactRefPaths
 from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.resources import Resources
@@ -74,6 +75,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
         app.state.resources = resources  # also without a lifespan run (httpx ASGITransport)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
 
     @app.get("/health", tags=["health"], summary="Liveness check (no authentication)")
     async def health() -> dict[str, str]:

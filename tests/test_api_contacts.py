@@ -107,7 +107,8 @@ async def test_get_and_find_contacts(api: httpx.AsyncClient) -> None:
     nobody = ok(await api.get("/v1/contacts", params={"external_id": "crm-404"}))
     page = ok(await api.get("/v1/contacts", params={"limit": 2, "offset": 2}))
     unknown = await api.get(f"/v1/contacts/{uuid.uuid4()}")
-    not_a_uuid = await api.get("/v1/contacts/crm-1")
+    by_reference = ok(await api.get("/v1/contacts/crm-1"))  # a bare external id
+    not_a_uuid = await api.get("/v1/contacts/id:crm-1")
 
     assert read == ada
     assert by_external_id["items"] == [ada]
@@ -116,7 +117,8 @@ async def test_get_and_find_contacts(api: httpx.AsyncClient) -> None:
     assert [c["external_id"] for c in page["items"]] == ["crm-3"]
     assert unknown.status_code == 404
     assert unknown.json()["error"] == "not_found"
-    assert list(problems(not_a_uuid)) == ["path.contact_id"]
+    assert by_reference == ada
+    assert list(problems(not_a_uuid)) == ["path.ref"]
 
 
 async def test_patch_merges_fields_and_changes_tags(api: httpx.AsyncClient) -> None:

@@ -422,7 +422,7 @@ async def test_template_errors(api: httpx.AsyncClient) -> None:
 async def test_openapi_documents_the_routes(api: httpx.AsyncClient) -> None:
     spec = ok(await api.get("/openapi.json"))
     create = spec["paths"]["/v1/journeys"]["post"]
-    upsert = spec["paths"]["/v1/contacts/{external_id}"]["put"]
+    upsert = spec["paths"]["/v1/contacts/{ref}"]["put"]
 
     assert create["tags"] == ["journeys"]
     assert {"201", "401", "409", "413", "422"} <= set(create["responses"])

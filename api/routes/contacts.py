@@ -1,4 +1,7 @@
-"""Contacts: upsert by external id, read, find, patch, delete (GDPR)."""
+"""Contacts: upsert by external id, read, find, patch, delete (GDPR).
+
+A contact in the path is a reference (`id:<uuid>`, `ext:<external id>` or bare): see
+api/contact_refs.py and docs/contacts.md."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from api.contact_refs import ContactRefDep, ContactRefParam, find_contact
 from api.deps import ResourcesDep, SessionDep
 from api.schemas.common import BODY_TOO_LARGE, error_responses
 from api.schemas.contacts import (
@@ -27,11 +31,19 @@ from nurture.errors import NotFound
 
 router = APIRouter(prefix="/contacts", tags=["contacts"])
 
-NO_CONTACT = {404: "no contact with this id"}
-UNAVAILABLE = {503: "saved, but Temporal could not be reached to tell the enrollments"}
+MALFORMED_REF = (
+    "the request is invalid: `detail` lists every problem as `{path, message}`; for a "
+    "malformed contact reference (`path.ref`) the message says what is expected"
+)
+NO_CONTACT = {404: "no contact with this reference", 422: MALFORMED_REF}
 ENROLLMENTS_SHOWN = 100
 
-ExternalId = Annotated[str, Path(min_length=1, max_length=255, description="your own id")]
+REF_SCHEME = (
+    "`{ref}` names the contact: `id:<uuid>` (Nurture's id), `ext:<external id>` (your own "
+    "id), or a bare value: a uuid is looked up as Nurture's id first, then as an external id; "
+    "anything else is an external id. Percent-encode it as one path segment (`a/b` is "
+    "`a%2Fb`, `100%` is `100%25`)."
+)
 
 
 async def contacts_out(session: AsyncSession, contacts: Sequence[Contact]) -> list[ContactOut]:
@@ -106,30 +118,56 @@ async def contact_out(session: AsyncSession, contact_id: uuid.UUID) -> ContactOu
 
 
 @router.put(
-    "/{external_id}",
+    "/{ref}",
     response_model=ContactOut,
     status_code=status.HTTP_201_CREATED,
-    summary="Create or update a contact by your own id",
+    summary="Create or update a contact by your own id (or update one by Nurture's id)",
     description="Creates the contact (201) or updates it (200). Attributes left out of the "
     "body are not changed; `fields` and `tags`, when given, replace the stored ones; "
-    "`consent` is merged channel by channel. When an existing contact changes, its in-flight "
-    "enrollments are told at once, so goals, waits and branches see the new values.",
+    "`consent` is merged channel by channel. A change is recorded with the source `api` and "
+    "announced at once (docs/changes.md): the contact's in-flight enrollments reload it, so "
+    "goals, waits and branches see the new values, and journeys that start on a segment it "
+    "now entered start. If Temporal cannot be reached, the change is kept and announced by "
+    "the worker once it can.\n\n"
+    f"{REF_SCHEME} Here an external id (`ext:<id>` or a bare value) creates the contact when "
+    "nobody has it; `id:<uuid>`, or a bare uuid that is a contact's id, updates that contact "
+    "(404 for an `id:` nobody has); a bare uuid that is nobody's id is an external id.",
     responses={
         200: {"model": ContactOut, "description": "an existing contact, updated"},
-        **error_responses({413: BODY_TOO_LARGE, **UNAVAILABLE}),
+        **error_responses(
+            {
+                404: "`id:<uuid>` names no contact",
+                413: BODY_TOO_LARGE,
+                422: MALFORMED_REF,
+            }
+        ),
     },
 )
 async def upsert(
-    external_id: ExternalId,
+    ref: ContactRefParam,
     body: ContactUpsert,
     resources: ResourcesDep,
     session: SessionDep,
     response: Response,
 ) -> ContactOut:
+    contact_id = await find_contact(session, ref) if ref.contact_id is not None else None
+    if ref.kind == "id" and contact_id is None:
+        raise NotFound(f"no contact with reference {ref.described()}")
+    if contact_id is not None:
+        await patch_contact(
+            resources.sessions,
+            resources.temporal,
+            contact_id,
+            body.changes(),
+            options=resources.enrollment_options,
+        )
+        response.status_code = status.HTTP_200_OK
+        return await contact_out(session, contact_id)
+    assert ref.external_id is not None  # every reference but id: has one
     result = await upsert_contact(
         resources.sessions,
         resources.temporal,
-        external_id,
+        ref.external_id,
         body.changes(),
         options=resources.enrollment_options,
     )
@@ -139,12 +177,13 @@ async def upsert(
 
 
 @router.get(
-    "/{contact_id}",
+    "/{ref}",
     response_model=ContactOut,
     summary="Get a contact with its lists and enrollments",
+    description=REF_SCHEME,
     responses=error_responses(NO_CONTACT),
 )
-async def get_contact(contact_id: uuid.UUID, session: SessionDep) -> ContactOut:
+async def get_contact(contact_id: ContactRefDep, session: SessionDep) -> ContactOut:
     return await contact_out(session, contact_id)
 
 
@@ -173,18 +212,18 @@ async def list_contacts(
 
 
 @router.patch(
-    "/{contact_id}",
+    "/{ref}",
     response_model=ContactOut,
     summary="Change part of a contact",
     description="Only what is given changes: `fields` are merged (a `null` value removes a "
     "field), `add_tags` / `remove_tags` change tags, `consent` is merged channel by channel, "
-    "`null` clears email, phone or time_zone. If anything changed, the contact's in-flight "
-    "enrollments are told at once: a goal now met ends them before their next step, even "
-    "during a wait.",
-    responses=error_responses({**NO_CONTACT, 413: BODY_TOO_LARGE, **UNAVAILABLE}),
+    "`null` clears email, phone or time_zone. If anything changed, the change is announced "
+    "at once (docs/changes.md): a goal now met ends the contact's enrollments before their "
+    "next step, even during a wait, and segment journeys it now qualifies for start.\n\n" + REF_SCHEME,
+    responses=error_responses({**NO_CONTACT, 413: BODY_TOO_LARGE}),
 )
 async def patch(
-    contact_id: uuid.UUID, body: ContactPatch, resources: ResourcesDep, session: SessionDep
+    contact_id: ContactRefDep, body: ContactPatch, resources: ResourcesDep, session: SessionDep
 ) -> ContactOut:
     await patch_contact(
         resources.sessions,
@@ -197,17 +236,17 @@ async def patch(
 
 
 @router.delete(
-    "/{contact_id}",
+    "/{ref}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Delete a contact and its history (GDPR)",
     description="First every in-flight enrollment of the contact is unenrolled (reason "
     "`contact_deleted`), then the contact is deleted with its enrollments, steps, list "
     "memberships and events. Messages sent to it are kept without a contact (no address is "
-    "stored in them). If Temporal cannot be reached, nothing is deleted (503).",
+    "stored in them). If Temporal cannot be reached, nothing is deleted (503).\n\n" + REF_SCHEME,
     responses=error_responses(
         {**NO_CONTACT, 503: "Temporal could not be reached; nothing was deleted"}
     ),
 )
-async def delete(contact_id: uuid.UUID, resources: ResourcesDep) -> Response:
+async def delete(contact_id: ContactRefDep, resources: ResourcesDep) -> Response:
     await delete_contact(resources.sessions, resources.temporal, contact_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

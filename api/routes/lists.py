@@ -11,6 +11,7 @@ from sqlalchemy import func
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from api.contact_refs import ContactRefParam, resolve_contact_ref
 from api.deps import ResourcesDep, SessionDep
 from api.schemas.common import BODY_TOO_LARGE, error_responses
 from api.schemas.lists import (
@@ -108,12 +109,12 @@ async def get_list(key: str, session: SessionDep) -> ListOut:
     "lists the unknown ids in `detail`. After the members are saved, journeys whose trigger "
     "is joining this list (`list_joined`) start for each contact that joined now; contacts "
     "that were members already are left as they are and start nothing. A contact a journey "
-    "refuses (re-entry rules) is simply not enrolled.",
+    "refuses (re-entry rules) is not enrolled; its timeline says why. If Temporal cannot be "
+    "reached, the joins are kept and the worker starts the journeys once it can.",
     responses=error_responses(
         {
             404: "no such list, or unknown contact ids (listed in `detail`)",
             413: BODY_TOO_LARGE,
-            503: "the members were added, but triggered journeys could not all be started",
         }
     ),
 )
@@ -133,20 +134,30 @@ async def post_members(key: str, body: MembersIn, resources: ResourcesDep) -> Me
 
 
 @router.delete(
-    "/{key}/members/{contact_id}",
+    "/{key}/members/{ref}",
     status_code=status.HTTP_204_NO_CONTENT,
     summary="Take a contact off a list",
     description="The contact's in-flight enrollments are told at once, so `in_list` "
     "conditions see it. Journeys it entered by joining the list go on. Taking off a contact "
-    "that is not a member changes nothing (204).",
+    "that is not a member changes nothing (204).\n\n"
+    "`{ref}` names the contact: `id:<uuid>` (Nurture's id), `ext:<external id>` (your own "
+    "id), or a bare value: a uuid is looked up as Nurture's id first, then as an external id; "
+    "anything else is an external id. Percent-encode it as one path segment (`a/b` is "
+    "`a%2Fb`).",
     responses=error_responses(
         {
             404: "no such list or contact",
-            503: "removed, but Temporal could not be reached to tell the enrollments",
+            422: "the request is invalid: `detail` lists every problem as `{path, message}`; "
+            "for a malformed contact reference (`path.ref`) the message says what is expected",
         }
     ),
 )
-async def delete_member(key: str, contact_id: uuid.UUID, resources: ResourcesDep) -> Response:
+async def delete_member(
+    key: str, ref: ContactRefParam, resources: ResourcesDep, session: SessionDep
+) -> Response:
+    if await session.scalar(select(col(ContactList.id)).where(col(ContactList.key) == key)) is None:
+        raise NotFound(f"no list {key!r}")  # an unknown list is named first, as before
+    contact_id = await resolve_contact_ref(ref, session)
     await remove_member(
         resources.sessions, resources.temporal, key, contact_id, resources.enrollment_options
     )

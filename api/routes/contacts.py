@@ -219,7 +219,8 @@ async def list_contacts(
     "field), `add_tags` / `remove_tags` change tags, `consent` is merged channel by channel, "
     "`null` clears email, phone or time_zone. If anything changed, the change is announced "
     "at once (docs/changes.md): a goal now met ends the contact's enrollments before their "
-    "next step, even during a wait, and segment journeys it now qualifies for start.\n\n" + REF_SCHEME,
+    "next step, even during a wait, and segment journeys it now qualifies for start.\n\n"
+    + REF_SCHEME,
     responses=error_responses({**NO_CONTACT, 413: BODY_TOO_LARGE}),
 )
 async def patch(

@@ -254,6 +254,8 @@ class Announcer:
                 for journey in await live_journeys(session, "event", event.name):
                     if await _event_matches(session, journey, event):
                         wanted.append((journey.key, f"event:{event.name}"))
+            if not wanted:
+                return []
             done = set(
                 await session.scalars(
                     select(col(Journey.key))

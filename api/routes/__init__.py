@@ -11,6 +11,7 @@ from api.routes import (
     lists,
     segments,
     templates,
+    timeline,
     tracking,
     webhooks,
 )
@@ -25,6 +26,7 @@ ROUTERS: list[APIRouter] = [
     events.router,
     segments.router,
     imports.router,
+    timeline.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

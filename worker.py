@@ -82,7 +82,7 @@ def build_worker(
         workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch],
         activities=[
             enrollment.load_contact,
-            enrollment.record_step,
+            enrollment.record_steps,
             enrollment.finish_enrollment,
             messaging.send_message,
             contacts.update_contact,

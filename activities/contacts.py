@@ -14,20 +14,22 @@ from typing import Any
 
 from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.enrollment import contact_facts
+from activities.enrollment import contact_facts, record_progress
 from nurture.audience.changes import Announcer, Change, diff, record, tag_changes
-from nurture.contracts import ContactChange, ContactFacts, ListChange
+from nurture.contracts import ContactChange, ContactFacts, ListChange, StepEntered
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     AppliedOperation,
     Contact,
     ContactChangeRecord,
     ContactList,
+    Enrollment,
     ListMembership,
     utcnow,
 )
@@ -66,6 +68,7 @@ class ContactActivities:
     @activity.defn
     async def update_contact(self, change: ContactChange) -> ContactFacts:
         async with self._sessions.begin() as session:
+            await self._record_path(session, change.enrollment_id, change.progress)
             contact = await session.get(Contact, change.contact_id, with_for_update=True)
             if contact is not None:
                 first_time = await session.scalar(
@@ -92,7 +95,7 @@ class ContactActivities:
                                 origin_enrollment_id=change.enrollment_id,
                             ),
                         )
-            facts = await contact_facts(session, change.contact_id)
+            facts = await contact_facts(session, change.contact_id, change.fields)
         await self._announce_due(change.contact_id, change.enrollment_id)
         return facts
 
@@ -108,6 +111,7 @@ class ContactActivities:
                     type="UnknownList",
                     non_retryable=True,
                 )
+            await self._record_path(session, change.enrollment_id, change.progress)
             exists = await session.get(Contact, change.contact_id)
             if exists is not None:
                 if change.member:
@@ -141,9 +145,21 @@ class ContactActivities:
                     )
                 if joined is not None:  # a retry finds the move made: nothing new to record
                     await record(session, moved)
-            facts = await contact_facts(session, change.contact_id)
+            facts = await contact_facts(session, change.contact_id, change.fields)
         await self._announce_due(change.contact_id, change.enrollment_id)
         return facts
+
+    @staticmethod
+    async def _record_path(
+        session: AsyncSession, enrollment_id: uuid.UUID | None, progress: list[StepEntered]
+    ) -> None:
+        """The path up to this step, recorded with the step's own change."""
+        if (
+            enrollment_id is not None
+            and progress
+            and await session.get(Enrollment, enrollment_id) is not None
+        ):
+            await record_progress(session, enrollment_id, progress)
 
     async def _announce_due(self, contact_id: uuid.UUID, enrollment_id: uuid.UUID | None) -> None:
         """Announce this enrollment's changes of the contact not announced yet: the one just

@@ -1,11 +1,17 @@
 """Activities that record an enrollment's progress in Postgres and read the contact.
 
-Each is idempotent: a retry after a crash rewrites the same row with the same values.
+They are short Postgres reads and writes, so the workflow runs them as local activities: no
+task-queue round trip, one marker in the history. Steps that have an activity of their own (a
+send, a contact or list change) record their progress inside it (`record_progress`), so a step
+costs its own action and nothing more. Each is idempotent: a retry after a crash rewrites the
+same rows with the same values.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -13,7 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
 
-from nurture.contracts import ContactFacts, EnrollmentFinished, StepEntered, StepOutcome
+from nurture.contracts import (
+    ContactFacts,
+    EnrollmentFinished,
+    LoadContact,
+    StepEntered,
+    StepOutcome,
+)
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
@@ -27,7 +39,11 @@ from nurture.db.models import (
 from nurture.journeys.facts import facts_of
 
 
-async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> ContactFacts:
+async def contact_facts(
+    session: AsyncSession, contact_id: uuid.UUID, fields: Sequence[str] | None = None
+) -> ContactFacts:
+    """What conditions see of the contact; with `fields`, only those custom fields (what the
+    journey reads: the rest would only grow the enrollment's history)."""
     contact = await session.get(Contact, contact_id, populate_existing=True)
     if contact is None:
         return ContactFacts(contact_id=contact_id, exists=False)
@@ -37,11 +53,44 @@ async def contact_facts(session: AsyncSession, contact_id: uuid.UUID) -> Contact
         .where(col(ListMembership.contact_id) == contact_id)
         .order_by(col(ContactList.key))
     )
-    return facts_of(contact, list_keys)
+    facts = facts_of(contact, list_keys)
+    if fields is None:
+        return facts
+    kept = {name: value for name, value in facts.fields.items() if name in set(fields)}
+    return facts.model_copy(update={"fields": kept})
+
+
+async def record_progress(
+    session: AsyncSession, enrollment_id: uuid.UUID, entered: Sequence[StepEntered]
+) -> None:
+    """Write the steps entered since the last write, in order: each closes the one before it
+    (with its outcome), opens its own row, and becomes the enrollment's current step."""
+    for step in entered:
+        if step.previous is not None:
+            await _close_step(session, enrollment_id, step.previous, step.at)
+        await session.execute(
+            insert(EnrollmentStep)
+            .values(
+                enrollment_id=enrollment_id,
+                step_id=step.step,
+                visit=step.visit,
+                step_type=step.step_type,
+                entered_at=step.at,
+            )
+            .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "visit"])
+        )
+    if entered:
+        last = entered[-1]
+        await session.execute(
+            update(Enrollment)
+            .where(col(Enrollment.id) == enrollment_id)
+            .where(col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES))
+            .values(current_step=last.step, status=EnrollmentStatus.ACTIVE, updated_at=last.at)
+        )
 
 
 async def _close_step(
-    session: AsyncSession, enrollment_id: uuid.UUID, done: StepOutcome, at: object
+    session: AsyncSession, enrollment_id: uuid.UUID, done: StepOutcome, at: datetime
 ) -> None:
     await session.execute(
         update(EnrollmentStep)
@@ -59,41 +108,33 @@ class EnrollmentActivities:
         self._sessions = sessions
 
     @activity.defn
-    async def load_contact(self, contact_id: uuid.UUID) -> ContactFacts:
-        async with self._sessions() as session:
-            return await contact_facts(session, contact_id)
-
-    @activity.defn
-    async def record_step(self, entered: StepEntered) -> None:
-        """Close the previous step, open this one, and show it as the enrollment's current step."""
+    async def load_contact(self, load: LoadContact) -> ContactFacts:
+        """The contact's facts, and the mark that the enrollment has them: changes made from
+        now on signal it again (`nurture.journeys.enrollments.mark_stale`)."""
         async with self._sessions.begin() as session:
-            if await session.get(Enrollment, entered.enrollment_id) is None:
-                return  # erased with its contact (GDPR): nothing left to record
-            if entered.previous is not None:
-                await _close_step(session, entered.enrollment_id, entered.previous, entered.at)
-            await session.execute(
-                insert(EnrollmentStep)
-                .values(
-                    enrollment_id=entered.enrollment_id,
-                    step_id=entered.step,
-                    visit=entered.visit,
-                    step_type=entered.step_type,
-                    entered_at=entered.at,
-                )
-                .on_conflict_do_nothing(index_elements=["enrollment_id", "step_id", "visit"])
-            )
             await session.execute(
                 update(Enrollment)
-                .where(col(Enrollment.id) == entered.enrollment_id)
-                .where(col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES))
-                .values(
-                    current_step=entered.step, status=EnrollmentStatus.ACTIVE, updated_at=entered.at
-                )
+                .where(col(Enrollment.id) == load.enrollment_id, col(Enrollment.contact_stale))
+                .values(contact_stale=False)
             )
+            return await contact_facts(session, load.contact_id, load.fields)
+
+    @activity.defn
+    async def record_steps(self, entered: list[StepEntered]) -> None:
+        """Record the path so far (before a wait, so the enrollment shows where it waits)."""
+        if not entered:
+            return
+        async with self._sessions.begin() as session:
+            if await session.get(Enrollment, entered[0].enrollment_id) is None:
+                return  # erased with its contact (GDPR): nothing left to record
+            await record_progress(session, entered[0].enrollment_id, entered)
 
     @activity.defn
     async def finish_enrollment(self, finished: EnrollmentFinished) -> None:
         async with self._sessions.begin() as session:
+            if await session.get(Enrollment, finished.enrollment_id) is None:
+                return  # erased with its contact (GDPR): nothing left to record
+            await record_progress(session, finished.enrollment_id, finished.progress)
             if finished.last is not None:
                 await _close_step(session, finished.enrollment_id, finished.last, finished.at)
             await session.execute(

@@ -17,6 +17,7 @@ from sqlmodel import col
 from temporalio import activity
 from temporalio.client import Client
 
+from activities.enrollment import record_progress
 from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
 from nurture.content.loading import TemplateNotFound, load_template
@@ -70,6 +71,8 @@ class MessagingActivities:
             # leaves a message row without them, recorded as skipped, not a failing insert.
             contact = await session.get(Contact, request.contact_id)
             enrollment_exists = await session.get(Enrollment, request.enrollment_id) is not None
+            if enrollment_exists:  # the path up to this send, recorded with it
+                await record_progress(session, request.enrollment_id, request.progress)
             await session.execute(
                 insert(Message)
                 .values(

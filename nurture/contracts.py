@@ -80,6 +80,15 @@ class StepOutcome(_Message):
     outcome: str
 
 
+class ResumeWait(_Message):
+    """A wait cut by continue-as-new (its history grew): the next run waits on until `until`
+    without entering the step again."""
+
+    step: str
+    visit: int
+    until: datetime
+
+
 class CarriedState(_Message):
     """What a run hands to its successor on continue-as-new."""
 
@@ -93,6 +102,8 @@ class CarriedState(_Message):
     unenroll_reason: str | None = None
     unrecorded: StepOutcome | None = None
     paused: bool = False
+    unsaved: list[StepEntered] = Field(default_factory=list)
+    resume: ResumeWait | None = None
 
 
 class EnrollmentInput(_Message):
@@ -103,6 +114,9 @@ class EnrollmentInput(_Message):
     definition: JourneyDefinition
     max_steps_per_run: int = Field(default=500, ge=1)
     paused: bool = Field(default=False, description="the journey was paused when this started")
+    # Continue as new once a run's history is this long, also in the middle of a long wait
+    # (signals pile up there); well below Temporal's 51,200-event limit.
+    max_history_events: int = Field(default=5_000, ge=50)
     carried: CarriedState | None = None
 
 
@@ -143,6 +157,16 @@ class EnrollmentFinished(_Message):
     at: datetime
     last: StepOutcome | None = None
     detail: str | None = None
+    # Steps entered since the last write (a branch, an exit step), recorded with the end.
+    progress: list[StepEntered] = Field(default_factory=list)
+
+
+class LoadContact(_Message):
+    enrollment_id: uuid.UUID
+    contact_id: uuid.UUID
+    # The custom fields the journey reads; the rest of the contact stays out of the history.
+    # None: all of them.
+    fields: list[str] | None = None
 
 
 Channel = Literal["email", "sms"]
@@ -158,6 +182,8 @@ class SendRequest(_Message):
     template: str
     # The journey's exclusion segment: a contact who joined it since entering gets no more sends.
     exclusion_segment: str | None = None
+    # The path since the last write, this send step included: recorded by the send itself.
+    progress: list[StepEntered] = Field(default_factory=list)
 
 
 class SendResult(_Message):
@@ -174,6 +200,8 @@ class ContactChange(_Message):
     # Who changes it, for the change log ("journey:<key>:<step>"); that enrollment is not told.
     source: str = "journey"
     enrollment_id: uuid.UUID | None = None
+    progress: list[StepEntered] = Field(default_factory=list)
+    fields: list[str] | None = None  # of the facts returned (see LoadContact)
     set: dict[str, JsonValue] = Field(default_factory=dict)
     unset: list[str] = Field(default_factory=list)
     add_tags: list[str] = Field(default_factory=list)
@@ -187,6 +215,8 @@ class ListChange(_Message):
     member: bool
     source: str = "journey"
     enrollment_id: uuid.UUID | None = None
+    progress: list[StepEntered] = Field(default_factory=list)
+    fields: list[str] | None = None  # of the facts returned (see LoadContact)
 
 
 # --- bulk enrollment -----------------------------------------------------------------------------

@@ -6,6 +6,13 @@ record state; the run loop waits on conditions over that state, so an event that
 the workflow waits for it is never lost. Before every step the workflow checks, in this order:
 unenroll requested, contact deleted, goal met; so a goal met during a wait ends the enrollment
 before the next action.
+
+What a step costs in Temporal work is kept to its own action: the path is recorded in Postgres
+by the step's own activity (a send, a contact change) or, before a wait, by one local activity
+that also covers the steps in between (branches); the contact is read by a local activity, only
+at entry and after a `contact_changed`, and only the fields the journey reads are kept; the
+JourneyStep search attribute changes where a contact can stay (waits, a paused hold). A long
+wait whose history grows (signals pile up) continues as new in the middle of the wait.
 """
 
 from __future__ import annotations
@@ -35,13 +42,15 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentProgress,
         EnrollmentResult,
         ListChange,
+        LoadContact,
         PathEntry,
         ReceivedEvent,
+        ResumeWait,
         SendRequest,
         StepEntered,
         StepOutcome,
     )
-    from nurture.journeys.conditions import Engagement, evaluate, matches_awaited
+    from nurture.journeys.conditions import Engagement, evaluate, fields_read, matches_awaited
     from nurture.journeys.definition import (
         AddToListStep,
         BranchStep,
@@ -95,6 +104,10 @@ class JourneyEnrollment:
         self._paused = carried.paused if carried else input.paused
         self._facts: ContactFacts | None = None
         self._unrecorded: StepOutcome | None = carried.unrecorded if carried else None
+        # Steps entered and not yet written to Postgres: the next activity writes them.
+        self._unsaved: list[StepEntered] = list(carried.unsaved) if carried else []
+        self._fields = fields_read(input.definition)
+        self._shown_step: str | None = None  # the JourneyStep search attribute, as last set
 
     # --- signals and query: they only record; the run loop acts -----------------------------
 
@@ -141,19 +154,23 @@ class JourneyEnrollment:
     async def run(self, input: EnrollmentInput) -> EnrollmentResult:
         definition = input.definition
         step_id: str | None = input.carried.next_step if input.carried else definition.start
+        resume = input.carried.resume if input.carried else None
         try:
             if input.carried is None:
                 await self._check_entry()
             steps_this_run = 0
             while step_id is not None:
                 await self._checkpoint()
-                if steps_this_run >= input.max_steps_per_run or (
-                    workflow.info().is_continue_as_new_suggested()
+                if resume is None and (
+                    steps_this_run >= input.max_steps_per_run or self._history_full()
                 ):
                     self._continue_as_new(step_id)
                 step = definition.steps[step_id]
-                visit = await self._enter(step_id, step)
-                outcome, step_id = await self._run_step(step_id, step, visit)
+                if resume is not None and resume.step == step_id:
+                    visit, until, resume = resume.visit, resume.until, None
+                else:
+                    visit, until = self._enter(step_id, step), None
+                outcome, step_id = await self._run_step(step_id, step, visit, until)
                 self._path[-1].left_at = workflow.now()
                 self._path[-1].outcome = outcome
                 self._unrecorded = StepOutcome(
@@ -167,6 +184,13 @@ class JourneyEnrollment:
             # Cancelled through Temporal rather than unenrolled: still leave a true record.
             await self._finish("exited", "cancelled")
             raise
+
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        return (
+            info.get_current_history_length() >= self._input.max_history_events
+            or info.is_continue_as_new_suggested()
+        )
 
     async def _check_entry(self) -> None:
         """HubSpot's rule: a contact who already meets the goal is not enrolled at all."""
@@ -200,24 +224,27 @@ class JourneyEnrollment:
 
     async def _refresh_contact(self) -> ContactFacts:
         self._contact_dirty = False
-        self._facts = await workflow.execute_activity_method(
+        self._facts = await workflow.execute_local_activity_method(
             EnrollmentActivities.load_contact,
-            self._input.contact_id,
+            LoadContact(
+                enrollment_id=self._input.enrollment_id,
+                contact_id=self._input.contact_id,
+                fields=self._fields,
+            ),
             start_to_close_timeout=_DB_TIMEOUT,
             retry_policy=_PATIENT,
             summary="load contact",
         )
         return self._facts
 
-    async def _enter(self, step_id: str, step: Step) -> int:
+    def _enter(self, step_id: str, step: Step) -> int:
+        """Enter a step: on the path at once, in Postgres with the next write."""
         visit = self._visits.get(step_id, 0) + 1
         self._visits[step_id] = visit
         now = workflow.now()
         self._path.append(PathEntry(step=step_id, type=step.type, visit=visit, entered_at=now))
         workflow.set_current_details(f"**{step_id}** ({step.type}), visit {visit}")
-        workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
-        await workflow.execute_activity_method(
-            EnrollmentActivities.record_step,
+        self._unsaved.append(
             StepEntered(
                 enrollment_id=self._input.enrollment_id,
                 step=step_id,
@@ -225,23 +252,41 @@ class JourneyEnrollment:
                 visit=visit,
                 at=now,
                 previous=self._unrecorded,
-            ),
-            start_to_close_timeout=_DB_TIMEOUT,
-            retry_policy=_PATIENT,
-            summary=f"{step_id}: record step",
+            )
         )
         self._unrecorded = None
         return visit
 
-    async def _run_step(self, step_id: str, step: Step, visit: int) -> tuple[str, str | None]:
-        """Run one step; return its outcome (for the path) and the next step id."""
+    async def _dwell(self, step_id: str) -> None:
+        """Before the contact stays at a step (a wait, a paused hold): the path is written to
+        Postgres and the step shown in the JourneyStep search attribute, so both say where
+        the contact is for as long as it is there."""
+        if self._shown_step != step_id:
+            workflow.upsert_search_attributes([JOURNEY_STEP.value_set(step_id)])
+            self._shown_step = step_id
+        if self._unsaved:
+            unsaved = list(self._unsaved)
+            await workflow.execute_local_activity_method(
+                EnrollmentActivities.record_steps,
+                unsaved,
+                start_to_close_timeout=_DB_TIMEOUT,
+                retry_policy=_PATIENT,
+                summary=f"{step_id}: record path",
+            )
+            del self._unsaved[: len(unsaved)]
+
+    async def _run_step(
+        self, step_id: str, step: Step, visit: int, until: datetime | None
+    ) -> tuple[str, str | None]:
+        """Run one step; return its outcome (for the path) and the next step id. `until`: a
+        wait resumed after continue-as-new, with its deadline."""
         match step:
             case SendEmailStep() | SendSmsStep():
                 return await self._send(step_id, step, visit), step.next
             case WaitStep():
-                return await self._wait(step_id, step), step.next
+                return await self._wait(step_id, step, visit, until), step.next
             case WaitForStep():
-                return await self._wait_for(step_id, step)
+                return await self._wait_for(step_id, step, visit, until)
             case BranchStep():
                 engagement = self._engagement()
                 assert self._facts is not None
@@ -255,6 +300,8 @@ class JourneyEnrollment:
                     contact_id=self._input.contact_id,
                     source=self._source(step_id),
                     enrollment_id=self._input.enrollment_id,
+                    progress=self._unsaved,
+                    fields=self._fields,
                     set=step.set,
                     unset=step.unset,
                     add_tags=step.add_tags,
@@ -272,6 +319,8 @@ class JourneyEnrollment:
                     member=member,
                     source=self._source(step_id),
                     enrollment_id=self._input.enrollment_id,
+                    progress=self._unsaved,
+                    fields=self._fields,
                 )
                 verb = "add to" if member else "remove from"
                 return await self._change_contact(
@@ -300,6 +349,7 @@ class JourneyEnrollment:
             channel=channel,
             template=step.template,
             exclusion_segment=self._input.definition.entry.exclusion_segment,
+            progress=self._unsaved,
         )
         try:
             result = await workflow.execute_activity_method(
@@ -310,7 +360,8 @@ class JourneyEnrollment:
                 summary=f"{step_id}: send {channel} '{step.template}'",
             )
         except ActivityError as err:
-            return f"failed: {_cause(err)}"
+            return f"failed: {_cause(err)}"  # the path is written by the next step's write
+        self._saved(request.progress)
         if result.reason == "contact_deleted":
             self._contact_dirty = True  # the next checkpoint reloads it and ends the enrollment
         return result.status if result.reason is None else f"{result.status}: {result.reason}"
@@ -320,6 +371,7 @@ class JourneyEnrollment:
         if not self._paused:
             return
         workflow.set_current_details(f"**{step_id}**: journey paused, holding before the send")
+        await self._dwell(step_id)
         while self._paused:
             await workflow.wait_condition(
                 lambda: not self._paused or self._unenroll_reason is not None or self._contact_dirty
@@ -327,7 +379,9 @@ class JourneyEnrollment:
             await self._checkpoint()
         workflow.set_current_details(f"**{step_id}**: resumed")
 
-    async def _change_contact(self, method: Callable[..., Any], change: Any, summary: str) -> str:
+    async def _change_contact(
+        self, method: Callable[..., Any], change: ContactChange | ListChange, summary: str
+    ) -> str:
         try:
             self._facts = await workflow.execute_activity_method(
                 method,
@@ -338,20 +392,30 @@ class JourneyEnrollment:
             )
         except ActivityError as err:
             return f"failed: {_cause(err)}"
+        self._saved(change.progress)
         self._contact_dirty = False
         return "done"
 
-    async def _wait(self, step_id: str, step: WaitStep) -> str:
+    def _saved(self, progress: list[StepEntered]) -> None:
+        """An activity wrote these steps: they are no longer waiting for a write."""
+        del self._unsaved[: len(progress)]
+
+    async def _wait(self, step_id: str, step: WaitStep, visit: int, until: datetime | None) -> str:
         assert self._facts is not None
         plan = plan_wait(step, workflow.now(), self._facts, self._input.definition.time_zone)
-        if plan.until is None:
-            return plan.note
-        if plan.until <= workflow.now():
-            return f"{plan.note}: already past, went on at once"
-        await self._sleep_until(plan.until, f"{step_id}: {plan.note}")
+        if until is None:
+            if plan.until is None:
+                return plan.note
+            if plan.until <= workflow.now():
+                return f"{plan.note}: already past, went on at once"
+            until = plan.until
+        await self._dwell(step_id)
+        await self._sleep_until(until, f"{step_id}: {plan.note}", step_id, visit)
         return "waited"
 
-    async def _wait_for(self, step_id: str, step: WaitForStep) -> tuple[str, str | None]:
+    async def _wait_for(
+        self, step_id: str, step: WaitForStep, visit: int, until: datetime | None
+    ) -> tuple[str, str | None]:
         awaited = step.event
         # A custom event counts if it arrived since the journey last passed this step;
         # an open or click belongs to a message, which `matches_awaited` pins to its latest send.
@@ -363,9 +427,12 @@ class JourneyEnrollment:
                     return received
             return None
 
-        deadline = workflow.now() + step.timeout
+        deadline = until or workflow.now() + step.timeout
         summary = f"{step_id}: wait for {awaited.type} (timeout {format_duration(step.timeout)})"
-        found = await self._sleep_until(deadline, summary, until=lambda: matched() is not None)
+        await self._dwell(step_id)
+        found = await self._sleep_until(
+            deadline, summary, step_id, visit, until=lambda: matched() is not None
+        )
         self._passed[step_id] = self._seq
         hit = matched() if found else None
         if hit is None:
@@ -373,13 +440,19 @@ class JourneyEnrollment:
         return f"event {hit.event.event_id}", step.on_event
 
     async def _sleep_until(
-        self, deadline: datetime, summary: str, until: Callable[[], bool] | None = None
+        self,
+        deadline: datetime,
+        summary: str,
+        step_id: str,
+        visit: int,
+        until: Callable[[], bool] | None = None,
     ) -> bool:
         """Sleep until `deadline` or until `until()` holds (then True).
 
         Wakes early for an unenroll, a contact change or (with a goal) any new event, runs the
         checkpoint, and sleeps again for the time that is left. One timer per wake-up: history
-        grows with signals and steps, not with the time slept.
+        grows with signals and steps, not with the time slept; once it is long, the run
+        continues as new and the next run sleeps on to the same deadline.
         """
         watch_events = self._input.definition.goal is not None
         while True:
@@ -402,8 +475,12 @@ class JourneyEnrollment:
             except TimeoutError:
                 return until is not None and until()
             await self._checkpoint()
+            if self._history_full() and not (until is not None and until()):
+                self._continue_as_new(
+                    step_id, ResumeWait(step=step_id, visit=visit, until=deadline)
+                )
 
-    def _continue_as_new(self, next_step: str) -> None:
+    def _continue_as_new(self, next_step: str, resume: ResumeWait | None = None) -> None:
         carried = CarriedState(
             next_step=next_step,
             visits=self._visits,
@@ -415,6 +492,8 @@ class JourneyEnrollment:
             unenroll_reason=self._unenroll_reason,
             unrecorded=self._unrecorded,
             paused=self._paused,
+            unsaved=self._unsaved,
+            resume=resume,
         )
         workflow.continue_as_new(self._input.model_copy(update={"carried": carried}))
 
@@ -424,7 +503,7 @@ class JourneyEnrollment:
         self._status = status
         workflow.set_current_details(f"{status}" + (f": {reason}" if reason else ""))
         workflow.upsert_search_attributes([ENROLLMENT_STATUS.value_set(status)])
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             EnrollmentActivities.finish_enrollment,
             EnrollmentFinished(
                 enrollment_id=self._input.enrollment_id,
@@ -433,12 +512,14 @@ class JourneyEnrollment:
                 at=workflow.now(),
                 last=self._unrecorded,
                 detail=detail,
+                progress=self._unsaved,
             ),
             start_to_close_timeout=_DB_TIMEOUT,
             retry_policy=_PATIENT,
             summary=f"record {status}" + (f" ({reason})" if reason else ""),
         )
         self._unrecorded = None
+        self._unsaved = []
         return EnrollmentResult(status=status, reason=reason, path=self._path)
 
 

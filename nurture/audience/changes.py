@@ -46,7 +46,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from nurture.audience.segments.membership import observe
-from nurture.concurrency import gather_limited
+from nurture.concurrency import gather_limited, gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -61,6 +61,7 @@ from nurture.journeys.definition import EventTrigger
 from nurture.journeys.enrollments import (
     EnrollmentOptions,
     enroll,
+    mark_stale,
     parsed_definition,
     signal_workflow,
 )
@@ -220,27 +221,44 @@ class Announcer:
         return total
 
     async def _tell_enrollments(self, row: ContactChangeRecord, event: Event | None) -> int:
-        if not row.reload and event is None:
-            return 0
-        async with self._sessions() as session:
-            query = select(col(Enrollment.workflow_id)).where(
-                col(Enrollment.contact_id) == row.contact_id,
-                col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
-            )
-            if row.origin_enrollment_id is not None:
-                query = query.where(col(Enrollment.id) != row.origin_enrollment_id)
-            workflow_ids = list(await session.scalars(query))
+        reloads: list[str] = []
+        if row.reload:
+            async with self._sessions.begin() as session:
+                reloads = await mark_stale(session, [row.contact_id], row.origin_enrollment_id)
+        events: list[str] = []
+        if event is not None:
+            async with self._sessions() as session:
+                query = select(col(Enrollment.workflow_id)).where(
+                    col(Enrollment.contact_id) == row.contact_id,
+                    col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+                )
+                if row.origin_enrollment_id is not None:
+                    query = query.where(col(Enrollment.id) != row.origin_enrollment_id)
+                events = list(await session.scalars(query))
         signal = _event_signal(event) if event is not None else None
 
         async def one(workflow_id: str) -> bool:
             told = False
-            if row.reload:
+            if workflow_id in reloads:
                 told = await signal_workflow(self._client, workflow_id, "contact_changed")
-            if signal is not None:
+            if signal is not None and workflow_id in events:
                 told = await signal_workflow(self._client, workflow_id, "event", signal) or told
             return told
 
-        return sum(await gather_limited(_SIGNAL_CONCURRENCY, one, workflow_ids))
+        targets = sorted({*reloads, *events})
+        outcomes = await gather_limited_outcomes(_SIGNAL_CONCURRENCY, one, targets)
+        failed = [w for w, o in zip(targets, outcomes, strict=True) if isinstance(o, BaseException)]
+        if failed:
+            # Not told after all: clear their mark, so the retry of this announcement (the
+            # relay's) signals them instead of taking them for already told.
+            async with self._sessions.begin() as session:
+                await session.execute(
+                    sa.update(Enrollment)
+                    .where(col(Enrollment.workflow_id).in_(failed))
+                    .values(contact_stale=False)
+                )
+            raise next(o for o in outcomes if isinstance(o, BaseException))
+        return sum(1 for o in outcomes if o is True)
 
     async def _start_journeys(
         self, row: ContactChangeRecord, event: Event | None

@@ -37,14 +37,12 @@ from nurture.audience.segments.sweeps import request_sweep
 from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
-    ACTIVE_ENROLLMENT_STATUSES,
     ContactImport,
-    Enrollment,
     utcnow,
 )
 from nurture.errors import Conflict, NotFound, NurtureError
 from nurture.journeys.bulk import start_bulk_enrollment
-from nurture.journeys.enrollments import EnrollmentOptions, signal_workflow
+from nurture.journeys.enrollments import EnrollmentOptions, mark_stale, signal_workflow
 from nurture.journeys.triggers import live_journeys
 
 logger = logging.getLogger(__name__)
@@ -154,15 +152,8 @@ async def _tell_enrollments(
     they next load the contact (before each step)."""
     if not contact_ids:
         return 0
-    async with sessions() as session:
-        workflow_ids = list(
-            await session.scalars(
-                select(col(Enrollment.workflow_id)).where(
-                    col(Enrollment.contact_id).in_(contact_ids),
-                    col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
-                )
-            )
-        )
+    async with sessions.begin() as session:
+        workflow_ids = await mark_stale(session, contact_ids)
 
     async def one(workflow_id: str) -> bool:
         try:

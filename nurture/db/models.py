@@ -187,6 +187,9 @@ class Enrollment(SQLModel, table=True):
     # The contact change whose announcement started it: announcing a change twice finds this
     # row and does not enroll again.
     change_id: int | None = Field(default=None, sa_type=BigInteger, index=True)
+    # Set when the workflow was told its contact changed and has not reloaded it yet: further
+    # changes until then are not signalled again (one `contact_changed` covers them all).
+    contact_stale: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class EnrollmentStep(SQLModel, table=True):

@@ -16,20 +16,45 @@ from nurture.journeys.definition import (
     AllCondition,
     AnyCondition,
     AwaitedEvent,
+    BranchStep,
     ClickedCondition,
     ClickEvent,
     Condition,
     CustomEvent,
     EventCondition,
     FieldCondition,
+    JourneyDefinition,
     ListCondition,
     NotCondition,
     OpenedCondition,
     OpenEvent,
     TagCondition,
+    WaitStep,
 )
 
 _ADDRESS_FIELDS = {"email": "has_email", "phone": "has_phone"}
+
+
+def fields_read(definition: JourneyDefinition) -> list[str]:
+    """The custom fields that the journey's goal, branches and waits look at: all an enrollment
+    needs to keep of its contact's fields (the rest stays out of its history)."""
+    conditions: list[Condition] = [definition.goal.criteria] if definition.goal else []
+    names: set[str] = set()
+    for step in definition.steps.values():
+        if isinstance(step, BranchStep):
+            conditions += [rule.condition for rule in step.rules]
+        elif isinstance(step, WaitStep) and step.until_field is not None:
+            names.add(step.until_field)
+    while conditions:
+        condition = conditions.pop()
+        match condition:
+            case FieldCondition() if condition.field not in (*_ADDRESS_FIELDS, "time_zone"):
+                names.add(condition.field)
+            case AllCondition() | AnyCondition():
+                conditions += condition.conditions
+            case NotCondition():
+                conditions.append(condition.condition)
+    return sorted(names)
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ ask, and Temporal's "use existing" conflict policy makes that start safe to repe
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -48,6 +49,7 @@ class EnrollmentOptions:
 
     task_queue: str
     max_steps_per_run: int = 500
+    max_history_events: int = 5_000  # a run continues as new past this (EnrollmentInput)
 
 
 class EntryRefused(Conflict):
@@ -224,6 +226,7 @@ async def start_workflow(
             version=version.version,
             definition=definition,
             max_steps_per_run=options.max_steps_per_run,
+            max_history_events=options.max_history_events,
             paused=paused,
         ),
         id=enrollment.workflow_id,
@@ -307,6 +310,32 @@ async def unenroll(
         handle = client.get_workflow_handle(enrollment.workflow_id)
         await handle.signal("unenroll", reason)
     return enrollment
+
+
+async def mark_stale(
+    session: AsyncSession,
+    contact_ids: Sequence[uuid.UUID],
+    exclude: uuid.UUID | None = None,
+) -> list[str]:
+    """Mark the in-flight enrollments of these contacts as holding a stale contact; the
+    workflow ids of those that were not marked already, which alone need `contact_changed`.
+
+    A workflow told once reloads the contact before its next decision (and its `load_contact`
+    clears the mark), so a contact changed a thousand times during a wait costs that workflow
+    a signal per reload, not a signal per change."""
+    query = (
+        update(Enrollment)
+        .where(
+            col(Enrollment.contact_id).in_(contact_ids),
+            col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+            col(Enrollment.contact_stale).is_(False),
+        )
+        .values(contact_stale=True)
+        .returning(col(Enrollment.workflow_id))
+    )
+    if exclude is not None:
+        query = query.where(col(Enrollment.id) != exclude)
+    return list(await session.scalars(query))
 
 
 async def signal_contact_enrollments(

@@ -25,7 +25,7 @@ from nurture.audience.changes import Announcer, Change, diff, record, tag_change
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, utcnow
 from nurture.errors import NotFound, Unavailable
-from nurture.journeys.enrollments import EnrollmentOptions, signal_contact_enrollments
+from nurture.journeys.enrollments import EnrollmentOptions, erase_enrollments
 
 Attribute = Literal["email", "phone", "time_zone"]
 
@@ -184,15 +184,15 @@ async def delete_contact(sessions: SessionFactory, client: Client, contact_id: u
     """Unenroll the contact everywhere (reason "contact_deleted"), then delete the row: its
     enrollments, steps, memberships and events go with it; messages keep a NULL contact.
 
-    Signalling comes first so that a failure leaves everything in place to try again. A
-    workflow that misses the signal still finds the contact gone at its next step."""
+    Signalling comes first so that a failure leaves everything in place to try again (503 while
+    Temporal is away). A workflow that refuses the signal (a limit of its own) is terminated:
+    erasure must always succeed. A workflow that misses the signal still finds the contact gone
+    at its next step."""
     async with sessions() as session:
         if await session.get(Contact, contact_id) is None:
             raise NotFound(f"no contact {contact_id}")
     try:
-        await signal_contact_enrollments(
-            sessions, client, contact_id, "unenroll", "contact_deleted"
-        )
+        await erase_enrollments(sessions, client, contact_id)
     except RPCError as err:
         raise Unavailable(
             f"could not unenroll contact {contact_id} ({err.message}); nothing was deleted, "

@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from nurture.audience.changes import Announcer, Change, record
 from nurture.contracts import EnrollmentEvent
@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 # must not wait on retries).
 _TEMPORAL_UNREACHABLE = (RPCError, RuntimeError, TimeoutError)
 _SIGNAL_TIME_LIMIT = 5.0
+# RPC statuses that mean the server is away, not that one workflow refused.
+_SERVER_AWAY = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,14 @@ async def redeliver_engagement(sessions: SessionFactory, client: Client, limit: 
         try:
             async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
                 await _signal_engagement(sessions, client, event, message)
+        except RPCError as err:
+            if err.status not in _SERVER_AWAY:
+                # This one workflow refused it (e.g. a limit of its own): the others' events
+                # must not wait behind it. It stays due for the next round.
+                logger.warning("event %s not redelivered: %s", event.id, err)
+                continue
+            logger.warning("redelivery paused: Temporal unavailable (%s)", err)
+            break
         except _TEMPORAL_UNREACHABLE as err:
             logger.warning("redelivery paused: Temporal unavailable (%s)", err)
             break

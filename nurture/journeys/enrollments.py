@@ -338,17 +338,10 @@ async def mark_stale(
     return list(await session.scalars(query))
 
 
-async def signal_contact_enrollments(
-    sessions: SessionFactory,
-    client: Client,
-    contact_id: uuid.UUID,
-    signal: str,
-    arg: object = None,
-) -> int:
-    """Signal every in-flight enrollment of a contact; return how many were signalled.
-
-    An enrollment that ends meanwhile is skipped quietly: it no longer needs to hear it.
-    """
+async def erase_enrollments(sessions: SessionFactory, client: Client, contact_id: uuid.UUID) -> int:
+    """Before a contact is erased: unenroll its in-flight enrollments (reason
+    "contact_deleted"), terminating one that refuses the signal for a reason of its own (a
+    workflow past its signal limit); raises RPCError only when Temporal is away."""
     async with sessions() as session:
         workflow_ids = list(
             await session.scalars(
@@ -358,10 +351,20 @@ async def signal_contact_enrollments(
                 )
             )
         )
-    signalled = 0
     for workflow_id in workflow_ids:
-        signalled += await signal_workflow(client, workflow_id, signal, arg)
-    return signalled
+        try:
+            await signal_workflow(client, workflow_id, "unenroll", "contact_deleted")
+        except RPCError as err:
+            if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+                raise
+            try:
+                await client.get_workflow_handle(workflow_id).terminate(
+                    reason=f"contact erased; the unenroll signal was refused: {err.message}"
+                )
+            except RPCError as gone:
+                if gone.status != RPCStatusCode.NOT_FOUND:
+                    raise
+    return len(workflow_ids)
 
 
 async def signal_workflow(

@@ -13,6 +13,10 @@ Who counts, per distinct contact (a contact enrolled several times counts once):
 
 Removing the goal resets the counts (`publish` sets `goal_reset_at`); editing it does not, so
 a changed goal is judged over the whole history.
+
+The segment filter `met_goal` selects the same "met the goal" contacts with the SQL below
+(`counted_enrollment`, `met_goal_while_enrolled`, `ended_otherwise`, `live_definition`); only
+the goal after the enrollment is judged in SQL there, rather than with `evaluate`.
 """
 
 from __future__ import annotations
@@ -24,8 +28,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, distinct, func, or_, select
+from sqlalchemy import Select, and_, distinct, func, or_, select, true
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
 from nurture.contracts import ContactFacts, EnrollmentEvent, ReceivedEvent
@@ -36,6 +41,7 @@ from nurture.db.models import (
     EnrollmentStatus,
     Event,
     Journey,
+    JourneyVersion,
     ListMembership,
     Message,
     MessageStatus,
@@ -53,7 +59,6 @@ from nurture.journeys.definition import (
     OpenedCondition,
 )
 from nurture.journeys.facts import facts_of
-from nurture.journeys.publishing import latest_version
 
 # Contacts whose goal is evaluated in Python per round trip: bounded memory for big journeys.
 PAGE_SIZE = 500
@@ -61,6 +66,53 @@ PAGE_SIZE = 500
 _ENDED = (EnrollmentStatus.COMPLETED, EnrollmentStatus.EXITED, EnrollmentStatus.FAILED)
 _GOAL_MET = "goal_met"
 _GOAL_ALREADY_MET = "goal_already_met"
+
+
+# --- who counts, in SQL: shared with the `met_goal` segment filter ------------------------------
+
+
+def live_definition(journey_id: Any) -> Select[Any]:
+    """The definition of the journey's live (latest published) version, whose goal is the
+    current goal; `journey_id` is a value, or a column to correlate with."""
+    return (
+        select(col(JourneyVersion.definition))
+        .where(col(JourneyVersion.journey_id) == journey_id)
+        .order_by(col(JourneyVersion.version).desc())
+        .limit(1)
+    )
+
+
+def of_journey(journey_id: Any, since: Any) -> ColumnElement[bool]:
+    """Enrollments in the journey that started at or after its goal reset `since`: a datetime,
+    None, or the column `Journey.goal_reset_at` (NULL: never reset)."""
+    started = col(Enrollment.enrolled_at)
+    if isinstance(since, datetime):
+        reset: ColumnElement[bool] = started >= since
+    elif since is None:
+        reset = true()
+    else:
+        reset = or_(since.is_(None), started >= since)
+    return and_(col(Enrollment.journey_id) == journey_id, reset)
+
+
+def counted_enrollment(journey_id: Any, since: Any) -> ColumnElement[bool]:
+    """The enrollments the report counts: not refused at entry (`not_enrolled`)."""
+    return and_(
+        of_journey(journey_id, since), col(Enrollment.status) != EnrollmentStatus.NOT_ENROLLED
+    )
+
+
+def met_goal_while_enrolled() -> ColumnElement[bool]:
+    return col(Enrollment.exit_reason) == _GOAL_MET
+
+
+def ended_otherwise() -> ColumnElement[bool]:
+    """Ended (completed, exit step, unenrolled, failed) without meeting the goal: its contact
+    met the goal *after* if it meets the current goal now."""
+    return and_(
+        col(Enrollment.status).in_(_ENDED),
+        or_(col(Enrollment.exit_reason).is_(None), col(Enrollment.exit_reason) != _GOAL_MET),
+    )
 
 
 @dataclass(frozen=True)
@@ -84,25 +136,17 @@ async def goal_conversion(
     journey = await session.scalar(select(Journey).where(col(Journey.key) == journey_key))
     if journey is None:
         raise NotFound(f"no journey {journey_key!r}")
-    live = await latest_version(session, journey)
-    raw_goal = live.definition.get("goal") if live is not None else None
+    live = await session.scalar(live_definition(journey.id))
+    raw_goal = live.get("goal") if live is not None else None
     goal = Goal.model_validate(raw_goal) if raw_goal else None
     since = journey.goal_reset_at
 
-    def of_journey(*where: Any) -> Any:
-        conditions = [col(Enrollment.journey_id) == journey.id, *where]
-        if since is not None:
-            conditions.append(col(Enrollment.enrolled_at) >= since)
-        return and_(*conditions)
-
-    counted = of_journey(col(Enrollment.status) != EnrollmentStatus.NOT_ENROLLED)
+    counted = counted_enrollment(journey.id, since)
     emailed = _emailed_contacts(counted)
     # correlate(None): these are nested in queries over enrollments too, and must stay
     # independent subqueries rather than be tied to the outer row.
     met_while = (
-        select(col(Enrollment.contact_id))
-        .where(counted, col(Enrollment.exit_reason) == _GOAL_MET)
-        .correlate(None)
+        select(col(Enrollment.contact_id)).where(counted, met_goal_while_enrolled()).correlate(None)
     )
 
     enrolled = await _count_contacts(session, select(col(Enrollment.contact_id)).where(counted))
@@ -114,10 +158,9 @@ async def goal_conversion(
     refused = await _count_contacts(
         session,
         select(col(Enrollment.contact_id)).where(
-            of_journey(
-                col(Enrollment.status) == EnrollmentStatus.NOT_ENROLLED,
-                col(Enrollment.exit_reason) == _GOAL_ALREADY_MET,
-            )
+            of_journey(journey.id, since),
+            col(Enrollment.status) == EnrollmentStatus.NOT_ENROLLED,
+            col(Enrollment.exit_reason) == _GOAL_ALREADY_MET,
         ),
     )
 
@@ -125,12 +168,7 @@ async def goal_conversion(
     if goal is not None:
         # Ended for another reason, and not already counted as having met the goal while
         # enrolled (in another enrollment), so the two counts add up to "met the goal".
-        ended = and_(
-            counted,
-            col(Enrollment.status).in_(_ENDED),
-            or_(col(Enrollment.exit_reason).is_(None), col(Enrollment.exit_reason) != _GOAL_MET),
-            col(Enrollment.contact_id).not_in(met_while),
-        )
+        ended = and_(counted, ended_otherwise(), col(Enrollment.contact_id).not_in(met_while))
         async for page in _contact_pages(session, ended, page_size):
             met = await _meeting_goal_now(session, goal, ended, page)
             met_after += len(met)

@@ -14,6 +14,10 @@ value is a string), so a comparison decides by the literal it is given: a number
 numerically, both with JSON numbers and with strings that look like numbers ("42"); a date
 compares as a timestamp, with strings that look like ISO dates. Anything that does not look
 like a number or a date simply does not match; it never makes the whole query fail.
+
+`met_goal` judges a journey's goal, which is a journey condition (JSON in the live version),
+when the query runs rather than when it is compiled: compiling needs no database, and a
+watched segment's filter stays right when the journey is published again (`_goal_met_now`).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, JSONPATH
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
 
@@ -38,6 +43,7 @@ from nurture.audience.segments.definition import (
     FieldFilter,
     Filter,
     ListFilter,
+    MetGoalFilter,
     NotFilter,
     OpenedFilter,
     SuppressedFilter,
@@ -50,11 +56,18 @@ from nurture.db.models import (
     Enrollment,
     Event,
     Journey,
+    JourneyVersion,
     ListMembership,
     Message,
     Suppression,
 )
 from nurture.errors import Invalid
+from nurture.journeys.conversion import (
+    counted_enrollment,
+    ended_otherwise,
+    live_definition,
+    met_goal_while_enrolled,
+)
 
 FieldType = Literal["string", "number", "boolean", "date"]
 
@@ -111,7 +124,7 @@ def references(filter: Filter, path: str = "filter") -> Iterator[Reference]:
     match filter:
         case ListFilter():
             yield Reference("list", filter.list, f"{path}.list")
-        case EnrolledFilter():
+        case EnrolledFilter() | MetGoalFilter():
             yield Reference("journey", filter.journey, f"{path}.journey")
         case OpenedFilter() | ClickedFilter():
             if filter.journey is not None:
@@ -194,6 +207,8 @@ class _Compiler:
                 return self.engagement(f)
             case EnrolledFilter():
                 return self.enrolled(f)
+            case MetGoalFilter():
+                return self.met_goal(f)
         raise TypeError(f"unknown filter {f!r}")  # pragma: no cover
 
     # --- fields ---------------------------------------------------------------------------
@@ -411,15 +426,7 @@ class _Compiler:
         return found if f.op == "has" else sa.not_(found)
 
     def in_list(self, f: ListFilter) -> ColumnElement[bool]:
-        return sa.exists(
-            sa.select(1)
-            .select_from(ListMembership)
-            .join(ContactList, col(ContactList.id) == col(ListMembership.list_id))
-            .where(
-                col(ListMembership.contact_id) == col(Contact.id),
-                col(ContactList.key) == f.list,
-            )
-        )
+        return _in_list(f.list)
 
     def consent(self, f: ConsentFilter) -> ColumnElement[bool]:
         choice = col(Contact.consent).op("->>", return_type=sa.Text())(
@@ -453,15 +460,7 @@ class _Compiler:
         return count.between(low, high)
 
     def event(self, f: EventFilter) -> ColumnElement[bool]:
-        query = (
-            sa.select(1)
-            .select_from(Event)
-            .where(
-                col(Event.contact_id) == col(Contact.id),
-                col(Event.kind) == "custom",
-                col(Event.name) == f.name,
-            )
-        )
+        query = _custom_events(f.name)
         if f.within_days is not None:
             query = query.where(col(Event.occurred_at) >= _days_ago(f.within_days))
         if f.where:
@@ -501,12 +500,9 @@ class _Compiler:
         return self.counted(f, query, distinct)
 
     def enrolled(self, f: EnrolledFilter) -> ColumnElement[bool]:
-        query = (
-            sa.select(1)
-            .select_from(Enrollment)
-            .join(Journey, col(Journey.id) == col(Enrollment.journey_id))
-            .where(col(Enrollment.contact_id) == col(Contact.id), col(Journey.key) == f.journey)
-        )
+        query = _enrollments(f.journey)
+        if f.version is not None:
+            query = query.where(col(Enrollment.version) == f.version)
         if f.status == "in_flight":
             query = query.where(
                 col(Enrollment.status).in_([str(s) for s in ACTIVE_ENROLLMENT_STATUSES])
@@ -518,3 +514,311 @@ class _Compiler:
         if f.within_days is not None:
             query = query.where(col(Enrollment.enrolled_at) >= _days_ago(f.within_days))
         return sa.exists(query)
+
+    def met_goal(self, f: MetGoalFilter) -> ColumnElement[bool]:
+        """Who the journey's goal-conversion report counts as having met its goal: a counted
+        enrollment that exited with goal_met, or that ended otherwise while the contact meets
+        the live goal now (whatever it was sent: only the conversion rate asks for an email)."""
+        criteria = (
+            live_definition(col(Journey.id))
+            .with_only_columns(col(JourneyVersion.definition)["goal"]["criteria"])
+            .correlate_except(JourneyVersion)
+            .scalar_subquery()
+        )
+        query = _enrollments(f.journey).where(
+            counted_enrollment(col(Journey.id), col(Journey.goal_reset_at)),
+            sa.or_(met_goal_while_enrolled(), sa.and_(ended_otherwise(), _goal_met_now(criteria))),
+        )
+        if f.within_days is not None:
+            query = query.where(col(Enrollment.enrolled_at) >= _days_ago(f.within_days))
+        return sa.exists(query)
+
+
+def _in_list(key: str | ColumnElement[str]) -> ColumnElement[bool]:
+    return sa.exists(
+        sa.select(1)
+        .select_from(ListMembership)
+        .join(ContactList, col(ContactList.id) == col(ListMembership.list_id))
+        .where(col(ListMembership.contact_id) == col(Contact.id), col(ContactList.key) == key)
+        .correlate_except(ListMembership, ContactList)
+    )
+
+
+def _custom_events(name: str | ColumnElement[str]) -> sa.Select[Any]:
+    return (
+        sa.select(1)
+        .select_from(Event)
+        .where(
+            col(Event.contact_id) == col(Contact.id),
+            col(Event.kind) == "custom",
+            col(Event.name) == name,
+        )
+        .correlate_except(Event)
+    )
+
+
+def _enrollments(journey: str) -> sa.Select[Any]:
+    return (
+        sa.select(1)
+        .select_from(Enrollment)
+        .join(Journey, col(Journey.id) == col(Enrollment.journey_id))
+        .where(col(Enrollment.contact_id) == col(Contact.id), col(Journey.key) == journey)
+    )
+
+
+# --- met_goal: a journey condition judged in SQL -----------------------------------------------
+#
+# As `nurture.journeys.conditions.evaluate` judges it in the goal-conversion report, once the
+# enrollment has ended: on the contact's current fields, tags and lists, and the enrollment's
+# engagement until now (opens and clicks by people of the messages it sent, the contact's
+# custom events since it started). The condition is JSON as `publish` stored it, defaults
+# included. Its leaves are judged once, into an object keyed by their JSON text; all / any /
+# not then combine those verdicts level by level, GOAL_NESTING levels deep.
+#
+# A verdict is 0 (false), 1 (unknown: nested deeper than that) or 2 (true), so that not v is
+# 2 - v, any is max and all is not any(not ...): every level is one max() over its parts, and
+# the next level's SQL is written once in it (Postgres would copy a part named twice, at every
+# level). A goal that is unknown is not met.
+#
+# These subqueries sit several levels below `contacts` and the enrollment, where SQLAlchemy
+# does not correlate by itself: each says which tables are its own (`correlate_except`).
+
+GOAL_NESTING = 10
+_UNKNOWN, _TRUE = 1, 2
+
+
+def _goal_met_now(criteria: ColumnElement[Any]) -> ColumnElement[bool]:
+    """Does the condition `criteria` (JSON; NULL: no goal) hold for the enrollment now?"""
+    nodes = (
+        sa.func.jsonb_path_query(criteria, sa.cast(sa.literal("strict $.**"), JSONPATH))
+        .table_valued(sa.column("node", JSONB))
+        .render_derived(name="goal_nodes")
+    )
+    node = nodes.c.node
+    leaves = (
+        sa.select(node, _field_value(node).label("actual"))
+        .where(
+            sa.func.jsonb_typeof(node) == "object",
+            node["type"].astext.in_(("field", "tag", "in_list", "opened", "clicked", "event")),
+        )
+        .correlate_except(nodes)
+        .subquery("leaves")
+    )
+    key = sa.cast(leaves.c.node, sa.Text())
+    # An aggregate, so Postgres computes it once rather than at each use of `verdicts`.
+    goal = (
+        sa.select(
+            criteria.label("criteria"),
+            sa.func.jsonb_object_agg(key, _leaf(leaves.c.node, leaves.c.actual)).label("verdicts"),
+        )
+        .correlate_except(leaves)
+        .subquery("goal")
+    )
+    verdict = _verdict(goal.c.criteria, goal.c.verdicts, GOAL_NESTING)
+    return sa.select(verdict == _TRUE).select_from(goal).scalar_subquery()
+
+
+def _verdict(node: ColumnElement[Any], verdicts: ColumnElement[Any], depth: int) -> Any:
+    """A node's verdict: a leaf's from `verdicts`; all / any / not from their parts'."""
+    kind = node["type"].astext
+    leaf = sa.cast(verdicts.op("->>", return_type=sa.Text())(sa.cast(node, sa.Text())), sa.Integer)
+    if depth == 0:
+        return sa.case((kind.in_(("all", "any", "not")), _UNKNOWN), else_=leaf)
+    parts = _elements(
+        sa.case(
+            (kind == "not", sa.func.jsonb_build_array(node["condition"], type_=JSONB)),
+            else_=node["conditions"],
+        )
+    )
+
+    def negated_if(flag: ColumnElement[bool], verdict: Any) -> Any:
+        """2 - verdict where `flag` holds, the verdict itself elsewhere (naming it once)."""
+        negate = sa.cast(flag, sa.Integer)
+        return negate * _TRUE + (1 - 2 * negate) * verdict
+
+    part = negated_if(kind == "all", _verdict(parts.c.value, verdicts, depth - 1))
+    combined = (
+        sa.select(negated_if(kind != "any", sa.func.max(part)))
+        .select_from(parts)
+        .correlate_except(parts)
+        .scalar_subquery()
+    )
+    return sa.case((kind.in_(("all", "any", "not")), combined), else_=leaf)
+
+
+def _leaf(node: ColumnElement[Any], actual: ColumnElement[Any]) -> ColumnElement[Any]:
+    kind = node["type"].astext
+    min_count = sa.cast(node["min_count"].astext, sa.Integer)
+    holds = sa.case(
+        (kind == "field", _field_holds(node, actual)),
+        (kind == "tag", _has_tag(node["tag"].astext)),
+        (kind == "in_list", _in_list(node["list"].astext)),
+        (kind == "event", _events_since_enrolled(node["name"].astext) >= min_count),
+        else_=_engagement(node) >= min_count,
+    )
+    return sa.case((holds, _TRUE), else_=0)
+
+
+def _field_value(node: ColumnElement[Any]) -> ColumnElement[Any]:
+    """The value of the field a `field` node names, as JSON: the time zone or a custom field;
+    NULL for email and phone, which conditions only see as there or not."""
+    name = node["field"].astext
+    return sa.case(
+        (name == "time_zone", sa.func.to_jsonb(col(Contact.time_zone), type_=JSONB)),
+        (name.not_in(("email", "phone")), col(Contact.fields).op("->", return_type=JSONB)(name)),
+    )
+
+
+def _field_holds(node: ColumnElement[Any], actual: ColumnElement[Any]) -> ColumnElement[bool]:
+    """`conditions._field_matches`: ne, not_contains and not_in also hold for a field that is
+    not there (missing, null or "")."""
+    name, op, expected = node["field"].astext, node["op"].astext, node["value"]
+    present = sa.case(
+        (name == "email", sa.func.coalesce(col(Contact.email), "") != ""),
+        (name == "phone", sa.func.coalesce(col(Contact.phone), "") != ""),
+        else_=sa.func.coalesce(_scalar_text(actual), "") != "",
+    )
+    item, choice = _elements(actual), _elements(expected)
+    in_text = sa.func.strpos(
+        sa.func.lower(_scalar_text(actual)),
+        sa.case(
+            (sa.func.jsonb_typeof(expected) == "string", sa.func.lower(_scalar_text(expected))),
+            (sa.func.jsonb_typeof(expected) == "number", _scalar_text(expected)),
+        ),
+    )
+    equal = sa.func.coalesce(_folded(actual) == _folded(expected), False)
+    found = sa.or_(
+        sa.exists(
+            sa.select(1)
+            .select_from(item)
+            .where(_folded(item.c.value) == _folded(expected))
+            .correlate_except(item)
+        ),
+        sa.func.coalesce(sa.and_(sa.func.jsonb_typeof(actual) == "string", in_text > 0), False),
+    )
+    listed = sa.exists(
+        sa.select(1)
+        .select_from(choice)
+        .where(_folded(choice.c.value) == _folded(actual))
+        .correlate_except(choice)
+    )
+    return sa.case(
+        (op == "exists", present),
+        (op == "not_exists", sa.not_(present)),
+        (sa.not_(present), op.in_(("ne", "not_contains", "not_in"))),
+        (op == "eq", equal),
+        (op == "ne", sa.not_(equal)),
+        (op == "contains", found),
+        (op == "not_contains", sa.not_(found)),
+        (op == "in", listed),
+        (op == "not_in", sa.not_(listed)),
+        else_=_ordered(op, actual, expected),
+    )
+
+
+def _ordered(
+    op: ColumnElement[str], actual: ColumnElement[Any], expected: ColumnElement[Any]
+) -> ColumnElement[bool]:
+    """gt / gte / lt / lte: two numbers, or two strings by code point (ISO dates sort as
+    text); NULL (false) for anything else."""
+    kinds = sa.func.jsonb_typeof(actual), sa.func.jsonb_typeof(expected)
+    left, right = _scalar_text(actual), _scalar_text(expected)
+    texts = sa.func.lower(left).collate("C"), sa.func.lower(right).collate("C")
+    sign = sa.case(
+        (
+            sa.and_(kinds[0] == "number", kinds[1] == "number"),
+            sa.func.sign(sa.cast(left, sa.Numeric) - sa.cast(right, sa.Numeric)),
+        ),
+        (
+            sa.and_(kinds[0] == "string", kinds[1] == "string"),
+            sa.case((texts[0] < texts[1], -1), (texts[0] > texts[1], 1), else_=0),
+        ),
+    )
+    return sa.case(
+        (op == "gt", sign > 0), (op == "gte", sign >= 0), (op == "lt", sign < 0), else_=sign <= 0
+    )
+
+
+def _has_tag(tag: ColumnElement[str]) -> ColumnElement[bool]:
+    """Tags ignore case in journey conditions (segments' `tag` does not)."""
+    tags = sa.func.unnest(col(Contact.tags)).table_valued("tag").render_derived(name="tags")
+    return sa.exists(
+        sa.select(1)
+        .select_from(tags)
+        .where(sa.func.lower(tags.c.tag) == sa.func.lower(tag))
+        .correlate_except(tags)
+    )
+
+
+def _events_since_enrolled(name: ColumnElement[str]) -> ColumnElement[int]:
+    return (
+        _custom_events(name)
+        .with_only_columns(sa.func.count())
+        .where(col(Event.received_at) >= col(Enrollment.enrolled_at))
+        .scalar_subquery()
+    )
+
+
+def _engagement(node: ColumnElement[Any]) -> ColumnElement[int]:
+    """`Engagement.opens` (opens, plus one for each message clicked but not opened) or
+    `Engagement.clicks` (of the link, if named) of the enrollment's messages, by people; of the
+    step's latest send if the node names a step."""
+    step, link = node["step"].astext, node["link"].astext
+    latest = aliased(Message)
+    latest_visit = (
+        sa.select(sa.func.max(_visit(latest)))
+        .where(col(latest.enrollment_id) == col(Enrollment.id), col(latest.step_id) == step)
+        .correlate_except(latest)
+        .scalar_subquery()
+    )
+    opened = col(Event.kind) == "open"
+    messages = sa.func.count(sa.distinct(col(Message.id)))
+    opens = sa.func.count().filter(opened) + messages - messages.filter(opened)
+    clicks = sa.func.count().filter(
+        col(Event.kind) == "click", sa.or_(link.is_(None), col(Event.link) == link)
+    )
+    return (
+        sa.select(sa.case((node["type"].astext == "opened", opens), else_=clicks))
+        .select_from(Event)
+        .join(Message, col(Message.id) == col(Event.message_id))
+        .where(
+            col(Message.enrollment_id) == col(Enrollment.id),
+            col(Event.kind).in_(("open", "click")),
+            col(Event.machine).is_(False),
+            sa.or_(
+                step.is_(None),
+                sa.and_(col(Message.step_id) == step, _visit(Message) == latest_visit),
+            ),
+        )
+        .correlate_except(Event, Message)
+        .scalar_subquery()
+    )
+
+
+def _visit(message: Any) -> ColumnElement[int]:
+    """Which send of its step a message is: its key is {enrollment}:{step}:{visit}."""
+    return sa.cast(
+        sa.func.substring(col(message.idempotency_key), sa.literal(":([0-9]+)$")), sa.Integer
+    )
+
+
+def _scalar_text(value: ColumnElement[Any]) -> ColumnElement[str]:
+    """A JSON value as text (a string without its quotes); NULL for JSON null."""
+    return value.op("#>>", return_type=sa.Text())(sa.literal([], ARRAY(sa.Text())))
+
+
+def _folded(value: ColumnElement[Any]) -> ColumnElement[Any]:
+    """A JSON value as Python's == sees it in `conditions`: strings ignore case, and true and
+    false equal 1 and 0 (numbers already compare by value: 1 equals 1.0)."""
+    kind, text = sa.func.jsonb_typeof(value), _scalar_text(value)
+    return sa.case(
+        (kind == "string", sa.func.to_jsonb(sa.func.lower(text), type_=JSONB)),
+        (kind == "boolean", sa.func.to_jsonb(sa.cast(sa.cast(text, sa.Boolean), sa.Integer))),
+        else_=value,
+    )
+
+
+def _elements(value: ColumnElement[Any]) -> Any:
+    """The elements of a JSON array (none if it is not an array), as a FROM item."""
+    array = sa.case((sa.func.jsonb_typeof(value) == "array", value), else_=sa.literal([], JSONB))
+    return sa.func.jsonb_array_elements(array).table_valued(sa.column("value", JSONB))

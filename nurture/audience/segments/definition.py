@@ -7,7 +7,8 @@ operator (a number for ``gt``, a date for ``before``...) is checked by the compi
 the field types and reports every problem with its path.
 
 Unlike journey conditions, which look at one enrollment's events, these look at the contact's
-whole history: every list, every event, every enrollment.
+whole history: every list, every event, every enrollment. `met_goal` is where the two meet: it
+judges a journey's goal (a journey condition) as the goal-conversion report does.
 """
 
 from __future__ import annotations
@@ -162,16 +163,33 @@ class ClickedFilter(_Engagement):
 
 
 class EnrolledFilter(_Strict):
-    """Enrolled in a journey, optionally with a status or exit reason, e.g. the goal of
-    journey X was met: ``{"type": "enrolled_in", "journey": "x", "exit_reason": "goal_met"}``."""
+    """Enrolled in a journey, optionally in one published version, with a status or exit
+    reason, e.g. ``{"type": "enrolled_in", "journey": "x", "exit_reason": "goal_met"}`` (the
+    enrollment ended because the goal was met; `met_goal` also counts a goal met later)."""
 
     type: Literal["enrolled_in"]
     journey: Key
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="the published version; none: any"
+    )
     status: EnrollmentStatus | Literal["in_flight"] | None = Field(
         default=None, description="in_flight: pending or active"
     )
     exit_reason: str | None = Field(default=None, min_length=1, max_length=64)
     within_days: Days | None = Field(default=None, description="enrolled in the last N days")
+
+
+class MetGoalFilter(_Strict):
+    """Met the goal of a journey, as its goal-conversion report counts it
+    (`nurture.journeys.conversion`): an enrollment exited because the goal was met, or ended
+    otherwise and the contact meets the journey's current goal now. Contacts refused at entry
+    because they already met the goal were never enrolled, so they do not count."""
+
+    type: Literal["met_goal"]
+    journey: Key
+    within_days: Days | None = Field(
+        default=None, description="through an enrollment that started in the last N days"
+    )
 
 
 class AllFilter(_Strict):
@@ -199,6 +217,7 @@ Filter = Annotated[
     | OpenedFilter
     | ClickedFilter
     | EnrolledFilter
+    | MetGoalFilter
     | AllFilter
     | AnyFilter
     | NotFilter,

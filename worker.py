@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,7 +30,9 @@ from nurture.audience.segments.sweeps import start_segment_watch
 from nurture.boot import (
     CommandError,
     configure_logging,
+    exit_process,
     migrate_database,
+    require_secret_key,
     resolve_database_url,
     run_until_signalled,
 )
@@ -151,19 +155,30 @@ async def run_worker(settings: Settings, database_url: str) -> None:
 
 
 def serve_worker(settings: Settings) -> None:
-    """Migrate the database, then run the worker until SIGINT or SIGTERM (`nurture worker`)."""
+    """Migrate the database, then run the worker until SIGINT or SIGTERM (`nurture worker`).
+    Refuses to start without a real SECRET_KEY (the worker signs links in messages)."""
+    require_secret_key(settings)
     with resolve_database_url(settings) as database_url:
         asyncio.run(migrate_database(database_url))
         run_until_signalled(lambda: run_worker(settings, database_url))
 
 
 def main() -> None:
-    """`python worker.py`: the same as `nurture worker` (migrates first, stops on a signal)."""
+    """`python worker.py`: the same as `nurture worker` (migrates first, stops on a signal).
+    Ends through `exit_process`, as the `nurture` command does (see there why)."""
     configure_logging()
+    code = 0
     try:
         serve_worker(get_settings())
     except CommandError as err:
-        raise SystemExit(f"worker: {err}") from None
+        print(f"worker: {err}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    exit_process(code)
 
 
 if __name__ == "__main__":

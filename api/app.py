@@ -15,8 +15,10 @@ from fastapi import APIRouter, Depends, FastAPI
 from api.contact_refs import ContactRefPaths
 from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
+from api.hosts import TrustedHosts
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
+from nurture.boot import require_secret_key
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import create_engine, session_factory
 from nurture.settings import Settings, get_settings
@@ -33,8 +35,11 @@ Errors always look like `{"error": "<code>", "detail": ...}`.
 
 
 def create_app(resources: Resources | None = None, settings: Settings | None = None) -> FastAPI:
-    """Build the app. Tests pass ready `resources`; otherwise the lifespan makes them."""
+    """Build the app. Tests and `nurture dev` pass ready `resources`; otherwise the lifespan
+    makes them, and a real SECRET_KEY is required (CommandError, saying how to make one)."""
     settings = settings or (resources.settings if resources else get_settings())
+    if resources is None:
+        require_secret_key(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,6 +65,9 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Starlette would answer `/v1/contacts/` with a redirect to `/v1/contacts` built from
+        # the Host header, i.e. to whatever host the request names. Off: such paths are 404.
+        redirect_slashes=False,
         openapi_tags=[
             {"name": "journeys", "description": "drafts, validation, published versions"},
             {"name": "contacts", "description": "people, their fields, tags and consent"},
@@ -69,6 +77,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
             {"name": "templates", "description": "message content that send steps refer to"},
             {"name": "webhooks", "description": "provider callbacks, verified by signature"},
             {"name": "tracking", "description": "tracked links, open pixel and unsubscribe"},
+            {"name": "api-keys", "description": "the API keys: list them, revoke one"},
         ],
     )
     if resources is not None:
@@ -76,6 +85,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
+    app.add_middleware(TrustedHosts, allowed=settings.trusted_hosts())  # outermost: first
 
     @app.get("/health", tags=["health"], summary="Liveness check (no authentication)")
     async def health() -> dict[str, str]:

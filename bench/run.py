@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import platform
+import secrets
 import shutil
 import subprocess
 import sys
@@ -517,6 +518,7 @@ async def _with_processes(
         "TEMPORAL_ADDRESS": address,
         "TEMPORAL_NAMESPACE": client.namespace,
         "TEMPORAL_TASK_QUEUE": TASK_QUEUE,
+        "SECRET_KEY": secrets.token_urlsafe(32),  # the API refuses to start without one
     }
     async with (
         worker_process(

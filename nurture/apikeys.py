@@ -6,7 +6,11 @@ hash would only add latency to every request.
 Each API process remembers the keys it authenticated for `KEY_CACHE_SECONDS`, so most requests
 cost no database round trip for their key, and `last_used_at` is written at most once a minute
 per key. The price: a key revoked in the database (`revoked_at`) still works for up to
-`KEY_CACHE_SECONDS` in processes that used it just before.
+`KEY_CACHE_SECONDS` in processes that used it just before. The process that revokes a key
+through the API forgets it at once (`KeyCache.forget`); `nurture api-key revoke` is another
+process, so API processes refuse the key within `KEY_CACHE_SECONDS`.
+
+Keys are revoked, never deleted: the row stays, listed with its `revoked_at`.
 """
 
 from __future__ import annotations
@@ -14,14 +18,17 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from nurture.db.engine import SessionFactory
 from nurture.db.models import ApiKey, utcnow
+from nurture.errors import Conflict, NotFound
 
 PREFIX = "nrt_"
 KEY_CACHE_SECONDS = 10.0
@@ -45,6 +52,68 @@ async def create_api_key(sessions: SessionFactory, name: str) -> NewApiKey:
     async with sessions.begin() as session:
         session.add(key)
     return NewApiKey(key=key, secret=secret)
+
+
+@dataclass(frozen=True)
+class Revoked:
+    key: ApiKey
+    newly: bool  # False: it had been revoked before (revoked_at is that first time)
+
+
+async def list_api_keys(sessions: SessionFactory) -> list[ApiKey]:
+    """Every key, revoked ones too, oldest first."""
+    async with sessions() as session:
+        rows = await session.scalars(
+            select(ApiKey).order_by(col(ApiKey.created_at), col(ApiKey.id))
+        )
+        return list(rows.all())
+
+
+async def revoke_api_key(
+    sessions: SessionFactory, ref: str | uuid.UUID, keep: uuid.UUID | None = None
+) -> Revoked:
+    """Revoke the key whose id or prefix (`nrt_` and 8 characters) `ref` is. Revoking a revoked
+    key changes nothing. `keep`: a key that must not be revoked this way (Conflict), the one
+    making an API request. NotFound, or Conflict for a prefix two keys share (use the id)."""
+    async with sessions.begin() as session:
+        key = await _find(session, ref)
+        if keep is not None and key.id == keep:
+            raise Conflict(
+                "an API key cannot revoke itself: use another key, or `nurture api-key revoke`"
+            )
+        if key.revoked_at is not None:
+            return Revoked(key, newly=False)
+        key.revoked_at = utcnow()
+    return Revoked(key, newly=True)
+
+
+async def _find(session: AsyncSession, ref: str | uuid.UUID) -> ApiKey:
+    key_id = ref if isinstance(ref, uuid.UUID) else _as_uuid(ref)
+    if key_id is not None:
+        found = await session.get(ApiKey, key_id, with_for_update=True)
+        if found is None:
+            raise NotFound(f"no API key with id {key_id}")
+        return found
+    text = str(ref).strip()
+    matches = (
+        await session.scalars(select(ApiKey).where(col(ApiKey.prefix) == text).with_for_update())
+    ).all()
+    if not matches:
+        raise NotFound(
+            f"no API key with the prefix {text!r}: give its id or its prefix as "
+            "`nurture api-key list` shows them"
+        )
+    if len(matches) > 1:
+        ids = ", ".join(str(k.id) for k in matches)
+        raise Conflict(f"{len(matches)} API keys have the prefix {text!r}: give the id ({ids})")
+    return matches[0]
+
+
+def _as_uuid(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text.strip())
+    except ValueError:
+        return None
 
 
 async def authenticate(sessions: SessionFactory, secret: str) -> ApiKey | None:
@@ -84,3 +153,9 @@ class KeyCache:
             self._keys.clear()  # a flood of distinct keys: start over rather than grow
         self._keys[key_digest] = (key, now + self.ttl)
         return key
+
+    def forget(self, key_id: uuid.UUID) -> None:
+        """Stop trusting this key at once (it was revoked by this process)."""
+        for key_digest, (key, _until) in list(self._keys.items()):
+            if key.id == key_id:
+                del self._keys[key_digest]

@@ -8,22 +8,47 @@ so none of them imports another to get them.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import os
 import signal
+import sys
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import NoReturn
 
-from nurture.settings import Settings
+from nurture.settings import DEVELOPMENT_SECRET_KEY, MIN_SECRET_KEY_LENGTH, Settings
 
 logger = logging.getLogger("nurture.cli")
 
 
 class CommandError(Exception):
     """A failure the user can act on: printed without a traceback."""
+
+
+MAKE_A_SECRET_KEY = 'python -c "import secrets; print(secrets.token_urlsafe(32))"'
+
+
+def require_secret_key(settings: Settings) -> None:
+    """Refuse to run the API or the worker with a secret key anyone could know: it signs the
+    tracked links (a redirect to anywhere), the open pixel and unsubscribe links. `nurture dev`
+    does not call this: it makes a random key of its own (nurture.devstack)."""
+    secret = settings.secret_key.get_secret_value().strip()
+    if secret == DEVELOPMENT_SECRET_KEY:
+        problem = "SECRET_KEY is not set (the public development value is in use)"
+    elif len(secret) < MIN_SECRET_KEY_LENGTH:
+        problem = f"SECRET_KEY is too short ({len(secret)} characters)"
+    else:
+        return
+    raise CommandError(
+        f"{problem}: it signs tracked links, the open pixel and unsubscribe links, so anyone "
+        "who knows it can forge them. Set SECRET_KEY to a random value of at least "
+        f"{MIN_SECRET_KEY_LENGTH} characters, the same for every API and worker process, e.g. "
+        f"the output of: {MAKE_A_SECRET_KEY}"
+    )
 
 
 # Any constant works, as long as every process that migrates uses the same one.
@@ -116,6 +141,26 @@ def run_until_signalled(main: Callable[[], Awaitable[None]]) -> None:
                 loop.remove_signal_handler(sig)
 
     asyncio.run(runner())
+
+
+def exit_process(code: int) -> NoReturn:
+    """End the process with `code` without the interpreter's finalization.
+
+    The Temporal client runs on Rust threads (Tokio) that call into Python to complete each
+    call's future on the event loop. The thread that completed the last call may still be on
+    its way out of Python when the main thread returns; if the interpreter is finalizing by
+    then, that thread aborts the process ("Fatal Python error: PyGILState_Release", SIGABRT,
+    sometimes SIGSEGV): about 1 exit in 20 of `nurture setup-temporal`, after its work was done.
+    Those threads cannot be joined, so a process that may have used Temporal ends here instead:
+    what exit handlers do (logging, embedded PostgreSQL) is done first, the output flushed,
+    then `os._exit` ends it without finalizing."""
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):  # closed, or a pipe nobody reads
+                stream.flush()
+        os._exit(code)
 
 
 def configure_logging(verbose: bool = False) -> None:

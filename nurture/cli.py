@@ -6,6 +6,8 @@
     nurture migrate                   upgrade the database schema
     nurture validate FILE...          check journey definition files offline
     nurture api-key create --name N   create an API key (the secret is shown once)
+    nurture api-key list              the keys: name, prefix, created, last used, revoked
+    nurture api-key revoke KEY        revoke a key (by id or prefix), at once
     nurture setup-temporal            register the search attributes on a Temporal cluster
 
 Configuration comes from the environment (see nurture.settings.Settings); `dev` also takes
@@ -19,6 +21,7 @@ import asyncio
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,9 @@ from typing import Any
 from nurture.boot import (
     CommandError,
     configure_logging,
+    exit_process,
     migrate_database,
+    require_secret_key,
     resolve_database_url,
 )
 from nurture.settings import Settings, get_settings
@@ -61,6 +66,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     from api.app import create_app
     from nurture.devstack import serve_api
 
+    require_secret_key(settings)
     with resolve_database_url(settings) as database_url:
         asyncio.run(migrate_database(database_url))
         app = create_app(settings=settings.model_copy(update={"database_url": database_url}))
@@ -137,6 +143,71 @@ def cmd_api_key_create(args: argparse.Namespace, settings: Settings) -> int:
     print("so it cannot be shown again. Send it as 'Authorization: Bearer <key>'.", file=sys.stderr)
     print(secret)
     return 0
+
+
+def cmd_api_key_list(args: argparse.Namespace, settings: Settings) -> int:
+    from nurture.apikeys import list_api_keys
+
+    rows = [("ID", "NAME", "PREFIX", "CREATED", "LAST USED", "REVOKED")]
+    for key in _with_sessions(settings, list_api_keys):
+        rows.append(
+            (
+                str(key.id),
+                key.name,
+                key.prefix,
+                _when(key.created_at),
+                _when(key.last_used_at),
+                _when(key.revoked_at),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_api_key_revoke(args: argparse.Namespace, settings: Settings) -> int:
+    from nurture.apikeys import KEY_CACHE_SECONDS, revoke_api_key
+    from nurture.errors import NurtureError
+
+    try:
+        revoked = _with_sessions(settings, lambda sessions: revoke_api_key(sessions, args.key))
+    except NurtureError as err:
+        raise CommandError(err.message) from None
+    key = revoked.key
+    if revoked.newly:
+        print(
+            f"API key {key.name!r} ({key.prefix}..., id {key.id}) revoked; API processes "
+            f"refuse it within {KEY_CACHE_SECONDS:g} s (how long each trusts a key it checked)."
+        )
+    else:
+        print(
+            f"API key {key.name!r} ({key.prefix}..., id {key.id}) was already revoked on "
+            f"{_when(key.revoked_at)}."
+        )
+    return 0
+
+
+def _with_sessions(settings: Settings, work: Callable[[Any], Any]) -> Any:
+    """Run `work(sessions)` against the (migrated) database."""
+    from nurture.db.engine import create_engine, session_factory
+
+    async def against(database_url: str) -> Any:
+        await migrate_database(database_url)
+        engine = create_engine(database_url, pool_size=1)
+        try:
+            return await work(session_factory(engine))
+        finally:
+            await engine.dispose()
+
+    with resolve_database_url(settings) as database_url:
+        return asyncio.run(against(database_url))
+
+
+def _when(moment: Any) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC") if moment is not None else "-"
 
 
 def cmd_setup_temporal(args: argparse.Namespace, settings: Settings) -> int:
@@ -216,6 +287,16 @@ def build_parser() -> argparse.ArgumentParser:
     create = api_key_commands.add_parser("create", help="create a key and print its secret once")
     create.add_argument("--name", required=True, help="what the key is for, e.g. 'crm-sync'")
     create.set_defaults(handler=cmd_api_key_create)
+    listing = api_key_commands.add_parser(
+        "list", help="list the keys: id, name, prefix, created, last used, revoked"
+    )
+    listing.set_defaults(handler=cmd_api_key_list)
+    revoke = api_key_commands.add_parser(
+        "revoke",
+        help="revoke a key: refused at once here, within 10 s by running API processes",
+    )
+    revoke.add_argument("key", metavar="KEY", help="the key's id or its prefix (nrt_...)")
+    revoke.set_defaults(handler=cmd_api_key_revoke)
 
     setup = commands.add_parser(
         "setup-temporal",
@@ -233,6 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command. Run as the program (no `argv`: the `nurture` script, `python -m
+    nurture.cli`) the process ends here through `exit_process`, never through the
+    interpreter's finalization, which a Temporal client's threads can abort; given `argv`
+    (tests, embedding) it returns the exit code."""
+    if argv is not None:
+        return run(argv)
+    try:
+        code = run()
+    except SystemExit:
+        raise  # argparse: --help or a usage error, before anything started
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    exit_process(code)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logging(verbose=args.verbose)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
@@ -247,4 +345,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -24,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from nurture.binaries import find_binary
 from nurture.boot import CommandError, embedded_pgdata, migrate_database, resolve_database_url
-from nurture.settings import Settings
+from nurture.settings import MIN_SECRET_KEY_LENGTH, Settings
 from nurture.temporal import connect
 from nurture.tracing import dev_server_flags, ensure_search_attributes
 
@@ -74,6 +76,28 @@ def check_ports(host: str, ports: dict[str, tuple[int, str]]) -> None:
     ]
     if taken:
         raise CommandError("\n".join(taken))
+
+
+# --- the secret key --------------------------------------------------------------------------
+
+
+def development_secret_key(data_dir: Path) -> str:
+    """The key `nurture dev` signs links with when SECRET_KEY is not set: random, made on the
+    first start and kept in DATA_DIR/secret_key (readable by its owner only), so links in
+    messages sent before a restart still work after it."""
+    path = data_dir / "secret_key"
+    try:
+        existing = path.read_text().strip()
+    except FileNotFoundError:
+        existing = ""
+    if len(existing) >= MIN_SECRET_KEY_LENGTH:
+        return existing
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(secret + "\n")
+    return secret
 
 
 # --- Temporal --------------------------------------------------------------------------------
@@ -296,6 +320,9 @@ def run_dev(settings: Settings, options: DevOptions) -> int:
     check_ports(host, ports)
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if "secret_key" not in settings.model_fields_set:
+        secret = development_secret_key(settings.data_dir)
+        settings = settings.model_copy(update={"secret_key": SecretStr(secret)})
     if not settings.database_url:
         print(f"Starting PostgreSQL (data in {embedded_pgdata(settings)})...", flush=True)
     with resolve_database_url(settings) as database_url:

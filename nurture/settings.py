@@ -1,11 +1,21 @@
 """One settings object, read from the environment (and `.env`), cached for the process."""
 
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Public (it is in this file): what tokens are signed with when nothing else is configured, as
+# in the tests. The API and the worker refuse to start with it outside `nurture dev`
+# (nurture.boot.require_secret_key); `nurture dev` makes a random key of its own.
+DEVELOPMENT_SECRET_KEY = "nurture-development-secret-change-me"
+MIN_SECRET_KEY_LENGTH = 32
+# Always allowed in Host: the process itself (health checks, a proxy on the same machine).
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
 class Settings(BaseSettings):
@@ -48,8 +58,15 @@ class Settings(BaseSettings):
         description="where recipients reach the API: tracked links, open pixel, unsubscribe",
     )
     secret_key: SecretStr = Field(
-        default=SecretStr("nurture-development-secret-change-me"),
-        description="signs tracking and unsubscribe tokens (HMAC); set a long random value",
+        default=SecretStr(DEVELOPMENT_SECRET_KEY),
+        description="signs tracking and unsubscribe tokens (HMAC): a long random value, the "
+        "same in every API and worker process; required outside `nurture dev`",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host names the API answers to (the Host header), besides the host of "
+        "public_base_url and loopback; comma-separated; `*.example.com` matches subdomains, "
+        "`*` any host",
     )
     track_opens: bool = True
     track_clicks: bool = True
@@ -100,6 +117,26 @@ class Settings(BaseSettings):
     twilio_from_number: str | None = None
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        """`a.example.com, b.example.com` from the environment (a JSON list works too)."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    def trusted_hosts(self) -> list[str]:
+        """Host names the API answers to: public_base_url's, loopback, then allowed_hosts."""
+        hosts: list[str] = []
+        public = urlsplit(self.public_base_url).hostname
+        for host in [public, *LOOPBACK_HOSTS, *self.allowed_hosts]:
+            if host and host.lower() not in hosts:
+                hosts.append(host.lower())
+        return hosts
 
 
 @lru_cache

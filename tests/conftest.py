@@ -211,6 +211,7 @@ def settings(task_queue: str) -> Settings:
         temporal_task_queue=task_queue,
         temporal_ui_url="http://temporal-ui.test",
         max_body_bytes=64 * 1024,
+        allowed_hosts=["nurture.test"],  # the tests' HTTP clients use http://nurture.test
     )
 
 

@@ -93,3 +93,35 @@ async def test_api_key_create_prints_a_working_secret_once(
     key = await authenticate(sessions, secret)
     assert key is not None and key.name == "crm-sync"
     assert await authenticate(sessions, secret + "x") is None
+
+
+def test_the_command_ends_without_interpreter_finalization(tmp_path: Path) -> None:
+    """Run as the program, `nurture` ends through os._exit once exit handlers ran and output
+    is flushed: the interpreter's finalization, which a Temporal client's threads can abort
+    (SIGABRT, "PyGILState_Release"), never starts. Objects are not finalized, exit handlers
+    are run, and the exit code is the command's."""
+    script = (
+        "import atexit, sys\n"
+        "from nurture.cli import main\n"
+        "class Finalized:\n"
+        "    def __del__(self): print('finalized', flush=True)\n"
+        "keep = Finalized()\n"
+        "atexit.register(lambda: print('exit handlers ran'))\n"
+        "sys.argv = ['nurture', 'validate', 'missing.json']\n"
+        "main()\n"
+        "print('main returned')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(),
+        timeout=60,
+    )
+
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.splitlines() == [
+        "missing.json: cannot read: No such file or directory",
+        "exit handlers ran",
+    ]

@@ -82,6 +82,17 @@ def test_app_services_are_configured_only_by_settings(
         assert {"TEMPORAL_NAMESPACE", "TEMPORAL_TASK_QUEUE", "TEMPORAL_UI_URL"} <= set(env)
 
 
+def test_compose_requires_a_secret_key(services: dict[str, dict[str, Any]]) -> None:
+    """`${SECRET_KEY:?message}`: compose refuses to start without it (the API and the worker
+    would refuse too, later); the message says how to make one, and has no `$` in it, which
+    compose would read as a variable."""
+    for name in APP_SERVICES:
+        value = _environment(services[name])["SECRET_KEY"]
+        match = re.fullmatch(r"\$\{SECRET_KEY:\?([^$}]+)\}", value)
+        assert match, f"{name}: SECRET_KEY must be required, not {value!r}"
+        assert "secrets.token_urlsafe(32)" in match.group(1)
+
+
 def test_app_services_use_the_image_built_here(services: dict[str, dict[str, Any]]) -> None:
     for name in APP_SERVICES:
         build = services[name].get("build")

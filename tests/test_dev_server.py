@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -56,7 +59,10 @@ async def live_api(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """The API and a worker, both on the dev server, as `nurture dev` runs them."""
     settings = Settings(
-        database_url="unused", temporal_task_queue=task_queue, temporal_ui_url="http://ui.test"
+        database_url="unused",
+        temporal_task_queue=task_queue,
+        temporal_ui_url="http://ui.test",
+        allowed_hosts=["nurture.test"],
     )
     resources = Resources(settings=settings, sessions=sessions, temporal=dev_server.client)
     key = await create_api_key(sessions, "e2e")
@@ -354,3 +360,37 @@ async def _runs_done(sessions: SessionFactory, count: int) -> list[BulkEnrollmen
             if len(runs) >= count and all(r.status == "completed" for r in runs):
                 return runs
             await asyncio.sleep(0.2)
+
+
+async def test_setup_temporal_exits_zero_after_its_work(
+    dev_server: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """`nurture setup-temporal` against a real server, a few runs at once. It used to abort
+    after its work in about 1 run in 12 (SIGABRT, "PyGILState_Release": a Temporal core thread
+    still in Python while the interpreter finalized); it now ends without finalizing
+    (nurture.boot.exit_process). A few runs cannot prove that, see docs/operations.md for the
+    measurement; they do show the command works and exits 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
+    env["TEMPORAL_ADDRESS"] = dev_server.client.service_client.config.target_host
+
+    async def setup() -> tuple[int | None, str]:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "nurture.cli",
+            "setup-temporal",
+            "--wait",
+            "20",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+        return process.returncode, out.decode()
+
+    runs = await asyncio.gather(*(setup() for _ in range(6)))
+
+    for code, out in runs:
+        assert code == 0, out
+        assert out.startswith("search attributes already registered on "), out

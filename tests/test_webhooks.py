@@ -671,6 +671,57 @@ async def test_mailgun_bad_signature_or_stale_timestamp_is_401(
     assert await suppressions(sessions) == []
 
 
+async def test_mailgun_token_of_an_ignored_event_cannot_be_replayed(
+    hooks: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    """An event we do not act on (here "accepted") still takes its token: the same signature
+    block glued to forged event data is a duplicate, and nothing is suppressed."""
+    message = await make_message(sessions, "mailgun", "<20240502.def@mg.example.com>")
+    accepted = mailgun_body(mailgun_event("accepted", "20240502.def@mg.example.com"))
+
+    first = ok(await hooks.post("/v1/webhooks/mailgun", json=accepted))
+    forged = {
+        **accepted,
+        "event-data": mailgun_event(
+            "failed",
+            "20240502.def@mg.example.com",
+            severity="permanent",
+            reason="suppress-complaint",
+            **{"user-variables": {"nurture_message_id": str(message.id)}},
+        ),
+    }
+    replayed = ok(await hooks.post("/v1/webhooks/mailgun", json=forged))
+
+    assert first == {"received": 0, "duplicates": 0, "unmatched": 0}
+    assert replayed == {"received": 1, "duplicates": 1, "unmatched": 0}
+    [stored] = await all_rows(sessions, WebhookEvent)
+    assert (stored.kind, stored.message_id) == ("ignored", None)
+    assert stored.processed_at is not None
+    assert await suppressions(sessions) == []
+
+
+async def test_mailgun_malformed_signatures_are_4xx_never_500(
+    hooks: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    data = mailgun_event("complained", "x@mg.example.com")
+    signed = mailgun_body(data)
+    non_ascii = {**signed, "signature": {**signed["signature"], "signature": "é" * 64}}
+    not_text = {**signed, "signature": {**signed["signature"], "signature": ["a"]}}
+    non_ascii_token = mailgun_body(data, token="tökén-ünïcode")
+    no_event_data = {"signature": signed["signature"]}
+
+    responses = [
+        await hooks.post("/v1/webhooks/mailgun", json=payload)
+        for payload in (non_ascii, not_text, no_event_data)
+    ]
+    unicode_token = await hooks.post("/v1/webhooks/mailgun", json=non_ascii_token)
+
+    assert [r.status_code for r in responses] == [401, 401, 400]
+    assert "signature does not match" in responses[0].json()["detail"]
+    # A token need not be ASCII: signed with the key, it is as good as any.
+    assert ok(unicode_token) == {"received": 1, "duplicates": 0, "unmatched": 1}
+
+
 # --- Postmark -------------------------------------------------------------------------------
 
 

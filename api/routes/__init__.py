@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from api.routes import (
+    api_keys,
     contacts,
     enrollments,
     events,
@@ -27,6 +28,7 @@ ROUTERS: list[APIRouter] = [
     segments.router,
     imports.router,
     timeline.router,
+    api_keys.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

@@ -26,6 +26,9 @@ Kind = Literal[
     "opened",
     "clicked",
     "failed",
+    # A verified delivery we do not act on, stored only so that its dedupe key is taken
+    # (Mailgun signs a token, not the event: an unrecorded token could be replayed).
+    "ignored",
 ]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 

@@ -75,6 +75,9 @@ async def ingest(
 ) -> IngestResult:
     result = IngestResult()
     for event in events:
+        if event.kind == "ignored":
+            await _record_ignored(sessions, event)
+            continue
         result.received += 1
         engagement: _Engagement | None = None
         async with sessions.begin() as session:
@@ -111,6 +114,28 @@ async def ingest(
         if engagement is not None:
             await _engage(sessions, client, engagement, result, options)
     return result
+
+
+async def _record_ignored(sessions: SessionFactory, event: ProviderEvent) -> None:
+    """Take the dedupe key of a delivery we do not act on: stored as done, never matched, not
+    counted in the receipt. A replay of the key with other data is then a duplicate."""
+    async with sessions.begin() as session:
+        now = utcnow()
+        await session.execute(
+            insert(WebhookEvent)
+            .values(
+                id=uuid.uuid4(),
+                provider=event.provider,
+                dedupe_key=event.dedupe_key,
+                kind=event.kind,
+                provider_message_id=None,
+                payload=_payload(event),
+                occurred_at=event.occurred_at or now,
+                received_at=now,
+                processed_at=now,
+            )
+            .on_conflict_do_nothing(index_elements=["dedupe_key"])
+        )
 
 
 async def match_pending(

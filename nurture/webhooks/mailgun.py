@@ -5,6 +5,9 @@ timestamp and a random token but NOT the event data. So a signature block seen o
 glued to forged event data. Two defences, as Mailgun recommends: the timestamp must be recent,
 and a token is honoured once. The token is therefore the dedupe key: a replayed token is a
 duplicate whatever event data comes with it (Mailgun retries resend the same block).
+
+Every verified token is recorded, also for events we do not act on (accepted, stored...): as
+an `ignored` event, so that its signature block cannot be glued to forged data later either.
 """
 
 from __future__ import annotations
@@ -49,10 +52,11 @@ def receive(
     signature = payload.get("signature")
     if not isinstance(signature, dict):
         raise Unauthorized("missing Mailgun signature block")
-    token = verify(signature, settings, time.time() if now is None else now)
+    # Its shape is checked before the signature, so that every request that verifies has its
+    # token recorded below (a 400 after verifying would leave the token usable).
     data = require_object(payload.get("event-data"), "event-data")
-    event = _event(data, token)
-    return [event] if event is not None else []
+    token = verify(signature, settings, time.time() if now is None else now)
+    return [_event(data, token)]
 
 
 def verify(signature: dict[str, Any], settings: Settings, now: float) -> str:
@@ -69,7 +73,8 @@ def verify(signature: dict[str, Any], settings: Settings, now: float) -> str:
         (timestamp + token).encode(),
         hashlib.sha256,
     ).hexdigest()
-    if not hmac.compare_digest(expected, given.lower()):
+    # As bytes: compare_digest refuses a str with non-ASCII characters (TypeError, a 500).
+    if not hmac.compare_digest(expected.encode(), given.lower().encode()):
         raise Unauthorized("Mailgun signature does not match")
     # Checked after the HMAC, so the message only says "stale" for a genuine signature.
     try:
@@ -83,7 +88,7 @@ def verify(signature: dict[str, Any], settings: Settings, now: float) -> str:
     return token
 
 
-def _event(data: dict[str, Any], token: str) -> ProviderEvent | None:
+def _event(data: dict[str, Any], token: str) -> ProviderEvent:
     name = data.get("event")
     permanent = False
     kind: Kind
@@ -107,8 +112,15 @@ def _event(data: dict[str, Any], token: str) -> ProviderEvent | None:
         kind = "complained"
     elif name == "unsubscribed":
         kind = "unsubscribed"
-    else:
-        return None  # accepted, stored, list events...
+    else:  # accepted, stored, list events...: only the token is kept (see the top)
+        return ProviderEvent(
+            provider=PROVIDER,
+            dedupe_key=dedupe_key(PROVIDER, token),
+            kind="ignored",
+            provider_message_id=None,
+            occurred_at=from_unix(data.get("timestamp")),
+            raw={"event": text(name)},
+        )
     message = data.get("message")
     headers = message.get("headers") if isinstance(message, dict) else None
     header_id = text(headers.get("message-id")) if isinstance(headers, dict) else None

@@ -20,8 +20,9 @@ from temporalio.client import Client
 from activities.enrollment import record_progress
 from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
+from nurture.content.isolation import render_isolated
 from nurture.content.loading import TemplateNotFound, load_template
-from nurture.content.rendering import TemplateRenderError, message_context, render
+from nurture.content.rendering import TemplateRenderError, message_context
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
@@ -162,7 +163,9 @@ class MessagingActivities:
         )
         email = request.channel == "email"
         unsubscribe_url = self._tracker.unsubscribe_url(message.id) if email else None
-        rendered = render(
+        # In a render process, within its time and size limits (an overrun is a
+        # TemplateRenderError): never on the worker's event loop.
+        rendered = await render_isolated(
             content,
             message_context(
                 contact,

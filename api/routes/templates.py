@@ -33,9 +33,10 @@ from api.schemas.templates import (
 )
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
 from nurture.channels.outbox import OutboxChannel
-from nurture.content.checks import content_problems
+from nurture.content.checks import content_problems, limit_problems
+from nurture.content.isolation import render_isolated
 from nurture.content.loading import load_template
-from nurture.content.rendering import RenderedContent, message_context, render
+from nurture.content.rendering import RenderedContent, message_context
 from nurture.db.models import Contact, Template, TemplateVersion, utcnow
 from nurture.errors import Invalid, NotFound, Unavailable
 
@@ -70,7 +71,9 @@ def _out(template: Template) -> TemplateOut:
     summary="Create or replace a template",
     description="An email template needs a `subject` and `html` or `text` (or both); an SMS "
     "template needs `text` and nothing else. Content is Jinja2 (see docs/templates.md): a "
-    "syntax error or a variable outside the render context is refused with its part and line. "
+    "syntax error or a variable outside the render context is refused with its part and line, "
+    "and so is content that goes over a render limit (time, output size) even for a contact "
+    "without fields. "
     "Each change of content is a new version (the first PUT is version 1); the same content "
     "again changes nothing. Replacing a template changes what journeys send from now on, in "
     "every journey version that names it.",
@@ -83,6 +86,19 @@ async def put_template(
         {"path": f"body.{p['path']}", "message": p["message"]}
         for p in content_problems(body.subject, body.html, body.text)
     ]
+    if not problems:
+        # Rendered once, off the event loop: a template that takes too long or renders too
+        # much even for a contact without fields is refused now, not at every send.
+        problems = [
+            {"path": f"body.{p['path']}", "message": p["message"]}
+            for p in await limit_problems(
+                channel,
+                body.subject,
+                body.html,
+                body.text,
+                unsubscribe_url=_preview_unsubscribe_url(resources),
+            )
+        ]
     if problems:
         raise Invalid(f"this is not a valid {channel} template", detail=problems)
     content = (body.subject, body.html, body.text)
@@ -300,7 +316,8 @@ async def _render_for(
 ) -> tuple[RenderedContent, dict[str, Any]]:
     template = await load_template(session, channel, key)
     context = await _personalise(session, body, resources, message_id)
-    return render(template, context), context
+    # In a render process, within its time and size limits: never on the API's event loop.
+    return await render_isolated(template, context), context
 
 
 @router.post(
@@ -312,7 +329,10 @@ async def _render_for(
     "`fields`). `unsubscribe_url` renders as a link that unsubscribes no one. Nothing is sent "
     "or stored.",
     responses=error_responses(
-        {404: "no such template or contact", 422: "the body is invalid, or rendering failed"}
+        {
+            404: "no such template or contact",
+            422: "the body is invalid, or rendering failed or went over a limit",
+        }
     ),
 )
 async def preview_template(

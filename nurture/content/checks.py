@@ -3,16 +3,25 @@
 A misspelt variable renders empty at send time (undefined values are forgiving, so one contact
 lacking a field does not fail its send), so the check happens when a template is saved and
 again when a journey using it is published: `{{ frist_name }}` is refused there, with its part
-and line, instead of greeting every contact with "Hi ,".
+and line, instead of greeting every contact with "Hi ,". Saving also renders the template once
+(`limit_problems`), refusing one that goes over a render limit even without contact data.
 """
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
 from jinja2 import TemplateSyntaxError, meta, nodes
 
+from nurture.content.isolation import render_part_isolated
 from nurture.content.rendering import (
     CONTACT_ATTRIBUTES,
+    PARTS,
     TEMPLATE_VARIABLES,
+    TemplateContent,
+    TemplateLimitError,
+    TemplateRenderError,
     environment_for,
 )
 
@@ -118,3 +127,46 @@ def _attribute_name(node: nodes.Node) -> str | None:
         value = node.arg.value
         return value if isinstance(value, str) else None
     return None
+
+
+async def limit_problems(
+    channel: str,
+    subject: str | None,
+    html: str | None,
+    text: str | None,
+    unsubscribe_url: str | None = None,
+) -> list[Problem]:
+    """The parts that go over a render limit (time, output size, a value too large) when
+    rendered for a contact without fields, as an empty preview renders them; in a render
+    process (`isolation`), so a slow template costs the caller nothing but the wait.
+
+    Other render errors are not problems here: they can depend on the contact (`{{ 1 /
+    fields.count }}`), and a preview with real data shows them. Run it on content that
+    `template_problems` passed (it must compile)."""
+    content = TemplateContent(
+        key="(being saved)", channel=channel, version=0, subject=subject, html=html, text=text
+    )
+    context: dict[str, Any] = {
+        "contact": {"id": str(uuid.uuid4()), "tags": []},
+        "fields": {},
+        "message_id": str(uuid.uuid4()),
+    }
+    if unsubscribe_url is not None:
+        context["unsubscribe_url"] = unsubscribe_url
+    found: list[Problem] = []
+    for part in PARTS:
+        if getattr(content, part) is None:
+            continue
+        try:
+            await render_part_isolated(content, part, context)
+        except TemplateLimitError as err:
+            where = f"line {err.line}: " if err.line is not None else ""
+            found.append(
+                {
+                    "path": part,
+                    "message": f"{where}{err.problem} (rendered for a contact without fields)",
+                }
+            )
+        except TemplateRenderError:
+            continue
+    return found

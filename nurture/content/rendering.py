@@ -1,9 +1,15 @@
 """Render a template for one contact, in a Jinja2 sandbox.
 
-Templates are written through the API by anyone holding a key, so they run sandboxed: no
-private attributes (`''.__class__`), no mutation of the context, no huge `*`/`**` results.
+Templates are written through the API by anyone holding a key, so they run sandboxed
+(`nurture.content.sandbox`): no private attributes (`''.__class__`), no mutation of the
+context, and no value larger than a message can hold (`"x" * 10**9`, `"x".center(10**9)`).
 Unsafe access is an error rather than Jinja's default silent empty string, so a template that
-tries it fails its preview and its sends visibly.
+tries it fails its preview and its sends visibly. Each part's output is limited too
+(`MAX_OUTPUT_BYTES`), counted as it is produced.
+
+`render` here runs in the calling thread, without a time limit: the API and the worker use
+`nurture.content.isolation.render_isolated`, which runs the same code in a render process,
+off their event loops, with a CPU-time limit and a kill switch.
 
 The context is fixed and documented (docs/templates.md); `checks.template_problems` refuses any
 other top-level name when a template is saved or a journey published:
@@ -26,15 +32,40 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from jinja2 import ChainableUndefined, Template, TemplateError, TemplateSyntaxError, Undefined
-from jinja2.exceptions import SecurityError
-from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import ChainableUndefined, Template, TemplateError, TemplateSyntaxError
 
-from nurture.db.models import Contact
+from nurture.content.sandbox import (
+    MAX_EXPONENT,
+    MAX_INT_BITS,
+    MAX_REPEAT,
+    MAX_VALUE_LENGTH,
+    LimitExceeded,
+    Sandbox,
+    finalize,
+)
 from nurture.errors import Invalid
+
+if TYPE_CHECKING:  # only a type here: the render process does not load the database models
+    from nurture.db.models import Contact
+
+__all__ = [
+    "MAX_EXPONENT",
+    "MAX_INT_BITS",
+    "MAX_OUTPUT_BYTES",
+    "MAX_REPEAT",
+    "MAX_VALUE_LENGTH",
+    "RenderedContent",
+    "TemplateContent",
+    "TemplateLimitError",
+    "TemplateRenderError",
+    "contact_context",
+    "environment_for",
+    "message_context",
+    "render",
+    "render_part",
+]
 
 Part = Literal["subject", "html", "text"]
 PARTS: tuple[Part, ...] = ("subject", "html", "text")
@@ -44,10 +75,9 @@ TEMPLATE_VARIABLES = frozenset({"contact", "fields", "unsubscribe_url", "journey
 # What `contact` holds; `checks` flags `contact.first_name` and the like.
 CONTACT_ATTRIBUTES = frozenset({"id", "email", "phone", "external_id", "time_zone", "tags"})
 
-# Bounds on what one expression may build: a marketing message never needs more, and without
-# them `{{ "x" * 10**10 }}` would exhaust the worker's memory.
-MAX_REPEAT = 100_000
-MAX_EXPONENT = 100
+# The most one part (subject, html or text) may render to, in UTF-8 bytes. Providers take
+# less (SendGrid 30 MB for a whole message, Postmark 10 MB, an SMS a few hundred bytes).
+MAX_OUTPUT_BYTES = 1_000_000
 
 # Jinja names templates compiled from strings so; tracebacks carry it, which finds the line.
 _TEMPLATE_FILENAME = "<template>"
@@ -89,48 +119,17 @@ class TemplateRenderError(Invalid):
         self.problem = message  # without the template and place; `message` has them
 
 
-class _Sandbox(ImmutableSandboxedEnvironment):
-    """The sandbox, stricter in two ways and more natural for data in one (see below)."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # The context is plain data, so a key wins over a dict method: a contact field named
-        # "items" or "update" must render the field, not `<built-in method items...>`.
-        if isinstance(obj, dict) and attribute in obj:
-            return obj[attribute]
-        return super().getattr(obj, attribute)
-
-    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
-        # Jinja returns an undefined that renders as "" (and ChainableUndefined would even chain
-        # on it): an attempt to escape the sandbox must fail loudly instead.
-        raise SecurityError(f"access to {attribute!r} of a {type(obj).__name__} is not allowed")
-
-    def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
-        if operator == "**" and isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
-            raise SecurityError(f"an exponent over {MAX_EXPONENT} is not allowed")
-        if operator == "*":
-            for sequence, times in ((left, right), (right, left)):
-                if (
-                    isinstance(sequence, str | list | tuple)
-                    and isinstance(times, int)
-                    and len(sequence) * times > MAX_REPEAT
-                ):
-                    raise SecurityError(f"a repetition over {MAX_REPEAT} items is not allowed")
-        return super().call_binop(context, operator, left, right)
+class TemplateLimitError(TemplateRenderError):
+    """A template went over a limit: it took too long to render, its output is too large, it
+    built a value too large, nested too deeply or used too much memory. The same content
+    would go over it again, so it is as final as any other render error."""
 
 
-def _finalize(value: Any) -> Any:
-    # `{{ contact.phone }}` of a contact without one, or a field stored as null: show nothing,
-    # never the word "None".
-    return "" if value is None else value
-
-
-def _environment(autoescape: bool) -> _Sandbox:
-    return _Sandbox(
+def _environment(autoescape: bool) -> Sandbox:
+    return Sandbox(
         autoescape=autoescape,
         undefined=ChainableUndefined,
-        finalize=_finalize,
+        finalize=finalize,
         keep_trailing_newline=True,  # a text body is sent exactly as written
     )
 
@@ -141,7 +140,7 @@ HTML_ENVIRONMENT = _environment(autoescape=True)
 PLAIN_ENVIRONMENT = _environment(autoescape=False)
 
 
-def environment_for(part: str) -> _Sandbox:
+def environment_for(part: str) -> Sandbox:
     """HTML is escaped; the subject, the text part and SMS are not HTML, so they are not."""
     return HTML_ENVIRONMENT if part == "html" else PLAIN_ENVIRONMENT
 
@@ -153,41 +152,83 @@ def _compiled(template_id: object, version: int, part: str, source: str) -> Temp
     return environment_for(part).from_string(source)
 
 
-def render(template: TemplateContent, context: Mapping[str, Any]) -> RenderedContent:
-    """Render every part the template has, with `context` (see `message_context`).
-
-    Raises `TemplateRenderError` naming the template, the part and the line. `context` may only
-    hold `TEMPLATE_VARIABLES`: anything else would let templates pass at send time that the
-    publish-time check refuses, or the other way round.
-    """
+def check_context(context: Mapping[str, Any]) -> None:
+    """`context` may only hold `TEMPLATE_VARIABLES`: anything else would let templates pass at
+    send time that the publish-time check refuses, or the other way round."""
     unknown = set(context) - TEMPLATE_VARIABLES
     if unknown:
         raise ValueError(f"not template variables: {sorted(unknown)}")
-    rendered: dict[str, str | None] = {}
-    for part in PARTS:
-        source: str | None = getattr(template, part)
-        if source is None:
-            rendered[part] = None
-            continue
-        cache_id = template.template_id or (template.channel, template.key)
-        try:
-            compiled = _compiled(cache_id, template.version, part, source)
-            rendered[part] = compiled.render(context)
-        except TemplateSyntaxError as err:
-            raise TemplateRenderError(
-                template.key, part, err.lineno, err.message or str(err)
-            ) from err
-        except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as err:
-            # TemplateError includes SecurityError and UndefinedError; the others come from
-            # expressions such as `{{ 1 / 0 }}` or `{{ fields.count + "a" }}`.
-            raise TemplateRenderError(template.key, part, _line_of(err), _describe(err)) from err
-    subject = rendered["subject"]
+
+
+def render(template: TemplateContent, context: Mapping[str, Any]) -> RenderedContent:
+    """Render every part the template has, with `context` (see `message_context`), here and
+    now: without a time limit (see `nurture.content.isolation.render_isolated`).
+
+    Raises `TemplateRenderError` naming the template, the part and the line, a
+    `TemplateLimitError` when it goes over a limit.
+    """
+    check_context(context)
+    rendered: dict[str, str | None] = {
+        part: render_part(template, part, context)
+        for part in PARTS
+        if getattr(template, part) is not None
+    }
+    return assemble(template, rendered)
+
+
+def assemble(template: TemplateContent, rendered: Mapping[str, str | None]) -> RenderedContent:
+    """The rendered parts as a channel takes them (a part not rendered is None)."""
+    subject = rendered.get("subject")
     if subject is not None:
         # A header is one line: a field holding a line break must not add headers to an email.
         subject = " ".join(subject.split())
     return RenderedContent(
-        subject=subject, html=rendered["html"], text=rendered["text"], version=template.version
+        subject=subject,
+        html=rendered.get("html"),
+        text=rendered.get("text"),
+        version=template.version,
     )
+
+
+def render_part(
+    template: TemplateContent,
+    part: str,
+    context: Mapping[str, Any],
+    max_output_bytes: int = MAX_OUTPUT_BYTES,
+) -> str:
+    """One part of `template` (which must have it), its output counted as it is produced
+    and refused past `max_output_bytes` (UTF-8)."""
+    source: str = getattr(template, part)
+    cache_id = template.template_id or (template.channel, template.key)
+    try:
+        compiled = _compiled(cache_id, template.version, part, source)
+        pieces: list[str] = []
+        produced = 0
+        for piece in compiled.generate(context):
+            produced += (
+                len(piece) if piece.isascii() else len(piece.encode("utf-8", "surrogatepass"))
+            )
+            if produced > max_output_bytes:
+                raise TemplateLimitError(
+                    template.key, part, None, f"output over {max_output_bytes} bytes"
+                )
+            pieces.append(piece)
+        return "".join(pieces)
+    except TemplateRenderError:
+        raise
+    except TemplateSyntaxError as err:
+        raise TemplateRenderError(template.key, part, err.lineno, err.message or str(err)) from err
+    except LimitExceeded as err:
+        raise TemplateLimitError(template.key, part, line_of(err), describe(err)) from err
+    except RecursionError as err:
+        # A macro calling itself, or data nested too deeply to print.
+        raise TemplateLimitError(template.key, part, line_of(err), "nests too deeply") from err
+    except MemoryError as err:
+        raise TemplateLimitError(template.key, part, line_of(err), "used too much memory") from err
+    except (TemplateError, ArithmeticError, TypeError, ValueError, LookupError) as err:
+        # TemplateError includes SecurityError and UndefinedError; the others come from
+        # expressions such as `{{ 1 / 0 }}` or `{{ fields.count + "a" }}`.
+        raise TemplateRenderError(template.key, part, line_of(err), describe(err)) from err
 
 
 def contact_context(contact: Contact) -> dict[str, Any]:
@@ -229,7 +270,7 @@ def message_context(
     return context
 
 
-def _line_of(err: BaseException) -> int | None:
+def line_of(err: BaseException) -> int | None:
     """The template line an error was raised on: Jinja rewrites tracebacks so that frames of
     template code carry the template's own file name and line numbers."""
     line = None
@@ -239,5 +280,5 @@ def _line_of(err: BaseException) -> int | None:
     return line
 
 
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
     return str(err) or type(err).__name__

@@ -37,7 +37,8 @@ from nurture.tracing import ensure_search_attributes
 TABLES = (
     "segments, webhook_events, suppressions, template_versions, templates, api_keys, bulk_enrollments, "
     "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
-    "journeys, list_memberships, lists, contacts, applied_operations"
+    "journeys, list_memberships, lists, contacts, applied_operations, contact_imports, "
+    "contact_changes, timeline_notes"
 )
 
 

@@ -7,7 +7,8 @@ At most one batch of rows, one partial line and the capped error list are held a
 
 A batch is only ever cut between records: a quoted value may span lines, and a record is
 complete once its double quotes balance (RFC 4180 doubles a quote inside a quoted value). A
-stray quote that never balances is cut after `MAX_RECORD_CHARS` and parsed as it stands.
+stray quote that never balances (by the end of the file, or within `MAX_RECORD_CHARS`) does not
+swallow what follows: its row is refused, and the lines after it are read again as rows.
 
 Mapping of columns (header names are matched without regard to case or spaces):
 external_id, email, phone, time_zone; `tags` (separated by `;`); consent_email and
@@ -30,6 +31,7 @@ import csv
 import logging
 import re
 import uuid
+from collections import deque
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -51,6 +53,8 @@ logger = logging.getLogger(__name__)
 BATCH_ROWS = 1_000
 MAX_ERRORS = 1_000  # reported in full; beyond this only counted
 MAX_RECORD_CHARS = 1_000_000
+# Stands for a row whose quote never closes (no CSV cell can hold a NUL: the csv module refuses).
+UNBALANCED = "\x00unbalanced-quote\x00"
 # The import is exempt from the API's body-size limit (settings.max_body_bytes), so it has
 # its own, generous one: large enough for millions of contacts, small enough to stop a runaway.
 MAX_IMPORT_BYTES = 2 * 1024**3
@@ -218,20 +222,37 @@ class _Records:
         self.partial = "" if final else lines.pop()
         if len(self.partial) > MAX_RECORD_CHARS:
             raise Invalid(f"a line is over {MAX_RECORD_CHARS} characters; is this a CSV file?")
+        if final and lines and not lines[-1]:
+            lines.pop()  # the file ended with a newline
         complete: list[str] = []
-        for i, line in enumerate(lines):
-            if final and i == len(lines) - 1 and not line:
-                break  # the file ended with a newline
-            self.group.append(line + "\n")
-            self.group_chars += len(line)
-            self.quotes += line.count('"')
-            if self.quotes % 2 == 0 or self.group_chars > MAX_RECORD_CHARS:
-                complete.extend(self.group)
-                self.group, self.group_chars, self.quotes = [], 0, 0
-        if final and self.group:
-            complete.extend(self.group)  # an unbalanced quote at the very end
-            self.group = []
-        return complete
+        todo = deque(line + "\n" for line in lines)
+        while True:
+            while todo:
+                line = todo.popleft()
+                self.group.append(line)
+                self.group_chars += len(line)
+                self.quotes += line.count('"')
+                if self.quotes % 2 == 0:
+                    complete.extend(self.group)
+                    self._reset()
+                elif self.group_chars > MAX_RECORD_CHARS:
+                    todo.extendleft(reversed(self._unbalanced(complete)))
+            if not (final and self.group):
+                return complete
+            # A quote still open at the end of the file.
+            todo.extend(self._unbalanced(complete))
+
+    def _unbalanced(self, complete: list[str]) -> list[str]:
+        """A quoted value that is never closed: its first line becomes a refused row (so the
+        rest of the file is not swallowed into one value), and the lines after it are read
+        again as records of their own."""
+        complete.append(UNBALANCED + "\n")
+        rest = self.group[1:]
+        self._reset()
+        return rest
+
+    def _reset(self) -> None:
+        self.group, self.group_chars, self.quotes = [], 0, 0
 
 
 # Called after each batch is committed with the ids of the existing contacts it changed.
@@ -271,6 +292,11 @@ async def import_contacts(
             if not cells or all(not cell.strip() for cell in cells):
                 continue
             result.rows += 1
+            if cells == [UNBALANCED]:
+                result.refuse(
+                    number, 'a quoted value is never closed (a stray "); the row was skipped'
+                )
+                continue
             try:
                 rows.append(columns.read(number, cells))
             except ValueError as bad:

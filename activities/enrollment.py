@@ -56,7 +56,8 @@ async def contact_facts(
     facts = facts_of(contact, list_keys)
     if fields is None:
         return facts
-    kept = {name: value for name, value in facts.fields.items() if name in set(fields)}
+    wanted = set(fields)
+    kept = {name: value for name, value in facts.fields.items() if name in wanted}
     return facts.model_copy(update={"fields": kept})
 
 

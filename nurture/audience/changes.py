@@ -43,10 +43,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from nurture.audience.segments.membership import observe
-from nurture.concurrency import gather_limited, gather_limited_outcomes
+from nurture.concurrency import gather_limited
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -59,11 +58,12 @@ from nurture.db.models import (
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.definition import EventTrigger
 from nurture.journeys.enrollments import (
+    TEMPORAL_UNREACHABLE,
     EnrollmentOptions,
     enroll,
-    mark_stale,
     parsed_definition,
     signal_workflow,
+    tell_contact_changed,
 )
 from nurture.journeys.publishing import latest_version
 from nurture.journeys.triggers import admit, live_journeys
@@ -72,8 +72,6 @@ logger = logging.getLogger(__name__)
 
 # How long the process that made a change has to announce it before the relay may.
 LEASE = timedelta(seconds=30)
-# What reaching Temporal can fail with (see nurture.audience.events).
-TEMPORAL_UNREACHABLE = (RPCError, RuntimeError, TimeoutError)
 _SIGNAL_CONCURRENCY = 20
 _RELAY_CONCURRENCY = 10
 _ANNOUNCE_CONCURRENCY = 20  # a request that changed many contacts (a list of 1,000 added)
@@ -221,44 +219,36 @@ class Announcer:
         return total
 
     async def _tell_enrollments(self, row: ContactChangeRecord, event: Event | None) -> int:
-        reloads: list[str] = []
+        told, failed = 0, list[str]()
         if row.reload:
-            async with self._sessions.begin() as session:
-                reloads = await mark_stale(session, [row.contact_id], row.origin_enrollment_id)
-        events: list[str] = []
+            told, failed = await tell_contact_changed(
+                self._sessions,
+                self._client,
+                [row.contact_id],
+                row.origin_enrollment_id,
+                _SIGNAL_CONCURRENCY,
+            )
         if event is not None:
-            async with self._sessions() as session:
-                query = select(col(Enrollment.workflow_id)).where(
-                    col(Enrollment.contact_id) == row.contact_id,
-                    col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
-                )
-                if row.origin_enrollment_id is not None:
-                    query = query.where(col(Enrollment.id) != row.origin_enrollment_id)
-                events = list(await session.scalars(query))
-        signal = _event_signal(event) if event is not None else None
+            told += await self._tell_event(row, event)
+        if failed:
+            raise RuntimeError(f"{len(failed)} enrollments could not be told; left for the relay")
+        return told
+
+    async def _tell_event(self, row: ContactChangeRecord, event: Event) -> int:
+        async with self._sessions() as session:
+            query = select(col(Enrollment.workflow_id)).where(
+                col(Enrollment.contact_id) == row.contact_id,
+                col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+            )
+            if row.origin_enrollment_id is not None:
+                query = query.where(col(Enrollment.id) != row.origin_enrollment_id)
+            workflow_ids = list(await session.scalars(query))
+        signal = _event_signal(event)
 
         async def one(workflow_id: str) -> bool:
-            told = False
-            if workflow_id in reloads:
-                told = await signal_workflow(self._client, workflow_id, "contact_changed")
-            if signal is not None and workflow_id in events:
-                told = await signal_workflow(self._client, workflow_id, "event", signal) or told
-            return told
+            return await signal_workflow(self._client, workflow_id, "event", signal)
 
-        targets = sorted({*reloads, *events})
-        outcomes = await gather_limited_outcomes(_SIGNAL_CONCURRENCY, one, targets)
-        failed = [w for w, o in zip(targets, outcomes, strict=True) if isinstance(o, BaseException)]
-        if failed:
-            # Not told after all: clear their mark, so the retry of this announcement (the
-            # relay's) signals them instead of taking them for already told.
-            async with self._sessions.begin() as session:
-                await session.execute(
-                    sa.update(Enrollment)
-                    .where(col(Enrollment.workflow_id).in_(failed))
-                    .values(contact_stale=False)
-                )
-            raise next(o for o in outcomes if isinstance(o, BaseException))
-        return sum(1 for o in outcomes if o is True)
+        return sum(await gather_limited(_SIGNAL_CONCURRENCY, one, workflow_ids))
 
     async def _start_journeys(
         self, row: ContactChangeRecord, event: Event | None

@@ -19,7 +19,7 @@ from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 
 from nurture.audience.changes import Announcer, Change, record
 from nurture.contracts import EnrollmentEvent
@@ -34,6 +34,8 @@ from nurture.db.models import (
 )
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.enrollments import (
+    SERVER_AWAY,
+    TEMPORAL_UNREACHABLE,
     EnrollmentOptions,
     signal_workflow,
 )
@@ -41,13 +43,8 @@ from nurture.journeys.triggers import on_contact_changed
 
 logger = logging.getLogger(__name__)
 
-# What reaching Temporal can fail with: an RPC error from a server that went away, the SDK's
-# RuntimeError when it cannot connect at all, or our own time limit (a person clicking a link
-# must not wait on retries).
-_TEMPORAL_UNREACHABLE = (RPCError, RuntimeError, TimeoutError)
+# A person clicking a link must not wait on retries.
 _SIGNAL_TIME_LIMIT = 5.0
-# RPC statuses that mean the server is away, not that one workflow refused.
-_SERVER_AWAY = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -174,7 +171,7 @@ async def record_engagement(
     try:
         async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
             signalled = await _signal_engagement(sessions, client, event, message)
-    except _TEMPORAL_UNREACHABLE as err:
+    except TEMPORAL_UNREACHABLE as err:
         logger.warning("event %s kept for redelivery: Temporal unavailable (%s)", event.id, err)
         return RecordedEvent(event, duplicate, 0)
     started: list[uuid.UUID] = []
@@ -237,14 +234,14 @@ async def redeliver_engagement(sessions: SessionFactory, client: Client, limit: 
             async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
                 await _signal_engagement(sessions, client, event, message)
         except RPCError as err:
-            if err.status not in _SERVER_AWAY:
+            if err.status not in SERVER_AWAY:
                 # This one workflow refused it (e.g. a limit of its own): the others' events
                 # must not wait behind it. It stays due for the next round.
                 logger.warning("event %s not redelivered: %s", event.id, err)
                 continue
             logger.warning("redelivery paused: Temporal unavailable (%s)", err)
             break
-        except _TEMPORAL_UNREACHABLE as err:
+        except TEMPORAL_UNREACHABLE as err:
             logger.warning("redelivery paused: Temporal unavailable (%s)", err)
             break
         delivered += 1

@@ -34,7 +34,6 @@ from temporalio.service import RPCError
 from nurture.audience.changes import mark_announced
 from nurture.audience.imports import Batch, ImportResult, find_list_id, import_contacts
 from nurture.audience.segments.sweeps import request_sweep
-from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     ContactImport,
@@ -42,7 +41,11 @@ from nurture.db.models import (
 )
 from nurture.errors import Conflict, NotFound, NurtureError
 from nurture.journeys.bulk import start_bulk_enrollment
-from nurture.journeys.enrollments import EnrollmentOptions, mark_stale, signal_workflow
+from nurture.journeys.enrollments import (
+    TEMPORAL_UNREACHABLE,
+    EnrollmentOptions,
+    tell_contact_changed,
+)
 from nurture.journeys.triggers import live_journeys
 
 logger = logging.getLogger(__name__)
@@ -63,12 +66,14 @@ async def run_import(
         await find_list_id(sessions, list_key)  # refused before a job row exists
     job = await _open(sessions, import_id or uuid.uuid4(), list_key)
     signalled = 0
-    change_ids: list[int] = []
+    change_ids: list[int] = []  # of the batches whose enrollments were all told
 
     async def after_batch(result: ImportResult, batch: Batch) -> None:
         nonlocal signalled
-        signalled += await _tell_enrollments(sessions, client, batch.updated)
-        change_ids.extend(batch.change_ids)
+        told, everyone = await _tell_enrollments(sessions, client, batch.updated)
+        signalled += told
+        if everyone:  # the rest stay due: the relay announces them one by one
+            change_ids.extend(batch.change_ids)
         await _save(sessions, job.id, result, signalled=signalled)
 
     try:
@@ -145,24 +150,22 @@ async def _save(
 
 async def _tell_enrollments(
     sessions: SessionFactory, client: Client, contact_ids: list[uuid.UUID]
-) -> int:
-    """Signal `contact_changed` to the in-flight enrollments of these contacts; how many.
-
-    Temporal being away does not fail the import: those enrollments see the new values when
-    they next load the contact (before each step)."""
+) -> tuple[int, bool]:
+    """Signal `contact_changed` to the in-flight enrollments of these contacts; how many, and
+    whether all of them were told. Temporal being away does not fail the import: the changes
+    of an import that could not tell everyone are left to the relay (`_set_off`)."""
     if not contact_ids:
-        return 0
-    async with sessions.begin() as session:
-        workflow_ids = await mark_stale(session, contact_ids)
-
-    async def one(workflow_id: str) -> bool:
-        try:
-            return await signal_workflow(client, workflow_id, "contact_changed")
-        except RPCError as err:
-            logger.warning("import: %s not told of its contact's change: %s", workflow_id, err)
-            return False
-
-    return sum(await gather_limited(_SIGNAL_CONCURRENCY, one, workflow_ids))
+        return 0, True
+    try:
+        told, failed = await tell_contact_changed(
+            sessions, client, contact_ids, concurrency=_SIGNAL_CONCURRENCY
+        )
+    except TEMPORAL_UNREACHABLE as err:  # Postgres or Temporal gone in the middle
+        logger.warning("import: enrollments not told of their contacts' changes: %s", err)
+        return 0, False
+    if failed:
+        logger.warning("import: %d enrollments not told of their contact's change", len(failed))
+    return told, not failed
 
 
 async def _set_off(

@@ -20,6 +20,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
+from nurture.concurrency import gather_limited_outcomes
 from nurture.contracts import (
     ENROLLMENT_WORKFLOW,
     EnrollmentInput,
@@ -41,6 +42,12 @@ from nurture.journeys.definition import EntryRules, JourneyDefinition
 from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
+
+# What reaching Temporal can fail with: an RPC error from a server that went away, the SDK's
+# RuntimeError when it cannot connect at all, or our own time limit.
+TEMPORAL_UNREACHABLE = (RPCError, RuntimeError, TimeoutError)
+# RPC statuses that mean the server is away, not that one workflow refused.
+SERVER_AWAY = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -338,6 +345,36 @@ async def mark_stale(
     return list(await session.scalars(query))
 
 
+async def tell_contact_changed(
+    sessions: SessionFactory,
+    client: Client,
+    contact_ids: Sequence[uuid.UUID],
+    exclude: uuid.UUID | None = None,
+    concurrency: int = 20,
+) -> tuple[int, list[str]]:
+    """Signal `contact_changed` to the enrollments `mark_stale` marks; how many were told,
+    and the workflow ids that could not be. Those have their mark cleared again, so that the
+    next announcement signals them instead of taking them for already told."""
+    async with sessions.begin() as session:
+        workflow_ids = await mark_stale(session, contact_ids, exclude)
+
+    async def one(workflow_id: str) -> bool:
+        return await signal_workflow(client, workflow_id, "contact_changed")
+
+    outcomes = await gather_limited_outcomes(concurrency, one, workflow_ids)
+    failed = [
+        w for w, o in zip(workflow_ids, outcomes, strict=True) if isinstance(o, BaseException)
+    ]
+    if failed:
+        async with sessions.begin() as session:
+            await session.execute(
+                update(Enrollment)
+                .where(col(Enrollment.workflow_id).in_(failed))
+                .values(contact_stale=False)
+            )
+    return sum(1 for o in outcomes if o is True), failed
+
+
 async def erase_enrollments(sessions: SessionFactory, client: Client, contact_id: uuid.UUID) -> int:
     """Before a contact is erased: unenroll its in-flight enrollments (reason
     "contact_deleted"), terminating one that refuses the signal for a reason of its own (a
@@ -355,7 +392,7 @@ async def erase_enrollments(sessions: SessionFactory, client: Client, contact_id
         try:
             await signal_workflow(client, workflow_id, "unenroll", "contact_deleted")
         except RPCError as err:
-            if err.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            if err.status in SERVER_AWAY:
                 raise
             try:
                 await client.get_workflow_handle(workflow_id).terminate(

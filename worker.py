@@ -41,6 +41,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.sending.throttle import CHANNELS, send_task_queue
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
@@ -65,7 +66,7 @@ def build_worker(
     max_cached_workflows: int = 500,
     settings: Settings | None = None,
     **worker_options: Any,
-) -> Worker:
+) -> Workers:
     """The worker for enrollments, bulk enrollments and the segment watch.
 
     Most enrollments sleep for days, so keeping every one of them cached buys little: a
@@ -80,7 +81,7 @@ def build_worker(
     )
     contacts = ContactActivities(sessions, client, options)
     segments = SegmentActivities(sessions, client, options, settings.segment_sweep_seconds)
-    return Worker(
+    main = Worker(
         client,
         task_queue=task_queue,
         workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch],
@@ -98,6 +99,73 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
         **worker_options,
     )
+    return Workers([main, *send_workers(client, task_queue, messaging, settings, worker_options)])
+
+
+def send_workers(
+    client: Client,
+    task_queue: str,
+    messaging: MessagingActivities,
+    settings: Settings,
+    worker_options: Mapping[str, Any],
+) -> list[Worker]:
+    """One worker per channel on that channel's send queue, which the enrollments send
+    through: `max_task_queue_activities_per_second` is the channel's rate, kept by the
+    Temporal server over every worker polling the queue (docs/send-rules.md)."""
+    rates = {"email": settings.send_rate_email, "sms": settings.send_rate_sms}
+    options = {
+        k: v for k, v in worker_options.items() if k in ("graceful_shutdown_timeout", "identity")
+    }
+    return [
+        Worker(
+            client,
+            task_queue=send_task_queue(task_queue, channel),
+            activities=[messaging.send_message],
+            max_task_queue_activities_per_second=rates[channel],
+            **options,
+        )
+        for channel in CHANNELS
+    ]
+
+
+class Workers:
+    """Several Temporal workers run as one: the enrollment worker and the send workers. Used
+    like a `Worker`: `async with`, or `run()` and `shutdown()`."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        self.workers = workers
+
+    async def __aenter__(self) -> Workers:
+        entered: list[Worker] = []
+        try:
+            for worker in self.workers:
+                await worker.__aenter__()
+                entered.append(worker)
+        except BaseException:
+            for worker in reversed(entered):
+                await worker.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for worker in reversed(self.workers):
+            await worker.__aexit__(*exc)
+
+    async def run(self) -> None:
+        """Until shut down; one worker failing shuts the others down and raises."""
+        tasks = [asyncio.create_task(worker.run()) for worker in self.workers]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            if any(task.exception() is not None for task in done):
+                await self.shutdown()
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*(w.shutdown() for w in self.workers if w.is_running))
 
 
 def start_loops(
@@ -133,7 +201,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             settings=settings,
         )
         logger.info(
-            "worker polling %s on %s/%s",
+            "worker polling %s (and its send queues) on %s/%s",
             settings.temporal_task_queue,
             settings.temporal_address,
             settings.temporal_namespace,

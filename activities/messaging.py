@@ -3,6 +3,11 @@
 The message row is claimed first (UNIQUE idempotency key). A retry that finds it finished returns
 the recorded result; one that finds it still "sending" (the worker died mid-call) calls the
 channel again with the same key, which the channel passes to the provider to dedupe.
+
+Before a new send is claimed, the send rules decide in the same transaction
+(`nurture.sending.gate`): a send held by quiet hours or delayed by a frequency cap returns
+"held" with the instant to try again, and leaves no message row; one skipped by a rule is a
+skipped message with the rule as its reason.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
+from nurture.sending.gate import decide_and_claim, record_hold
 from nurture.settings import Settings
 from nurture.tracking import Tracker
 from nurture.webhooks.ingest import match_pending
@@ -74,27 +80,8 @@ class MessagingActivities:
             enrollment_exists = await session.get(Enrollment, request.enrollment_id) is not None
             if enrollment_exists:  # the path up to this send, recorded with it
                 await record_progress(session, request.enrollment_id, request.progress)
-            await session.execute(
-                insert(Message)
-                .values(
-                    idempotency_key=request.idempotency_key,
-                    enrollment_id=request.enrollment_id if enrollment_exists else None,
-                    contact_id=request.contact_id if contact is not None else None,
-                    step_id=request.step,
-                    channel=request.channel,
-                    template=request.template,
-                    status=MessageStatus.SENDING,
-                )
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            )
-            message = (
-                await session.scalars(
-                    select(Message)
-                    .where(col(Message.idempotency_key) == request.idempotency_key)
-                    .with_for_update()
-                )
-            ).one()
-            if message.status in _FINISHED:
+            message = await _claimed(session, request.idempotency_key)
+            if message is not None and message.status in _FINISHED:
                 return SendResult(
                     message_id=message.id, status=message.status, reason=message.reason
                 )
@@ -107,9 +94,42 @@ class MessagingActivities:
                 reason = await _exclusion_reason(session, request.exclusion_segment, contact.id)
             if reason is None and channel is None:
                 reason = f"no {request.channel} channel configured"
+            rule: str | None = None
+            if reason is None and message is None and contact is not None:
+                # A new send meets the send rules (a claimed one was decided and counted).
+                verdict = await decide_and_claim(session, request, contact.time_zone)
+                if verdict.action != "send":
+                    await record_hold(session, request, verdict, enrollment_exists)
+                    rule = verdict.rule
+                if verdict.action in ("held", "delayed"):
+                    return SendResult(
+                        message_id=None,
+                        status="held",
+                        reason=f"{verdict.action}: {verdict.words}",
+                        until=verdict.until,
+                        rule=verdict.rule,
+                    )
+                if verdict.action == "skipped":
+                    reason = verdict.words
+            if message is None:
+                await session.execute(
+                    insert(Message)
+                    .values(
+                        idempotency_key=request.idempotency_key,
+                        enrollment_id=request.enrollment_id if enrollment_exists else None,
+                        contact_id=request.contact_id if contact is not None else None,
+                        step_id=request.step,
+                        channel=request.channel,
+                        template=request.template,
+                        status=MessageStatus.SENDING,
+                    )
+                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                )
+                message = await _claimed(session, request.idempotency_key)
+                assert message is not None
             if reason is not None:
-                message.status, message.reason = MessageStatus.SKIPPED, reason
-                return SendResult(message_id=message.id, status="skipped", reason=reason)
+                message.status, message.reason = MessageStatus.SKIPPED, reason[:255]
+                return SendResult(message_id=message.id, status="skipped", reason=reason, rule=rule)
             assert contact is not None and channel is not None
             try:
                 outgoing, version = await self._compose(session, request, message, contact)
@@ -172,6 +192,7 @@ class MessagingActivities:
                 message_id=message.id,
                 journey=request.journey_key,
                 unsubscribe_url=unsubscribe_url,
+                sent_at=request.at,
             ),
         )
         html = rendered.html
@@ -207,6 +228,16 @@ class MessagingActivities:
                     **values,
                 )
             )
+
+
+async def _claimed(session: AsyncSession, key: str) -> Message | None:
+    """The message row of this idempotency key, locked, if an attempt made it."""
+    found: Message | None = (
+        await session.scalars(
+            select(Message).where(col(Message.idempotency_key) == key).with_for_update()
+        )
+    ).one_or_none()
+    return found
 
 
 async def _exclusion_reason(

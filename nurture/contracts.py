@@ -8,12 +8,13 @@ the Temporal UI, and contact PII stays in Postgres.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from nurture.journeys.definition import JourneyDefinition
+from nurture.sending.windows import QuietHours
 
 ENROLLMENT_WORKFLOW = "JourneyEnrollment"
 
@@ -184,12 +185,25 @@ class SendRequest(_Message):
     exclusion_segment: str | None = None
     # The path since the last write, this send step included: recorded by the send itself.
     progress: list[StepEntered] = Field(default_factory=list)
+    # Send rules (nurture.sending.gate; docs/send-rules.md). `at`: the workflow's time of this
+    # attempt, the instant caps and quiet hours are decided for (None: the activity's clock).
+    visit: int = 0
+    at: datetime | None = None
+    transactional: bool = False
+    on_cap: Literal["delay", "skip"] = "delay"
+    quiet_hours: list[QuietHours] | None = None  # the journey's; None: the workspace's
+    time_zone: str | None = None  # the journey's, when it set one
+    held_since: datetime | None = None  # when the step was entered
+    expires_after: timedelta | None = None
 
 
 class SendResult(_Message):
-    message_id: uuid.UUID
-    status: Literal["sent", "skipped", "failed"]
+    # None when a rule held or delayed the send ("held"): no message exists yet.
+    message_id: uuid.UUID | None
+    status: Literal["sent", "skipped", "failed", "held"]
     reason: str | None = None
+    until: datetime | None = None  # held: when to try again
+    rule: str | None = None  # held or skipped by a send rule: quiet_hours | frequency_cap | ...
 
 
 class ContactChange(_Message):

@@ -52,6 +52,20 @@ class Settings(BaseSettings):
         "single change announces (time passing, an edited filter) start journeys this late",
     )
 
+    # --- Send rules: throttling (docs/send-rules.md) ----------------------------------------
+    send_rate_email: float | None = Field(
+        default=None,
+        gt=0,
+        description="at most this many emails per second over all workers (Temporal keeps "
+        "the rate for the send queue); unset: no limit. Amazon SES starts at 14",
+    )
+    send_rate_sms: float | None = Field(
+        default=None,
+        gt=0,
+        description="at most this many SMS per second over all workers; unset: no limit. "
+        "A Twilio long code sends 1 per second",
+    )
+
     # --- Engagement: links in messages, tracking, unsubscribe -------------------------------
     public_base_url: str = Field(
         default="http://localhost:8000",

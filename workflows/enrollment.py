@@ -24,7 +24,8 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.contacts import ContactActivities
@@ -33,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from nurture.contracts import (
         ENROLLMENT_WORKFLOW,
         CarriedState,
+        Channel,
         ContactChange,
         ContactFacts,
         EnrollmentEvent,
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         ReceivedEvent,
         ResumeWait,
         SendRequest,
+        SendResult,
         StepEntered,
         StepOutcome,
     )
@@ -66,6 +69,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from nurture.journeys.durations import format_duration
     from nurture.journeys.schedule import plan_wait
+    from nurture.sending.throttle import send_task_queue
     from nurture.tracing import ENROLLMENT_STATUS, JOURNEY_STEP
 
 # Postgres or a provider being down for a while must delay a journey, never break it.
@@ -337,10 +341,58 @@ class JourneyEnrollment:
         return f"journey:{self._input.journey_key}:{step_id}"
 
     async def _send(self, step_id: str, step: SendEmailStep | SendSmsStep, visit: int) -> str:
-        # The one gate every send passes through: frequency caps and quiet hours belong here too.
+        """The one gate every send passes through. The send rules (docs/send-rules.md) are
+        decided by the send activity itself, for this instant: a send held by quiet hours or
+        delayed by a frequency cap sleeps (a timer named for the rule) until the rule allows
+        it, or until its step's expires_after, and is tried again; a journey whose sends no
+        rule holds costs what it always did, one activity per send."""
         await self._hold_while_paused(step_id)
-        channel = "email" if isinstance(step, SendEmailStep) else "sms"
-        request = SendRequest(
+        channel: Channel = "email" if isinstance(step, SendEmailStep) else "sms"
+        entered = self._path[-1].entered_at
+        # A hold cut by continue-as-new left its note on the path: keep it in the outcome.
+        earlier = self._path[-1].outcome
+        holds = [earlier] if earlier and earlier.startswith(_HOLD_PREFIXES) else []
+        while True:
+            request = self._send_request(step_id, step, visit, channel, entered)
+            try:
+                result = await workflow.execute_activity_method(
+                    MessagingActivities.send_message,
+                    request,
+                    task_queue=send_task_queue(workflow.info().task_queue, channel),
+                    start_to_close_timeout=_SEND_TIMEOUT,
+                    retry_policy=_PATIENT,
+                    summary=f"{step_id}: send {channel} '{step.template}'",
+                    schedule_to_start_timeout=self._expiry_timeout(step, entered),
+                )
+            except ActivityError as err:
+                if _waited_too_long(err) and step.expires_after is not None:
+                    # Throttled past its expiry: the send is recorded as skipped, off the
+                    # throttled queue.
+                    result = await self._record_expired(request, step_id)
+                else:
+                    return f"failed: {_cause(err)}"  # the path is written by the next write
+            self._saved(request.progress)
+            if result.status == "held":
+                assert result.until is not None and result.reason is not None
+                holds.append(result.reason)
+                await self._hold_send(step_id, step, visit, entered, result.reason, result.until)
+                continue
+            break
+        if result.reason == "contact_deleted":
+            self._contact_dirty = True  # the next checkpoint reloads it and ends the enrollment
+        outcome = result.status if result.reason is None else f"{result.status}: {result.reason}"
+        return f"{outcome} ({'; '.join(holds)})" if holds else outcome
+
+    def _send_request(
+        self,
+        step_id: str,
+        step: SendEmailStep | SendSmsStep,
+        visit: int,
+        channel: Channel,
+        entered: datetime,
+    ) -> SendRequest:
+        definition = self._input.definition
+        return SendRequest(
             idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
             enrollment_id=self._input.enrollment_id,
             contact_id=self._input.contact_id,
@@ -348,23 +400,61 @@ class JourneyEnrollment:
             step=step_id,
             channel=channel,
             template=step.template,
-            exclusion_segment=self._input.definition.entry.exclusion_segment,
+            exclusion_segment=definition.entry.exclusion_segment,
             progress=self._unsaved,
+            visit=visit,
+            at=workflow.now(),
+            transactional=step.transactional,
+            on_cap=step.on_cap or definition.on_cap,
+            quiet_hours=definition.quiet_hours,
+            # A journey left at UTC (the default) defers to the workspace's time zone.
+            time_zone=definition.time_zone if definition.time_zone != "UTC" else None,
+            held_since=entered,
+            expires_after=step.expires_after,
         )
-        try:
-            result = await workflow.execute_activity_method(
-                MessagingActivities.send_message,
-                request,
-                start_to_close_timeout=_SEND_TIMEOUT,
-                retry_policy=_PATIENT,
-                summary=f"{step_id}: send {channel} '{step.template}'",
-            )
-        except ActivityError as err:
-            return f"failed: {_cause(err)}"  # the path is written by the next step's write
-        self._saved(request.progress)
-        if result.reason == "contact_deleted":
-            self._contact_dirty = True  # the next checkpoint reloads it and ends the enrollment
-        return result.status if result.reason is None else f"{result.status}: {result.reason}"
+
+    def _expiry_timeout(
+        self, step: SendEmailStep | SendSmsStep, entered: datetime
+    ) -> timedelta | None:
+        """A send with an expiry may wait in its (throttled) queue only until it expires."""
+        if step.expires_after is None:
+            return None
+        left = entered + step.expires_after - workflow.now()
+        return left if left > timedelta(0) else None
+
+    async def _record_expired(self, request: SendRequest, step_id: str) -> SendResult:
+        """Past its expiry now: the activity, on the workflow's own (unthrottled) queue,
+        records the send as skipped."""
+        request = request.model_copy(update={"at": workflow.now(), "progress": []})
+        return await workflow.execute_activity_method(
+            MessagingActivities.send_message,
+            request,
+            start_to_close_timeout=_SEND_TIMEOUT,
+            retry_policy=_PATIENT,
+            summary=f"{step_id}: expired while throttled",
+        )
+
+    async def _hold_send(
+        self,
+        step_id: str,
+        step: SendEmailStep | SendSmsStep,
+        visit: int,
+        entered: datetime,
+        reason: str,
+        until: datetime,
+    ) -> None:
+        """Sleep until a rule allows the send (or it expires). A change to the contact (its
+        time zone) wakes it early, to decide again."""
+        expires = entered + step.expires_after if step.expires_after is not None else None
+        deadline = min(until, expires) if expires is not None else until
+        self._path[-1].outcome = reason
+        workflow.set_current_details(f"**{step_id}**: {reason}")
+        await self._dwell(step_id)
+        facts = self._facts
+        await self._sleep_until(
+            deadline, f"{step_id}: {reason}", step_id, visit, until=lambda: self._facts is not facts
+        )
+        await self._hold_while_paused(step_id)
 
     async def _hold_while_paused(self, step_id: str) -> None:
         """A paused journey keeps its contacts, holding each before its next send."""
@@ -521,6 +611,15 @@ class JourneyEnrollment:
         self._unrecorded = None
         self._unsaved = []
         return EnrollmentResult(status=status, reason=reason, path=self._path)
+
+
+_HOLD_PREFIXES = ("held: ", "delayed: ")
+
+
+def _waited_too_long(err: ActivityError) -> bool:
+    """The activity was not started before its schedule-to-start timeout (its expiry)."""
+    cause = err.cause
+    return isinstance(cause, ActivityTimeout) and cause.type == TimeoutType.SCHEDULE_TO_START
 
 
 def _cause(err: ActivityError) -> str:

@@ -31,11 +31,13 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from jinja2 import ChainableUndefined, Template, TemplateError, TemplateSyntaxError
 
+from nurture.content.dates import DATE_FILTERS
 from nurture.content.sandbox import (
     MAX_EXPONENT,
     MAX_INT_BITS,
@@ -71,7 +73,9 @@ Part = Literal["subject", "html", "text"]
 PARTS: tuple[Part, ...] = ("subject", "html", "text")
 
 # The names a template may read at its top level (see the module docstring).
-TEMPLATE_VARIABLES = frozenset({"contact", "fields", "unsubscribe_url", "journey", "message_id"})
+TEMPLATE_VARIABLES = frozenset(
+    {"contact", "fields", "unsubscribe_url", "journey", "message_id", "sent_at"}
+)
 # What `contact` holds; `checks` flags `contact.first_name` and the like.
 CONTACT_ATTRIBUTES = frozenset({"id", "email", "phone", "external_id", "time_zone", "tags"})
 
@@ -126,12 +130,14 @@ class TemplateLimitError(TemplateRenderError):
 
 
 def _environment(autoescape: bool) -> Sandbox:
-    return Sandbox(
+    environment = Sandbox(
         autoescape=autoescape,
         undefined=ChainableUndefined,
         finalize=finalize,
         keep_trailing_newline=True,  # a text body is sent exactly as written
     )
+    environment.filters.update(DATE_FILTERS)  # small strings out: no limits to add
+    return environment
 
 
 # One sandbox per escaping mode, shared by every render: building one is not free, and their
@@ -259,9 +265,13 @@ def message_context(
     message_id: uuid.UUID | str,
     journey: str | None = None,
     unsubscribe_url: str | None = None,
+    sent_at: datetime | None = None,
 ) -> dict[str, Any]:
-    """The whole render context of one message: the contact's, plus what the sender knows."""
+    """The whole render context of one message: the contact's, plus what the sender knows.
+    `sent_at` (ISO 8601, UTC; now when not given) is the send time, for date arithmetic such
+    as `{{ sent_at | add_days(7) | date("%d %B", contact.time_zone) }}`."""
     context = contact_context(contact)
+    context["sent_at"] = (sent_at or datetime.now(UTC)).astimezone(UTC).isoformat()
     context["message_id"] = str(message_id)
     if journey is not None:
         context["journey"] = journey

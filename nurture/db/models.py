@@ -552,3 +552,62 @@ class TimelineNote(SQLModel, table=True):
     detail: str | None = Field(default=None, sa_type=Text)
     # What tried: "api", "list_joined:<list>", "segment_entered:<segment>", "event:<name>"...
     source: str | None = Field(default=None, max_length=160)
+
+
+class WorkspaceSendRules(SQLModel, table=True):
+    """The workspace's send rules (`nurture.sending.rules.SendRules` as JSON): one row."""
+
+    __tablename__ = "send_rules"
+
+    id: int = Field(default=1, primary_key=True)
+    rules: dict[str, Any] = _json()
+    updated_at: datetime = _timestamp()
+
+
+class SendClaim(SQLModel, table=True):
+    """One send counted by frequency caps, made in the send's own transaction under a lock per
+    contact and channel (`nurture.sending.gate`). Keyed by the send's idempotency key, so a
+    retried send never counts twice. `at` is the instant the enrollment sent it (workflow time)."""
+
+    __tablename__ = "send_claims"
+    __table_args__ = (Index("ix_send_claims_contact_channel_at", "contact_id", "channel", "at"),)
+
+    idempotency_key: str = Field(primary_key=True, max_length=255)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False)
+    )
+    channel: str = Field(max_length=16)
+    at: datetime = _timestamp()
+    transactional: bool = Field(default=False)
+
+
+class SendHold(SQLModel, table=True):
+    """A send that a rule held, delayed or skipped: the count analytics reads (one row per
+    decision; `docs/send-rules.md`) and the contact timeline's "send_held" entries.
+
+    rule: quiet_hours | frequency_cap | expired; action: held | delayed | skipped."""
+
+    __tablename__ = "send_holds"
+    __table_args__ = (
+        UniqueConstraint("idempotency_key", "at", "rule"),
+        Index("ix_send_holds_contact", "contact_id", "at"),
+        Index("ix_send_holds_at", "at"),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
+    idempotency_key: str = Field(max_length=255)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False)
+    )
+    enrollment_id: uuid.UUID | None = Field(
+        default=None,
+        sa_column=Column(ForeignKey("enrollments.id", ondelete="SET NULL"), nullable=True),
+    )
+    journey_key: str | None = Field(default=None, max_length=64)
+    step_id: str | None = Field(default=None, max_length=64)
+    channel: str = Field(max_length=16)
+    rule: str = Field(max_length=32)
+    action: str = Field(max_length=16)
+    detail: str = Field(max_length=255)
+    at: datetime = _timestamp()
+    until: datetime | None = _timestamp(nullable=True, default_now=False)

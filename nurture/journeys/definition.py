@@ -25,6 +25,7 @@ from pydantic import (
 )
 
 from nurture.journeys.durations import Duration
+from nurture.sending.windows import QuietHours
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -235,13 +236,48 @@ class _Step(_Strict):
     title: str | None = Field(default=None, description="a label for people; the id is the key")
 
 
-class SendEmailStep(_Step):
+OnCap = Literal["delay", "skip"]
+
+
+class _SendStep(_Step):
+    """What the send rules (docs/send-rules.md) need to know of a send step."""
+
+    transactional: bool = Field(
+        default=False,
+        description="an order problem, a password reset: counted by frequency caps but never "
+        "held by them or by quiet hours",
+    )
+    on_cap: OnCap | None = Field(
+        default=None, description="a send over a frequency cap: delay or skip; unset: the journey's"
+    )
+    expires_after: Duration | None = Field(
+        default=None,
+        description="a send held (paused journey, cap, quiet hours, throttle) longer than this "
+        "after the step was reached is skipped, never sent late",
+        examples=["2d"],
+    )
+
+    @field_validator("expires_after")
+    @classmethod
+    def _expiry_positive(cls, value: Any) -> Any:
+        if value is not None and value.total_seconds() <= 0:
+            raise ValueError("expires_after must be positive")
+        return value
+
+    @model_validator(mode="after")
+    def _send_rules_fit(self) -> _SendStep:
+        if self.transactional and self.on_cap is not None:
+            raise ValueError("a transactional send is never capped: on_cap does not apply")
+        return self
+
+
+class SendEmailStep(_SendStep):
     type: Literal["send_email"]
     template: str = Field(min_length=1)
     next: StepId | None = Field(default=None, description="no next step: the journey completes")
 
 
-class SendSmsStep(_Step):
+class SendSmsStep(_SendStep):
     type: Literal["send_sms"]
     template: str = Field(min_length=1)
     next: StepId | None = None
@@ -410,6 +446,16 @@ class JourneyDefinition(_Strict):
     )
     start: StepId
     steps: dict[StepId, Step] = Field(min_length=1)
+    on_cap: OnCap = Field(
+        default="delay",
+        description="what a send over a frequency cap does: wait until the cap allows it, or "
+        "be skipped; a send step's own on_cap wins",
+    )
+    quiet_hours: list[QuietHours] | None = Field(
+        default=None,
+        description="local times this journey sends nothing, replacing the workspace's; "
+        "[]: none; unset: the workspace's",
+    )
 
 
 def step_targets(step: Step) -> list[tuple[str, str | None]]:

@@ -1,0 +1,174 @@
+"""The decision for one send, made and claimed in the send activity's own transaction.
+
+In order: a send held past its step's `expires_after` is skipped; a transactional send goes
+(counted); quiet hours in the contact's time zone hold it until they end; frequency caps,
+read and claimed under a transaction-scoped advisory lock per contact and channel, delay or
+skip it (the journey's or step's `on_cap`). Two sends racing for a cap's last slot on
+different workers serialize on that lock: the second counts the first's claim once the first
+commits. A claim is keyed by the send's idempotency key, so a retried send never counts twice.
+Without caps or quiet hours this is one read of the rules and one insert.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from sqlalchemy import func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from nurture.contracts import SendRequest
+from nurture.db.models import EnrollmentStep, SendClaim, SendHold, utcnow
+from nurture.journeys.definition import check_time_zone
+from nurture.journeys.durations import format_duration
+from nurture.sending.caps import cap_verdict, longest_window
+from nurture.sending.rules import SendRules, load_send_rules
+from nurture.sending.windows import quiet_until
+
+Action = Literal["send", "held", "delayed", "skipped"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: Action
+    rule: str | None = None  # quiet_hours | frequency_cap | expired
+    words: str | None = None  # "quiet hours until 08:00 Europe/Warsaw", for the path
+    until: datetime | None = None  # held or delayed: when to try again
+
+
+SEND = Verdict("send")
+
+
+def contact_zone(contact_zone: str | None, journey_zone: str | None, rules: SendRules) -> str:
+    """The contact's time zone (an IANA name), else the journey's, else the workspace's."""
+    for name in (contact_zone, journey_zone):
+        if name:
+            try:
+                return check_time_zone(name)
+            except ValueError:
+                continue
+    return rules.time_zone
+
+
+def expired(request: SendRequest, at: datetime) -> Verdict | None:
+    if request.expires_after is None or request.held_since is None:
+        return None
+    if at < request.held_since + request.expires_after:
+        return None
+    limit = format_duration(request.expires_after)
+    return Verdict("skipped", "expired", f"expired: not sent within {limit} (expires_after)")
+
+
+async def decide_and_claim(
+    session: AsyncSession, request: SendRequest, contact_time_zone: str | None
+) -> Verdict:
+    at = request.at or utcnow()
+    too_late = expired(request, at)
+    if too_late is not None:
+        return too_late
+    rules = await load_send_rules(session)
+    if not request.transactional:
+        windows = request.quiet_hours if request.quiet_hours is not None else rules.quiet_hours
+        if windows:
+            zone = contact_zone(contact_time_zone, request.time_zone, rules)
+            hold = quiet_until(at, zone, windows, request.channel)
+            if hold is not None:
+                return Verdict("held", "quiet_hours", hold.words(at), hold.until)
+    window = longest_window(rules.frequency_caps, request.channel)
+    if window is not None:
+        await _lock(session, request.contact_id, request.channel)
+        claims = await session.scalars(
+            select(col(SendClaim.at)).where(
+                col(SendClaim.contact_id) == request.contact_id,
+                col(SendClaim.channel) == request.channel,
+                col(SendClaim.at) > at - window,
+                col(SendClaim.idempotency_key) != request.idempotency_key,
+            )
+        )
+        capped = cap_verdict(rules.frequency_caps, request.channel, at, list(claims))
+        if capped is not None and not request.transactional:
+            if request.on_cap == "skip":
+                return Verdict("skipped", "frequency_cap", capped.words())
+            when = f"{capped.allowed_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+            return Verdict(
+                "delayed", "frequency_cap", f"{capped.words()} until {when}", capped.allowed_at
+            )
+    await session.execute(
+        insert(SendClaim)
+        .values(
+            idempotency_key=request.idempotency_key,
+            contact_id=request.contact_id,
+            channel=request.channel,
+            at=at,
+            transactional=request.transactional,
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+    )
+    return SEND
+
+
+async def _lock(session: AsyncSession, contact_id: uuid.UUID, channel: str) -> None:
+    """Held until the transaction ends: one decision at a time per contact and channel."""
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+        {"key": f"send-cap:{contact_id}:{channel}"},
+    )
+
+
+async def record_hold(
+    session: AsyncSession, request: SendRequest, verdict: Verdict, enrollment_exists: bool
+) -> None:
+    """Count it (`send_holds`) and, for a hold, show it on the step of the stored path."""
+    assert verdict.rule is not None and verdict.words is not None
+    at = request.at or utcnow()
+    await session.execute(
+        insert(SendHold)
+        .values(
+            idempotency_key=request.idempotency_key,
+            contact_id=request.contact_id,
+            enrollment_id=request.enrollment_id if enrollment_exists else None,
+            journey_key=request.journey_key,
+            step_id=request.step,
+            channel=request.channel,
+            rule=verdict.rule,
+            action=verdict.action,
+            detail=verdict.words[:255],
+            at=at,
+            until=verdict.until,
+        )
+        .on_conflict_do_nothing(index_elements=["idempotency_key", "at", "rule"])
+    )
+    if enrollment_exists and verdict.action in ("held", "delayed") and request.visit:
+        await session.execute(
+            update(EnrollmentStep)
+            .where(
+                col(EnrollmentStep.enrollment_id) == request.enrollment_id,
+                col(EnrollmentStep.step_id) == request.step,
+                col(EnrollmentStep.visit) == request.visit,
+            )
+            .values(outcome=f"{verdict.action}: {verdict.words}"[:255])
+        )
+
+
+async def hold_counts(
+    session: AsyncSession,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    journey: str | None = None,
+) -> list[tuple[str, str, str, int]]:
+    """(rule, action, channel, count) of held, delayed and skipped sends, for analytics."""
+    statement = select(
+        col(SendHold.rule), col(SendHold.action), col(SendHold.channel), func.count()
+    ).group_by(col(SendHold.rule), col(SendHold.action), col(SendHold.channel))
+    if since is not None:
+        statement = statement.where(col(SendHold.at) >= since)
+    if until is not None:
+        statement = statement.where(col(SendHold.at) < until)
+    if journey is not None:
+        statement = statement.where(col(SendHold.journey_key) == journey)
+    rows = await session.execute(statement.order_by(col(SendHold.rule), col(SendHold.action)))
+    return [(rule, action, channel, count) for rule, action, channel, count in rows]

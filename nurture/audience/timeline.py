@@ -46,6 +46,7 @@ from nurture.db.models import (
     Event,
     Journey,
     Message,
+    SendHold,
     TimelineNote,
 )
 from nurture.errors import Invalid
@@ -606,6 +607,10 @@ def step_outcome_words(step_type: str, outcome: str | None) -> str:
         channel = "email" if step_type == "send_email" else "SMS"
         if outcome == "sent":
             return f"{channel} sent"
+        if outcome.startswith("sent ("):  # held or delayed by a send rule first
+            return f"{channel} sent, after being {outcome.removeprefix('sent (').rstrip(')')}"
+        if outcome.startswith(("held: ", "delayed: ")):
+            return f"{channel} {outcome}"
         if outcome.startswith("skipped"):
             return f"{channel} not sent (see the message)"
         return outcome
@@ -730,6 +735,21 @@ MESSAGE_REASON_PATTERNS: list[tuple[re.Pattern[str], Callable[[re.Match[str]], R
             "exclusion_segment_missing",
             f"the journey's exclusion segment '{m.group(1)}' no longer exists, so none of "
             "its messages go out",
+        ),
+    ),
+    (
+        re.compile(r"frequency cap (email|sms) (\d+)/(\w+)"),
+        lambda m: Reason(
+            "frequency_cap",
+            f"the frequency cap of {m.group(2)} {_channel_words(m.group(1))} per "
+            f"{m.group(3)} was reached, and the journey skips capped sends",
+        ),
+    ),
+    (
+        re.compile(r"expired: not sent within (\w+) \(expires_after\)"),
+        lambda m: Reason(
+            "expired",
+            f"it was held longer than its step allows ({m.group(1)}), so it was not sent late",
         ),
     ),
     (
@@ -1126,6 +1146,50 @@ def word_note(row: Row) -> Entry:
     return row.entry(_capital(f"{row.kind.replace('_', ' ')}: {what}") + _journey_suffix(row))
 
 
+# --- sends held or delayed by a send rule (nurture.sending) --------------------------------------
+
+
+def hold_rows(contact_id: uuid.UUID, journey: str | None) -> Rows:
+    at = col(SendHold.at)
+    id_ = bigint_id(col(SendHold.id))
+    kind = literal_text("send_held")
+    statement = (
+        sa.select(
+            *entry_columns(
+                at=at,
+                id=id_,
+                kind=kind,
+                journey=col(SendHold.journey_key),
+                step=col(SendHold.step_id),
+                reason=col(SendHold.rule),
+                payload=json_object(
+                    enrollment_id=col(SendHold.enrollment_id),
+                    channel=col(SendHold.channel),
+                    action=col(SendHold.action),
+                    detail=col(SendHold.detail),
+                    until=col(SendHold.until),
+                    _journey_name=col(Journey.name),
+                ),
+            )
+        )
+        .select_from(SendHold)
+        .outerjoin(Journey, col(Journey.key) == col(SendHold.journey_key))
+        # Skips are messages (with the rule as their reason): shown there, not twice.
+        .where(col(SendHold.contact_id) == contact_id, col(SendHold.action) != "skipped")
+    )
+    if journey is not None:
+        statement = statement.where(col(SendHold.journey_key) == journey)
+    return Rows(statement, at, id_, kind)
+
+
+def word_hold(row: Row) -> Entry:
+    channel = _channel_words(row.payload.get("channel"))
+    action = row.payload.get("action") or "held"
+    detail = row.payload.get("detail") or row.reason
+    where = f" (journey {_journey_name(row)}, step {row.step})" if row.journey else ""
+    return row.entry(f"{channel}{where} {action}: {detail}")
+
+
 # --- the registry --------------------------------------------------------------------------------
 
 # Ranks order entries at the same instant: a change may start a journey (entered), whose
@@ -1135,6 +1199,7 @@ SOURCES: list[Source] = [
     Source("notes", 20, frozenset(NOTE_KINDS), note_rows, word_note),
     Source("entered", 30, frozenset({"entered"}), entered_rows, word_entered),
     Source("steps", 40, frozenset({"step"}), step_rows, word_step),
+    Source("send_holds", 45, frozenset({"send_held"}), hold_rows, word_hold),
     Source("messages", 50, frozenset({"message"}), message_rows, word_message),
     Source("events", 60, frozenset({"open", "click", "event"}), event_rows, word_event),
     Source(

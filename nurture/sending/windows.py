@@ -69,14 +69,11 @@ class Hold:
     zone: str
 
     def words(self, at: datetime) -> str:
-        """`quiet hours until 08:00 Europe/Warsaw` (with the date when it is not today)."""
-        zone = ZoneInfo(self.zone)
-        local_until, local_at = self.until.astimezone(zone), at.astimezone(zone)
-        when = (
-            f"{local_until:%H:%M}"
-            if local_until.date() == local_at.date()
-            else f"{local_until:%Y-%m-%d %H:%M}"
-        )
+        """`quiet hours until 08:00 Europe/Warsaw`; with the date when that is a day or more
+        away."""
+        local_until = self.until.astimezone(ZoneInfo(self.zone))
+        soon = self.until - at < timedelta(days=1)
+        when = f"{local_until:%H:%M}" if soon else f"{local_until:%Y-%m-%d %H:%M}"
         return f"quiet hours until {when} {self.zone}"
 
 

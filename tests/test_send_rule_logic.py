@@ -19,11 +19,11 @@ WARSAW, NEW_YORK = "Europe/Warsaw", "America/New_York"
 
 
 def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc]
+    return datetime(*parts, tzinfo=UTC)  # type: ignore[misc,arg-type]
 
 
 def local(zone: str, *parts: int, fold: int = 0) -> datetime:
-    return datetime(*parts, tzinfo=ZoneInfo(zone), fold=fold)  # type: ignore[misc]
+    return datetime(*parts, tzinfo=ZoneInfo(zone), fold=fold)  # type: ignore[misc,arg-type]
 
 
 @pytest.mark.parametrize(

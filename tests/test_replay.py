@@ -160,3 +160,41 @@ async def _sweep_after(watch: WorkflowHandle[Any, Any], previous: int) -> SweepR
             if last.sweep > previous:
                 return last
             await asyncio.sleep(0.05)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_send_rules_history_replays(
+    sessions: SessionFactory, client: Client, env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Send rules in play: with at most 1 SMS a day, a send that expires first is skipped
+    after its delay, and the next is delayed a day (timers named for the rule)."""
+    from nurture.sending.rules import SendRules, save_send_rules
+
+    async with sessions.begin() as session:
+        await save_send_rules(
+            session,
+            SendRules.model_validate(
+                {"frequency_caps": [{"channel": "sms", "max": 1, "per": "1d"}]}
+            ),
+        )
+    steps = {
+        "first": {"type": "send_sms", "template": "hello", "next": "coupon"},
+        "coupon": {
+            "type": "send_sms",
+            "template": "coupon",
+            "expires_after": "2h",
+            "next": "reminder",
+        },
+        "reminder": {"type": "send_sms", "template": "reminder"},
+    }
+    await publish_journey(
+        sessions, {"key": "capped", "name": "capped", "start": "first", "steps": steps}
+    )
+    contact = await make_contact(sessions, phone="+48500100300")
+    _, handle = await start(sessions, client, task_queue, "capped", contact)
+    result = await finish(env, handle)
+    outcomes = [entry.outcome or "" for entry in result.path]
+    assert outcomes[0] == "sent"
+    assert outcomes[1].startswith("skipped: expired")
+    assert outcomes[2].startswith("sent (delayed: frequency cap sms 1/1d until ")
+    await _replay_and_record({"send-rules-capped": handle})

@@ -10,6 +10,7 @@ and line, instead of greeting every contact with "Hi ,". Saving also renders the
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from jinja2 import TemplateSyntaxError, meta, nodes
@@ -150,6 +151,7 @@ async def limit_problems(
         "contact": {"id": str(uuid.uuid4()), "tags": []},
         "fields": {},
         "message_id": str(uuid.uuid4()),
+        "sent_at": datetime.now(UTC).isoformat(),
     }
     if unsubscribe_url is not None:
         context["unsubscribe_url"] = unsubscribe_url

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import func, select, text, update
@@ -93,7 +93,9 @@ async def decide_and_claim(
         if capped is not None and not request.transactional:
             if request.on_cap == "skip":
                 return Verdict("skipped", "frequency_cap", capped.words())
-            when = f"{capped.allowed_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+            # Rounded up to the minute: the words never name a time before the release.
+            shown = capped.allowed_at.astimezone(UTC) + timedelta(seconds=59)
+            when = f"{shown:%Y-%m-%d %H:%M} UTC"
             return Verdict(
                 "delayed", "frequency_cap", f"{capped.words()} until {when}", capped.allowed_at
             )

@@ -32,6 +32,7 @@ from tests.support import (
     problems,
     progress,
     publish_journey,
+    reach_step,
     start,
 )
 from worker import default_channels
@@ -439,3 +440,31 @@ async def test_quiet_hours_across_dst_hold_until_local_eight(
     hours = 9 if change == "spring_forward" else 11
     assert expected.astimezone(UTC) - sent_at == timedelta(hours=hours)
     assert outcome == f"sent (held: quiet hours until 08:00 {zone})"
+
+
+async def test_a_send_held_by_a_paused_journey_past_its_expiry_is_skipped(
+    sessions: SessionFactory,
+    client: Client,
+    env: WorkflowEnvironment,
+    task_queue: str,
+    api: httpx.AsyncClient,
+) -> None:
+    """Paused for two days with the coupon due; resumed, it is not sent a day late."""
+    coupon = sms_journey("coupon", "coupon", wait="1h")
+    coupon["steps"]["s0"]["expires_after"] = "1d"
+    await publish_journey(sessions, coupon)
+    contact = await make_contact(sessions, phone="+48500100206")
+    _, handle = await start(sessions, client, task_queue, "coupon", contact)
+    await reach_step(handle, "w")
+    ok(await api.post("/v1/journeys/coupon/pause"))
+    await env.sleep(timedelta(hours=1, minutes=1))
+    await reach_step(handle, "s0")
+    await env.sleep(timedelta(days=2))
+    ok(await api.post("/v1/journeys/coupon/resume"))
+
+    result = await finish(env, handle)
+
+    assert result.path[-1].outcome == "skipped: expired: not sent within 1d (expires_after)"
+    assert await claims(sessions, contact) == []
+    (expired,) = await holds(sessions, contact)
+    assert (expired.rule, expired.action) == ("expired", "skipped")

@@ -24,7 +24,13 @@ from nurture.db.models import Message
 from nurture.sending.throttle import send_task_queue
 from nurture.settings import Settings
 from nurture.tracing import dev_server_flags
-from tests.support import all_enrollments_ended, make_contact, publish_journey, start
+from tests.support import (
+    all_enrollments_ended,
+    make_contact,
+    publish_journey,
+    recorded_path,
+    start,
+)
 from worker import build_worker
 
 RATE = 2.0  # SMS per second, for both workers together
@@ -120,10 +126,13 @@ async def test_a_send_that_waits_in_the_throttled_queue_past_its_expiry_is_skipp
         },
     )
     contacts = [await make_contact(sessions, phone=f"+4850020{n:04d}") for n in range(SENDS)]
-    for contact in contacts:
-        await start(sessions, client, task_queue, "flash", contact)
+    enrollments = [
+        (await start(sessions, client, task_queue, "flash", contact))[0] for contact in contacts
+    ]
     async with build_worker(client, sessions, task_queue, settings=settings):
         await all_enrollments_ended(sessions, within=60)
+    for enrollment in enrollments:  # the path is recorded, sent or expired
+        assert await recorded_path(sessions, enrollment.id) == ["text"]
 
     async with sessions() as session:
         rows = (await session.execute(select(col(Message.status), col(Message.reason)))).all()

@@ -425,7 +425,8 @@ class JourneyEnrollment:
     async def _record_expired(self, request: SendRequest, step_id: str) -> SendResult:
         """Past its expiry now: the activity, on the workflow's own (unthrottled) queue,
         records the send as skipped."""
-        request = request.model_copy(update={"at": workflow.now(), "progress": []})
+        # With its progress: the throttled attempt never started, so never wrote the path.
+        request = request.model_copy(update={"at": workflow.now()})
         return await workflow.execute_activity_method(
             MessagingActivities.send_message,
             request,

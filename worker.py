@@ -23,6 +23,9 @@ from activities.bulk import BulkActivities
 from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
+from activities.outbound import OutboundActivities
+from activities.owners import OwnerActivities
+from activities.push import PushActivities
 from activities.segments import SegmentActivities
 from nurture.audience.changes import Announcer
 from nurture.audience.events import keep_redelivering
@@ -53,7 +56,7 @@ logger = logging.getLogger("nurture.worker")
 
 def default_channels(sessions: SessionFactory) -> dict[str, ChannelSender]:
     outbox = OutboxChannel(sessions)
-    return {"email": outbox, "sms": outbox}
+    return {"email": outbox, "sms": outbox, "push": outbox}
 
 
 def build_worker(
@@ -80,6 +83,9 @@ def build_worker(
     )
     contacts = ContactActivities(sessions, client, options)
     segments = SegmentActivities(sessions, client, options, settings.segment_sweep_seconds)
+    outbound = OutboundActivities(sessions, settings)
+    owners = OwnerActivities(sessions)
+    push = PushActivities(sessions, channels or default_channels(sessions))
     return Worker(
         client,
         task_queue=task_queue,
@@ -94,6 +100,9 @@ def build_worker(
             bulk.open_run,
             bulk.enroll_page,
             segments.sweep_segments,
+            outbound.call_webhook,
+            owners.assign_owner,
+            push.send_push,
         ],
         max_cached_workflows=max_cached_workflows,
         **worker_options,

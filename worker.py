@@ -27,6 +27,7 @@ from activities.outbound import OutboundActivities
 from activities.owners import OwnerActivities
 from activities.push import PushActivities
 from activities.segments import SegmentActivities
+from nurture import scoring
 from nurture.audience.changes import Announcer
 from nurture.audience.events import keep_redelivering
 from nurture.audience.segments.sweeps import start_segment_watch
@@ -75,6 +76,7 @@ def build_worker(
     smaller cache (Temporal's default is 1,000) bounds memory, and a workflow evicted from it
     is replayed from its short history when it wakes."""
     settings = settings or Settings()
+    scoring.configure(settings.score_field)
     options = EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     enrollment = EnrollmentActivities(sessions)
     bulk = BulkActivities(sessions, client, options)
@@ -120,6 +122,7 @@ def start_loops(
         asyncio.create_task(
             Announcer(sessions, client, options).keep_relaying(), name="change-relay"
         ),
+        asyncio.create_task(scoring.keep_decaying(sessions), name="score-decay"),
     ]
 
 

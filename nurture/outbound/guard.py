@@ -62,7 +62,7 @@ def why_blocked(address: IPAddress) -> str | None:
     """What kind of address this is, if it is not a public one; None for a public one."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return why_blocked(address.ipv4_mapped)
-    for kind in ("loopback", "link_local", "private", "multicast", "unspecified", "reserved"):
+    for kind in ("loopback", "link_local", "unspecified", "multicast", "private", "reserved"):
         if getattr(address, f"is_{kind}"):
             return kind.replace("_", "-")
     if not address.is_global:

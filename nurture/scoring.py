@@ -160,8 +160,8 @@ async def rescore(
     )
     score = int(total or 0)
     before = (contact.fields or {}).get(SCORE_FIELD)
-    if before == score:
-        return None
+    if before == score or (before is None and score == 0):
+        return None  # no points ever: the field is not written (a contact without a score)
     contact.fields = {**(contact.fields or {}), SCORE_FIELD: score}
     contact.updated_at = now
     await session.flush()

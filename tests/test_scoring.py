@@ -79,7 +79,7 @@ async def test_events_and_fields_move_the_score_through_the_change_path(
     async with sessions() as session:
         changes = list(
             await session.scalars(
-                select(ContactChangeRecord.changes).order_by(col(ContactChangeRecord.id))  # type: ignore[call-overload]
+                select(col(ContactChangeRecord.changes)).order_by(col(ContactChangeRecord.id))
             )
         )
     moves = [c["fields"]["score"] for c in changes if "score" in c.get("fields", {})]

@@ -98,6 +98,8 @@ class PushActivities:
             except TemplateRenderError as err:
                 message.status, message.reason = MessageStatus.FAILED, str(err)[:255]
                 return PushResult(status="failed", reason=message.reason)
+            # The timeline shows a push by its title ("Sent push 'Ada, your offer'").
+            message.template = " ".join(str(title).split())[:255] or message.template
             message_id = message.id
 
         reached, invalid, refused = 0, [], []

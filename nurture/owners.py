@@ -26,6 +26,7 @@ from sqlmodel import col
 from nurture.db.engine import SessionFactory
 from nurture.db.models import OwnerAssignment, OwnerTeam, TeamOwner, utcnow
 from nurture.errors import Invalid, NotFound
+from nurture.journeys.definition import AssignOwnerStep, JourneyDefinition
 
 Strategy = Literal["round_robin", "weighted"]
 
@@ -178,3 +179,22 @@ async def assign(
             )
         )
         return owner, int(turn)
+
+
+async def team_problems(
+    session: AsyncSession, definition: JourneyDefinition
+) -> list[dict[str, str]]:
+    """The teams `assign_owner` steps name that do not exist (checked at publish)."""
+    named = [
+        (f"steps.{step_id}.team", step.team)
+        for step_id, step in definition.steps.items()
+        if isinstance(step, AssignOwnerStep)
+    ]
+    if not named:
+        return []
+    existing = set(
+        await session.scalars(
+            select(col(OwnerTeam.key)).where(col(OwnerTeam.key).in_([k for _, k in named]))
+        )
+    )
+    return [{"path": p, "message": f"no owner team {k!r}"} for p, k in named if k not in existing]

@@ -9,6 +9,8 @@ from collections import Counter
 import httpx
 
 from nurture.db.engine import SessionFactory
+from nurture.errors import Invalid
+from nurture.journeys.publishing import publishable
 from nurture.owners import NoOwners, Owner, assign, owner_for_turn, save_team, schedule
 from tests.support import make_contact, ok, problems
 
@@ -68,3 +70,22 @@ async def test_teams_over_the_api(api: httpx.AsyncClient) -> None:
     assert bad_key.status_code == 422
     assert (await api.delete("/v1/owner-teams/emea")).status_code == 204
     assert (await api.get("/v1/owner-teams/emea")).status_code == 404
+
+
+async def test_publishing_needs_the_team_to_exist(sessions: SessionFactory) -> None:
+    journey = {
+        "key": "handoff",
+        "name": "Hand-off",
+        "start": "assign",
+        "steps": {"assign": {"type": "assign_owner", "team": "sales"}},
+    }
+    async with sessions() as session:
+        try:
+            await publishable(session, journey)
+        except Invalid as err:
+            assert err.detail == [{"path": "steps.assign.team", "message": "no owner team 'sales'"}]
+        else:
+            raise AssertionError("published with a team that does not exist")
+    await save_team(sessions, "sales", "Sales", "round_robin", [Owner("A", "a@x.io")])
+    async with sessions() as session:
+        assert (await publishable(session, journey)).steps["assign"].type == "assign_owner"

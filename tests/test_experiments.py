@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
+import httpx
 import pytest
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -20,7 +21,7 @@ from nurture.journeys.definition import JourneyDefinition, SplitStep
 from nurture.journeys.experiment_report import experiment_report
 from nurture.journeys.experiments import in_holdout, split_path
 from nurture.journeys.validation import InvalidJourney, validate_journey
-from tests.support import finish, make_contact, publish_journey, reload, start, steps_of
+from tests.support import finish, make_contact, ok, publish_journey, reload, start, steps_of
 
 
 def split_journey(key: str = "ab-test", holdout: float = 0, **paths: int) -> dict[str, Any]:
@@ -139,6 +140,7 @@ async def test_contacts_take_their_path_on_the_enrollment_path_and_timeline(
 
 
 async def test_held_out_contacts_get_nothing_and_still_count_for_the_goal(
+    api: httpx.AsyncClient,
     sessions: SessionFactory,
     client: Client,
     env: WorkflowEnvironment,
@@ -181,3 +183,14 @@ async def test_held_out_contacts_get_nothing_and_still_count_for_the_goal(
     assert report.groups["control"].met_goal == 1
     assert report.groups["treatment"].contacts == len(groups["treatment"])
     assert report.groups["treatment"].met_goal == 2
+    shown = ok(await api.get("/v1/journeys/holdout-test/experiment"))
+    assert shown["holdout_percent"] == 50
+    assert shown["groups"]["control"] == {
+        "contacts": len(groups["control"]),
+        "met_goal": 1,
+        "goal_rate": 1 / len(groups["control"]),
+    }
+    assert sum(arm["contacts"] for arm in shown["splits"]["split"].values()) == len(
+        groups["treatment"]
+    )
+    assert (await api.get("/v1/journeys/nope/experiment")).status_code == 404

@@ -270,6 +270,13 @@ async def test_the_development_outbox_takes_pushes(
     assert (await finish(env, handle)).path[0].outcome == "sent to 2 device(s)"
     _, handle = await start(sessions, client, task_queue, "app-offer", no_device)
     assert (await finish(env, handle)).path[0].outcome == "skipped: no_device_token"
+    refused = await make_contact(sessions, consent={"push": "revoked"})
+    ok(await api.post(f"/v1/contacts/{refused}/devices", json={"token": "tok-3"}), 201)
+    _, handle = await start(sessions, client, task_queue, "app-offer", refused)
+    assert (await finish(env, handle)).path[0].outcome == "skipped: push_consent_revoked"
+    assert (await api.delete(f"/v1/contacts/{refused}/devices/tok-3")).status_code == 204
+    assert (await api.delete(f"/v1/contacts/{refused}/devices/tok-3")).status_code == 404
+    assert ok(await api.get(f"/v1/contacts/{refused}/devices"))["items"] == []
     async with sessions() as session:
         rows = list(
             await session.scalars(select(OutboxMessage).order_by(col(OutboxMessage.to_address)))

@@ -33,7 +33,7 @@ def nurture(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 def test_validate_accepts_the_seed_journeys(examples_dir: Path, tmp_path: Path) -> None:
     files = sorted(str(p) for p in examples_dir.glob("*.json"))
-    assert len(files) == 6  # the four seeds, the quickstart and the sales hand-off
+    assert len(files) == 5  # the four seeds and the quickstart
     result = nurture("validate", *files, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == [f"{f}: ok" for f in files]

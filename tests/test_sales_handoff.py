@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -61,7 +62,7 @@ class Crm:
         if lead["email"].startswith("flaky") and lead["email"] not in self.flaked:
             self.flaked.add(lead["email"])
             return JSONResponse({"error": "try later"}, status_code=503)
-        return JSONResponse({"id": f"crm-{len(self.calls)}", "owner": lead["owner"]})
+        return JSONResponse({"id": f"crm-{len(self.calls)}", "owner": lead["owner_email"]})
 
 
 @pytest.fixture
@@ -88,31 +89,15 @@ async def handoff_worker(
         await _terminate_started()
 
 
+GUIDE = Path(__file__).resolve().parent.parent / "examples" / "sales-handoff" / "journey.json"
+
+
 def handoff_journey(crm_url: str) -> dict[str, Any]:
-    return {
-        "key": "sales-handoff",
-        "name": "Sales hand-off",
-        "trigger": {"type": "segment_entered", "segment": "hot-leads"},
-        "start": "assign",
-        "steps": {
-            "assign": {"type": "assign_owner", "team": "sales", "next": "crm"},
-            "crm": {
-                "type": "webhook",
-                "url": crm_url + "/leads",
-                "body": {
-                    "email": "{{ contact.email }}",
-                    "score": "{{ fields.score }}",
-                    "owner": "{{ fields.owner.email }}",
-                },
-                "save": {"crm_id": "id"},
-                "retries": 3,
-                "next": "intro",
-                "on_failure": "flag",
-            },
-            "intro": {"type": "send_email", "template": "owner-intro"},
-            "flag": {"type": "update_contact", "add_tags": ["crm-sync-failed"]},
-        },
-    }
+    """The setup guide's journey (docs/sales-handoff.md), pointed at the loopback CRM."""
+    journey: dict[str, Any] = json.loads(GUIDE.read_text())
+    journey["steps"]["crm"]["url"] = crm_url + "/leads"
+    journey["steps"]["crm"]["retries"] = 3
+    return journey
 
 
 async def _setup(api: httpx.AsyncClient, sessions: SessionFactory, crm: Crm) -> None:

@@ -168,3 +168,19 @@ async def test_clicks_earn_points_that_decay(
         )
     assert last is not None and last.source == "scoring:decay"
     assert last.changes == {"fields": {"score": [15, 0]}}
+
+
+async def test_a_csv_import_is_scored_like_any_other_change(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    await _rules(api)
+    text = (
+        "external_id,email,job_title\r\nimp-1,a@example.com,VP Ops\r\nimp-2,b@example.com,Dev\r\n"
+    )
+    body = ok(
+        await api.post(
+            "/v1/contacts/import", content=text.encode(), headers={"Content-Type": "text/csv"}
+        )
+    )
+    assert body["imported"] == 2
+    assert (await _score(sessions, "imp-1"), await _score(sessions, "imp-2")) == (25, None)

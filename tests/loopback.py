@@ -7,15 +7,17 @@ import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 @asynccontextmanager
-async def serve(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve `app` on a port the OS picks; its base URL (http://127.0.0.1:<port>)."""
-    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+async def serve(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
+    """Serve `app` on a port the OS picks; its base URL (http://127.0.0.1:<port>). `config`:
+    more uvicorn options (ssl_certfile, ssl_keyfile for TLS)."""
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", **config))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -4,8 +4,16 @@ targets are refused unless allowlisted; the connection goes to the checked addre
 from __future__ import annotations
 
 import json
+import ssl
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -149,3 +157,51 @@ async def test_a_webhook_is_signed_rendered_and_answers_are_sorted() -> None:
     assert not verify_signature(
         b"k", headers["x-nurture-timestamp"], body + b" ", headers["x-nurture-signature"]
     )
+
+
+async def test_over_tls_the_pinned_connection_checks_the_urls_host(tmp_path: Path) -> None:
+    """The certificate is for crm.example only: the pinned connection to 127.0.0.1 succeeds
+    because the server name sent (SNI) and checked is the URL's host, not the address."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "crm.example")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("crm.example")]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    trust = ssl.create_default_context(cafile=str(cert_file))
+
+    async def endpoint(request: Request) -> JSONResponse:
+        return JSONResponse({"host": request.headers["host"]})
+
+    app = Starlette(routes=[Route("/", endpoint)])
+    tls = {"ssl_certfile": str(cert_file), "ssl_keyfile": str(key_file)}
+    async with serve(app, **tls) as base:
+        port = int(base.rsplit(":", 1)[1])
+        [loopback] = await resolve("127.0.0.1", port)
+        good = Destination(f"https://crm.example:{port}/", "crm.example", port, loopback)
+        async with pinned_client(good, 5, verify=trust) as client:
+            answer = await client.get(f"https://crm.example:{port}/")
+        assert answer.json() == {"host": f"crm.example:{port}"}
+        # The same server named by its address: the certificate does not match, refused.
+        other = Destination(f"https://127.0.0.1:{port}/", "127.0.0.1", port, loopback)
+        async with pinned_client(other, 5, verify=trust) as client:
+            with pytest.raises(httpx.ConnectError, match=r"certificate|hostname|match"):
+                await client.get(f"https://127.0.0.1:{port}/")

@@ -558,6 +558,7 @@ class JourneyEnrollment:
         raise ApplicationError(f"split {step_id} has no path {name!r}", non_retryable=True)
 
     async def _webhook(self, step_id: str, step: WebhookStep, visit: int) -> tuple[str, str | None]:
+        await self._hold_while_paused(step_id)  # a call out of Nurture waits like a send
         key = f"{self._input.enrollment_id}:{step_id}:{visit}"
         failed_next = step.on_failure or step.next
         try:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -147,11 +148,14 @@ class PinnedTransport(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def pinned_client(destination: Destination, timeout: float) -> httpx.AsyncClient:
+def pinned_client(
+    destination: Destination, timeout: float, verify: ssl.SSLContext | bool = True
+) -> httpx.AsyncClient:
     """A client bound to one checked destination: no redirects, no proxies from the
-    environment (a proxy would do its own resolving)."""
+    environment (a proxy would do its own resolving). `verify`: the certificate check (the
+    system's CAs; a context of its own in tests)."""
     return httpx.AsyncClient(
-        transport=PinnedTransport(destination),
+        transport=PinnedTransport(destination, verify=verify),
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,

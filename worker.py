@@ -23,7 +23,11 @@ from activities.bulk import BulkActivities
 from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
+from activities.outbound import OutboundActivities
+from activities.owners import OwnerActivities
+from activities.push import PushActivities
 from activities.segments import SegmentActivities
+from nurture import scoring
 from nurture.audience.changes import Announcer
 from nurture.audience.events import keep_redelivering
 from nurture.audience.segments.sweeps import start_segment_watch
@@ -54,7 +58,7 @@ logger = logging.getLogger("nurture.worker")
 
 def default_channels(sessions: SessionFactory) -> dict[str, ChannelSender]:
     outbox = OutboxChannel(sessions)
-    return {"email": outbox, "sms": outbox}
+    return {"email": outbox, "sms": outbox, "push": outbox}
 
 
 def build_worker(
@@ -73,6 +77,7 @@ def build_worker(
     smaller cache (Temporal's default is 1,000) bounds memory, and a workflow evicted from it
     is replayed from its short history when it wakes."""
     settings = settings or Settings()
+    scoring.configure(settings.score_field)
     options = EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     enrollment = EnrollmentActivities(sessions)
     bulk = BulkActivities(sessions, client, options)
@@ -81,6 +86,9 @@ def build_worker(
     )
     contacts = ContactActivities(sessions, client, options)
     segments = SegmentActivities(sessions, client, options, settings.segment_sweep_seconds)
+    outbound = OutboundActivities(sessions, settings)
+    owners = OwnerActivities(sessions)
+    push = PushActivities(sessions, channels or default_channels(sessions))
     main = Worker(
         client,
         task_queue=task_queue,
@@ -95,6 +103,9 @@ def build_worker(
             bulk.open_run,
             bulk.enroll_page,
             segments.sweep_segments,
+            outbound.call_webhook,
+            owners.assign_owner,
+            push.send_push,
         ],
         max_cached_workflows=max_cached_workflows,
         **worker_options,
@@ -179,6 +190,7 @@ def start_loops(
         asyncio.create_task(
             Announcer(sessions, client, options).keep_relaying(), name="change-relay"
         ),
+        asyncio.create_task(scoring.keep_decaying(sessions), name="score-decay"),
     ]
 
 

@@ -18,6 +18,7 @@ from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
+from nurture import scoring
 from nurture.boot import require_secret_key
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import create_engine, session_factory
@@ -40,6 +41,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     settings = settings or (resources.settings if resources else get_settings())
     if resources is None:
         require_secret_key(settings)
+    scoring.configure(settings.score_field)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

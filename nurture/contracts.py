@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
-from nurture.journeys.definition import JourneyDefinition
+from nurture.journeys.definition import JourneyDefinition, SendPushStep, WebhookStep
 from nurture.sending.windows import QuietHours
 
 ENROLLMENT_WORKFLOW = "JourneyEnrollment"
@@ -119,6 +119,10 @@ class EnrollmentInput(_Message):
     # (signals pile up there); well below Temporal's 51,200-event limit.
     max_history_events: int = Field(default=5_000, ge=50)
     carried: CarriedState | None = None
+    # A journey with a holdout: "control" (held out: sent nothing) or "treatment".
+    group: str | None = None
+    # {split step id: path name}, decided at entry (nurture.journeys.experiments).
+    variants: dict[str, str] = Field(default_factory=dict)
 
 
 EnrollmentOutcome = Literal["completed", "exited", "not_enrolled", "failed"]
@@ -312,3 +316,51 @@ class SweepResult(_Message):
     enrolled: int = 0
     deferred: bool = False  # some entries could not be admitted (Temporal unreachable)
     next_sweep_seconds: int = 300  # the worker's SEGMENT_SWEEP_SECONDS
+
+
+# --- webhook, assign_owner and send_push steps ---------------------------------------------------
+
+
+class WebhookCall(_Message):
+    idempotency_key: str  # <enrollment>:<step>:<visit>, sent as Idempotency-Key
+    enrollment_id: uuid.UUID
+    contact_id: uuid.UUID
+    journey_key: str
+    step: str
+    webhook: WebhookStep
+
+
+class WebhookResult(_Message):
+    status: int = 0  # 0: not called (the contact was deleted)
+    saved: dict[str, JsonValue] = Field(default_factory=dict)
+    skipped: str | None = None
+
+
+class OwnerRequest(_Message):
+    operation_key: str  # one turn per key, whatever the retries
+    contact_id: uuid.UUID
+    team: str
+
+
+class OwnerChosen(_Message):
+    team: str
+    name: str
+    email: str
+    turn: int
+
+
+class PushRequest(_Message):
+    idempotency_key: str
+    enrollment_id: uuid.UUID
+    contact_id: uuid.UUID
+    journey_key: str
+    step: str
+    push: SendPushStep
+    progress: list[StepEntered] = Field(default_factory=list)
+
+
+class PushResult(_Message):
+    status: Literal["sent", "skipped", "failed"]
+    reason: str | None = None
+    devices: int = 0  # tokens it reached
+    removed: int = 0  # tokens dropped as no longer valid

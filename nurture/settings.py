@@ -132,6 +132,38 @@ class Settings(BaseSettings):
     twilio_messaging_service_sid: str | None = None
     twilio_base_url: str = "https://api.twilio.com"
 
+    # --- Outbound calls (webhook steps) and push -------------------------------------------
+    outbound_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="webhook targets allowed although they are not public: IP addresses, "
+        "networks (10.0.0.0/8) or host names, comma-separated; everything private, loopback, "
+        "link-local or reserved is refused otherwise",
+    )
+    webhook_signing_secret: SecretStr | None = Field(
+        default=None,
+        description="HMAC-SHA256 key of the X-Nurture-Signature header of webhook steps; "
+        "unset: derived from secret_key",
+    )
+    push_channel: Literal["outbox", "fcm"] = Field(
+        default="outbox", description="who delivers push; outbox = a table, for development"
+    )
+    fcm_project_id: str | None = None
+    fcm_service_account_file: Path | None = Field(
+        default=None, description="the Firebase service account JSON key file"
+    )
+    fcm_base_url: str = "https://fcm.googleapis.com"
+    fcm_token_url: str | None = Field(
+        default=None, description="OAuth token endpoint; unset: the key file's token_uri"
+    )
+    score_field: str = Field(
+        default="score", description="the contact field lead scoring keeps the score in"
+    )
+
+    @field_validator("outbound_allowlist", mode="before")
+    @classmethod
+    def _split_allowlist(cls, value: Any) -> Any:
+        return cls._split_hosts(value)
+
     @field_validator("allowed_hosts", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:

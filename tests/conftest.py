@@ -38,7 +38,8 @@ TABLES = (
     "segments, webhook_events, suppressions, template_versions, templates, api_keys, bulk_enrollments, "
     "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
     "journeys, list_memberships, lists, contacts, applied_operations, contact_imports, "
-    "contact_changes, timeline_notes, send_rules, send_claims, send_holds"
+    "contact_changes, timeline_notes, send_rules, send_claims, send_holds, "
+    "owner_assignments, team_owners, owner_teams, score_points, scoring_rules, device_tokens"
 )
 
 

@@ -30,6 +30,7 @@ from nurture.contracts import SEGMENT_WATCH_ID, SweepResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import ContactList, ListMembership
 from nurture.journeys.bulk import start_bulk_enrollment
+from nurture.journeys.experiments import in_holdout
 from tests.support import (
     example,
     exits_at_once,
@@ -198,3 +199,69 @@ async def test_fresh_send_rules_history_replays(
     assert outcomes[1].startswith("skipped: expired")
     assert outcomes[2].startswith("sent (delayed: frequency cap sms 1/1d until ")
     await _replay_and_record({"send-rules-capped": handle})
+async def test_fresh_history_of_the_split_webhook_owner_and_push_steps_replays(
+    sessions: SessionFactory,
+    client: Client,
+    env: WorkflowEnvironment,
+    task_queue: str,
+    settings: Any,
+) -> None:
+    """Issue 13's steps in one enrollment: a split, an owner assigned, a webhook to a loopback
+    CRM whose answer is saved, a push to the contact's device (development outbox)."""
+    from pydantic import SecretStr
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from nurture.audience.devices import add_device
+    from nurture.owners import Owner, save_team
+    from tests.conftest import _terminate_started
+    from tests.loopback import serve
+    from worker import build_worker
+
+    async def leads(request: Request) -> JSONResponse:
+        return JSONResponse({"id": "crm-1"})
+
+    await save_team(sessions, "sales", "Sales", "round_robin", [Owner("Ann", "ann@x.io")])
+    async with serve(Starlette(routes=[Route("/leads", leads, methods=["POST"])])) as crm:
+        journey = {
+            "key": "steps-tour",
+            "name": "Steps tour",
+            "entry": {"holdout_percent": 1},
+            "start": "split",
+            "steps": {
+                "split": {
+                    "type": "split",
+                    "paths": [
+                        {"name": "a", "weight": 50, "next": "assign"},
+                        {"name": "b", "weight": 50, "next": "assign"},
+                    ],
+                },
+                "assign": {"type": "assign_owner", "team": "sales", "next": "crm"},
+                "crm": {
+                    "type": "webhook",
+                    "url": f"{crm}/leads",
+                    "body": {"owner": "{{ fields.owner.email }}"},
+                    "save": {"crm_id": "id"},
+                    "next": "push",
+                },
+                "push": {"type": "send_push", "title": "Hi", "body": "{{ fields.crm_id }}"},
+            },
+        }
+        await publish_journey(sessions, journey)
+        contact_id = await make_contact(sessions)
+        while in_holdout("steps-tour", contact_id, 1):  # this history is the treated path
+            contact_id = await make_contact(sessions)
+        await add_device(sessions, contact_id, "device-1")
+        allowed = settings.model_copy(
+            update={"outbound_allowlist": ["127.0.0.1"], "webhook_signing_secret": SecretStr("s")}
+        )
+        async with build_worker(client, sessions, task_queue, settings=allowed):
+            _, handle = await start(sessions, client, task_queue, "steps-tour", contact_id)
+            result = await finish(env, handle)
+            await _terminate_started()
+    assert [entry.step for entry in result.path] == ["split", "assign", "crm", "push"]
+    assert result.path[2].outcome == "HTTP 200, saved crm_id"
+    assert result.path[3].outcome == "sent to 1 device(s)"
+    await _replay_and_record({"split-owner-webhook-push": handle})

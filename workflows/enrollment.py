@@ -31,6 +31,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.contacts import ContactActivities
     from activities.enrollment import EnrollmentActivities
     from activities.messaging import MessagingActivities
+    from activities.outbound import WEBHOOK_REFUSED, OutboundActivities
+    from activities.owners import OwnerActivities
+    from activities.push import PushActivities
     from nurture.contracts import (
         ENROLLMENT_WORKFLOW,
         CarriedState,
@@ -45,29 +48,37 @@ with workflow.unsafe.imports_passed_through():
         EnrollmentResult,
         ListChange,
         LoadContact,
+        OwnerRequest,
         PathEntry,
+        PushRequest,
         ReceivedEvent,
         ResumeWait,
         SendRequest,
         SendResult,
         StepEntered,
         StepOutcome,
+        WebhookCall,
     )
     from nurture.journeys.conditions import Engagement, evaluate, fields_read, matches_awaited
     from nurture.journeys.definition import (
         AddToListStep,
+        AssignOwnerStep,
         BranchStep,
         CustomEvent,
         ExitStep,
         RemoveFromListStep,
         SendEmailStep,
+        SendPushStep,
         SendSmsStep,
+        SplitStep,
         Step,
         UpdateContactStep,
         WaitForStep,
         WaitStep,
+        WebhookStep,
     )
     from nurture.journeys.durations import format_duration
+    from nurture.journeys.experiments import CONTROL, split_path
     from nurture.journeys.schedule import plan_wait
     from nurture.sending.throttle import send_task_queue
     from nurture.tracing import ENROLLMENT_STATUS, JOURNEY_STEP
@@ -162,6 +173,8 @@ class JourneyEnrollment:
         try:
             if input.carried is None:
                 await self._check_entry()
+                if input.group == CONTROL:
+                    raise _Finish("exited", "holdout")
             steps_this_run = 0
             while step_id is not None:
                 await self._checkpoint()
@@ -334,6 +347,14 @@ class JourneyEnrollment:
                 ), step.next
             case ExitStep():
                 raise _Finish("exited", step.reason)
+            case SplitStep():
+                return self._split(step_id, step)
+            case WebhookStep():
+                return await self._webhook(step_id, step, visit)
+            case AssignOwnerStep():
+                return await self._assign_owner(step_id, step, visit), step.next
+            case SendPushStep():
+                return await self._send_push(step_id, step, visit), step.next
         raise ApplicationError(f"unknown step type {step.type!r}", non_retryable=True)
 
     def _source(self, step_id: str) -> str:
@@ -612,6 +633,126 @@ class JourneyEnrollment:
         self._unrecorded = None
         self._unsaved = []
         return EnrollmentResult(status=status, reason=reason, path=self._path)
+
+    # --- split, webhook, assign_owner and send_push steps ----------------------------------
+
+    def _split(self, step_id: str, step: SplitStep) -> tuple[str, str | None]:
+        """The path decided at entry (the enrollment row has it too); computed the same way
+        for a step the input does not list."""
+        name = self._input.variants.get(step_id) or split_path(
+            self._input.journey_key, step_id, self._input.contact_id, step
+        )
+        for path in step.paths:
+            if path.name == name:
+                workflow.set_current_details(f"**{step_id}** (split): path {name}")
+                return f"path {name}", path.next
+        raise ApplicationError(f"split {step_id} has no path {name!r}", non_retryable=True)
+
+    async def _webhook(self, step_id: str, step: WebhookStep, visit: int) -> tuple[str, str | None]:
+        await self._hold_while_paused(step_id)  # a call out of Nurture waits like a send
+        key = f"{self._input.enrollment_id}:{step_id}:{visit}"
+        failed_next = step.on_failure or step.next
+        try:
+            result = await workflow.execute_activity_method(
+                OutboundActivities.call_webhook,
+                WebhookCall(
+                    idempotency_key=key,
+                    enrollment_id=self._input.enrollment_id,
+                    contact_id=self._input.contact_id,
+                    journey_key=self._input.journey_key,
+                    step=step_id,
+                    webhook=step,
+                ),
+                # The step's own timeout, and some room to render and resolve around it.
+                start_to_close_timeout=timedelta(seconds=step.timeout_seconds + 15),
+                retry_policy=RetryPolicy(
+                    initial_interval=timedelta(seconds=2),
+                    backoff_coefficient=2.0,
+                    maximum_interval=timedelta(minutes=2),
+                    maximum_attempts=step.retries + 1,
+                    non_retryable_error_types=[WEBHOOK_REFUSED],
+                ),
+                summary=f"{step_id}: webhook {step.method} {step.url[:80]}",
+            )
+        except ActivityError as err:
+            return f"failed: {_cause(err)}", failed_next
+        if result.skipped is not None:
+            self._contact_dirty = True  # the checkpoint ends the enrollment
+            return f"skipped: {result.skipped}", step.next
+        outcome = f"HTTP {result.status}"
+        if result.saved:
+            change = ContactChange(
+                operation_key=f"{key}:save",
+                contact_id=self._input.contact_id,
+                source=self._source(step_id),
+                enrollment_id=self._input.enrollment_id,
+                progress=self._unsaved,
+                fields=self._fields,
+                set=result.saved,
+            )
+            saved = await self._change_contact(
+                ContactActivities.update_contact, change, f"{step_id}: save response fields"
+            )
+            if saved != "done":
+                return f"{outcome}, {saved}", failed_next
+            outcome += f", saved {', '.join(sorted(result.saved))}"
+        return outcome, step.next
+
+    async def _assign_owner(self, step_id: str, step: AssignOwnerStep, visit: int) -> str:
+        key = f"{self._input.enrollment_id}:{step_id}:{visit}"
+        try:
+            owner = await workflow.execute_activity_method(
+                OwnerActivities.assign_owner,
+                OwnerRequest(operation_key=key, contact_id=self._input.contact_id, team=step.team),
+                start_to_close_timeout=_DB_TIMEOUT,
+                retry_policy=_PATIENT,
+                summary=f"{step_id}: next owner of team {step.team}",
+            )
+        except ActivityError as err:
+            return f"failed: {_cause(err)}"
+        change = ContactChange(
+            operation_key=f"{key}:owner",
+            contact_id=self._input.contact_id,
+            source=self._source(step_id),
+            enrollment_id=self._input.enrollment_id,
+            progress=self._unsaved,
+            fields=self._fields,
+            set={step.field: {"name": owner.name, "email": owner.email, "team": owner.team}},
+        )
+        done = await self._change_contact(
+            ContactActivities.update_contact, change, f"{step_id}: set {step.field}"
+        )
+        # The owner's name is shown, not the email: the history is visible in the Web UI.
+        return f"assigned {owner.name} (turn {owner.turn})" if done == "done" else done
+
+    async def _send_push(self, step_id: str, step: SendPushStep, visit: int) -> str:
+        await self._hold_while_paused(step_id)
+        request = PushRequest(
+            idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
+            enrollment_id=self._input.enrollment_id,
+            contact_id=self._input.contact_id,
+            journey_key=self._input.journey_key,
+            step=step_id,
+            push=step,
+            progress=self._unsaved,
+        )
+        try:
+            result = await workflow.execute_activity_method(
+                PushActivities.send_push,
+                request,
+                start_to_close_timeout=_SEND_TIMEOUT,
+                retry_policy=_PATIENT,
+                summary=f"{step_id}: send push",
+            )
+        except ActivityError as err:
+            return f"failed: {_cause(err)}"
+        self._saved(request.progress)
+        if result.reason == "contact_deleted":
+            self._contact_dirty = True
+        if result.status == "sent":
+            removed = f", {result.removed} invalid token(s) removed" if result.removed else ""
+            return f"sent to {result.devices} device(s){removed}"
+        return result.status if result.reason is None else f"{result.status}: {result.reason}"
 
 
 _HOLD_PREFIXES = ("held: ", "delayed: ")

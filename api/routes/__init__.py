@@ -12,6 +12,7 @@ from api.routes import (
     lists,
     segments,
     send_rules,
+    steps,
     templates,
     timeline,
     tracking,
@@ -31,6 +32,7 @@ ROUTERS: list[APIRouter] = [
     timeline.router,
     api_keys.router,
     send_rules.router,
+    steps.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

@@ -32,7 +32,7 @@ PhoneNumber = Annotated[
 ]
 TimeZone = Annotated[str, AfterValidator(check_time_zone), Field(description="an IANA name")]
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-ConsentChannel = Literal["email", "sms"]
+ConsentChannel = Literal["email", "sms", "push"]
 ConsentChoice = Literal["granted", "revoked"]
 
 # Conditions read these from the contact itself, never from `fields`.

@@ -34,7 +34,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -54,6 +54,7 @@ from nurture.db.models import (
     Enrollment,
     Event,
     Journey,
+    ScoringRule,
 )
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.definition import EventTrigger
@@ -67,6 +68,7 @@ from nurture.journeys.enrollments import (
 )
 from nurture.journeys.publishing import latest_version
 from nurture.journeys.triggers import admit, live_journeys
+from nurture.scoring import rescore, rules_in_use, with_score
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +97,9 @@ async def record(session: AsyncSession, change: Change, *, announce_here: bool =
     """Write the change in the caller's transaction; its id, to `announce` after the commit.
 
     `announce_here=False` leaves it to the relay at once (a caller with nothing to wait for,
-    e.g. a provider webhook)."""
+    e.g. a provider webhook). Lead scoring runs here (`nurture.scoring.rescore`): the score
+    a change moves is part of the same change."""
+    change = await _scored(session, change)
     change_id = await session.scalar(
         insert(ContactChangeRecord)
         .values(_row(change, announce_here))
@@ -111,6 +115,9 @@ async def record_many(
     """`record` for many contacts in one statement (an import batch); their ids."""
     if not changes:
         return []
+    rules = await rules_in_use(session)
+    if rules:
+        changes = [await _scored(session, change, rules) for change in changes]
     rows = [_row(change, True, lease) for change in changes]
     ids = await session.scalars(
         insert(ContactChangeRecord).values(rows).returning(col(ContactChangeRecord.id))
@@ -128,6 +135,16 @@ async def mark_announced(sessions: SessionFactory, change_ids: Sequence[int]) ->
                 .where(col(ContactChangeRecord.id).in_(change_ids[start : start + 10_000]))
                 .values(announced_at=sa.func.now(), lease_until=None)
             )
+
+
+async def _scored(
+    session: AsyncSession, change: Change, rules: Sequence[ScoringRule] | None = None
+) -> Change:
+    """The change, with the score it moves (and then a reload of the enrollments)."""
+    pair = await rescore(session, change.contact_id, change.changes, change.event_id, rules)
+    if pair is None:
+        return change
+    return replace(change, changes=with_score(change.changes, pair), reload=True)
 
 
 def _row(change: Change, announce_here: bool, lease: timedelta = LEASE) -> dict[str, Any]:

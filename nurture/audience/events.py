@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from sqlalchemy import update
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 from temporalio.service import RPCError
@@ -40,6 +41,7 @@ from nurture.journeys.enrollments import (
     signal_workflow,
 )
 from nurture.journeys.triggers import on_contact_changed
+from nurture.scoring import rescore, wants_engagement, with_score
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ async def _store(
             change_id = None
             if change is not None:
                 change_id = await record(session, replace(change, event_id=inserted.id))
+            else:
+                change_id = await _score_engagement(session, inserted)
             return inserted, False, change_id
         event = await session.scalar(  # a repeated request: the event stored the first time
             select(Event).where(col(Event.dedupe_key) == values["dedupe_key"])
@@ -83,6 +87,25 @@ async def _store(
                 f"idempotency key {values['dedupe_key']!r} was already used for another event"
             )
         return event, True, None
+
+
+async def _score_engagement(session: AsyncSession, event: Event) -> int | None:
+    """An open or click by a person, passed to lead scoring (`nurture.scoring`); the change
+    id when it moved the score (recorded through the change path), else None."""
+    if event.machine or event.contact_id is None or event.kind not in ("open", "click"):
+        return None
+    if not await wants_engagement(session, event.kind):
+        return None
+    seen = {"kind": event.kind, "link": event.link, "event_id": str(event.id)}
+    pair = await rescore(session, event.contact_id, {"engagement": seen})
+    if pair is None:
+        return None
+    # Left to the relay unless the caller announces it at once (`record_engagement`).
+    return await record(
+        session,
+        Change(event.contact_id, f"scoring:{event.kind}", with_score({}, pair)),
+        announce_here=False,
+    )
 
 
 async def record_custom_event(
@@ -153,7 +176,7 @@ async def record_engagement(
         message = await session.get(Message, message_id)
         if message is None:
             raise NotFound(f"no message {message_id}")
-    event, duplicate, _ = await _store(
+    event, duplicate, score_change = await _store(
         sessions,
         {
             "dedupe_key": idempotency_key or f"{kind}:{uuid.uuid4()}",
@@ -166,6 +189,8 @@ async def record_engagement(
             "occurred_at": occurred_at or utcnow(),
         },
     )
+    if score_change is not None and options is not None and client is not None:
+        await Announcer(sessions, client, options).announce_now([score_change])
     if machine:
         return RecordedEvent(event, duplicate, 0)
     try:

@@ -498,6 +498,7 @@ EXIT_REASONS: dict[str, str] = {
     "unenrolled": "they were unenrolled",
     "cancelled": "the enrollment was cancelled in Temporal",
     "exit_step": "reached an exit step",
+    "holdout": "held out (control group: sent nothing, still measured against the goal)",
 }
 
 # Why an enrollment was refused by the workflow itself (status not_enrolled).
@@ -586,6 +587,10 @@ STEP_TYPES: dict[str, str] = {
     "add_to_list": "add to list",
     "remove_from_list": "remove from list",
     "exit": "exit",
+    "split": "split",
+    "webhook": "webhook",
+    "assign_owner": "assign owner",
+    "send_push": "send push",
 }
 
 _RULE = re.compile(r"rule (\d+) matched")
@@ -635,6 +640,10 @@ def step_outcome_words(step_type: str, outcome: str | None) -> str:
         if outcome == "default":
             return "no condition matched: took the default path"
         return outcome
+    if step_type == "split" and outcome.startswith("path "):
+        return f"took path {outcome.removeprefix('path ')}"
+    if step_type == "webhook" and outcome.startswith("HTTP "):
+        return f"called: {outcome}"
     if outcome == "done":
         return {
             "update_contact": "updated the contact",
@@ -991,6 +1000,8 @@ CHANGE_KEYS: dict[str, Callable[[Any], list[str]]] = {
     "consent": lambda v: _pairs(v, _consent_change),
     "consent_set": lambda v: _pairs(v, _consent_change),  # imports, like fields_set
     "suppressed": lambda v: [_suppressed_change(v)],
+    "devices_added": lambda v: [f"push {_plural('device', _names(v))} added"] if v else [],
+    "devices_removed": lambda v: [f"push {_plural('device', _names(v))} removed"] if v else [],
     "event": lambda v: [
         f"event {v.get('name') if isinstance(v, dict) else value_words(v)} recorded"
     ],

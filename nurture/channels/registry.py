@@ -93,7 +93,13 @@ def channels_from_settings(
         case "twilio":
             sms = TwilioChannel(settings)
 
-    return {"email": email, "sms": sms}
+    push: ChannelSender = outbox
+    if settings.push_channel == "fcm":
+        from nurture.channels.fcm import FcmChannel
+
+        push = FcmChannel.from_settings(settings)
+
+    return {"email": email, "sms": sms, "push": push}
 
 
 async def close_channels(channels: Mapping[str, ChannelSender] | Iterable[ChannelSender]) -> None:

@@ -190,6 +190,12 @@ class Enrollment(SQLModel, table=True):
     # Set when the workflow was told its contact changed and has not reloaded it yet: further
     # changes until then are not signalled again (one `contact_changed` covers them all).
     contact_stale: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    # A journey with a holdout: "treatment" or "control" (held out: sent nothing, measured
+    # against the goal); None without one. Decided at entry, per contact (experiments.py).
+    experiment_group: str | None = Field(default=None, max_length=16)
+    # The path each split step of the pinned version gives this contact: {step id: path name},
+    # decided at entry (the workflow takes the same), for reports over Postgres.
+    variants: dict[str, Any] = _json()
 
 
 class EnrollmentStep(SQLModel, table=True):
@@ -611,3 +617,105 @@ class SendHold(SQLModel, table=True):
     detail: str = Field(max_length=255)
     at: datetime = _timestamp()
     until: datetime | None = _timestamp(nullable=True, default_now=False)
+class OwnerTeam(SQLModel, table=True):
+    """A named team of owners (sales reps) that `assign_owner` steps hand contacts to.
+
+    `turn` counts the assignments made: each takes the next value with one atomic
+    UPDATE ... RETURNING, so two workers never hand out the same turn."""
+
+    __tablename__ = "owner_teams"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str = Field(unique=True, max_length=64)
+    name: str = Field(max_length=200)
+    strategy: str = Field(default="round_robin", max_length=16)  # round_robin | weighted
+    turn: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
+    created_at: datetime = _timestamp()
+    updated_at: datetime = _timestamp()
+
+
+class TeamOwner(SQLModel, table=True):
+    __tablename__ = "team_owners"
+    __table_args__ = (UniqueConstraint("team_id", "email"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    team_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("owner_teams.id", ondelete="CASCADE"), nullable=False)
+    )
+    position: int
+    name: str = Field(max_length=200)
+    email: str = Field(max_length=320)
+    weight: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+
+
+class OwnerAssignment(SQLModel, table=True):
+    """One assign_owner step's choice, per operation key: a retried activity finds it and
+    neither takes another turn nor picks another owner."""
+
+    __tablename__ = "owner_assignments"
+
+    operation_key: str = Field(primary_key=True, max_length=255)
+    team_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("owner_teams.id", ondelete="CASCADE"), nullable=False)
+    )
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False)
+    )
+    turn: int = Field(sa_type=BigInteger)
+    owner_name: str = Field(max_length=200)
+    owner_email: str = Field(max_length=320)
+    assigned_at: datetime = _timestamp()
+
+
+class ScoringRule(SQLModel, table=True):
+    """Lead scoring as data: what earns (or costs) points. See nurture/scoring.py."""
+
+    __tablename__ = "scoring_rules"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    key: str = Field(unique=True, max_length=64)
+    # event | open | click | field | tag
+    kind: str = Field(max_length=16)
+    # event: {"name", "where"}; click: {"link"}; field: a field condition; tag: {"tag"}
+    match: dict[str, Any] = _json()
+    points: int
+    decay_days: int | None = None  # points of this rule count for this many days
+    created_at: datetime = _timestamp()
+
+
+class ScorePoints(SQLModel, table=True):
+    """Points a contact earned from a rule; the score is the sum of those not expired."""
+
+    __tablename__ = "score_points"
+    __table_args__ = (
+        UniqueConstraint("rule_id", "contact_id", "source_key"),
+        Index("ix_score_points_expiring", "expires_at", postgresql_where=text("NOT expired")),
+    )
+
+    id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    rule_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("scoring_rules.id", ondelete="CASCADE"), nullable=False)
+    )
+    # What earned them: an event id, or "field" for a field/tag rule (held while it holds).
+    source_key: str = Field(max_length=255)
+    points: int
+    awarded_at: datetime = _timestamp()
+    expires_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    expired: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+
+
+class DeviceToken(SQLModel, table=True):
+    """A push token of one of a contact's devices (FCM registration token)."""
+
+    __tablename__ = "device_tokens"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    contact_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("contacts.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    token: str = Field(unique=True, max_length=4096)
+    platform: str | None = Field(default=None, max_length=16)  # android | ios | web
+    created_at: datetime = _timestamp()

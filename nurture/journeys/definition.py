@@ -227,6 +227,13 @@ class EntryRules(_Strict):
     exclusion_segment: Key | None = Field(
         default=None, description="contacts in this segment are never enrolled"
     )
+    holdout_percent: float = Field(
+        default=0,
+        ge=0,
+        lt=100,
+        description="this share of entrants (chosen per contact, the same every time) is held "
+        "out: enrolled in the control group, sent nothing, still measured against the goal",
+    )
 
 
 # --- steps ---------------------------------------------------------------------------------------
@@ -411,6 +418,67 @@ class ExitStep(_Step):
     reason: str = Field(default="exit_step", min_length=1, max_length=64)
 
 
+class SplitPath(_Strict):
+    name: Key = Field(description="how the path is named on the path, timeline and reports")
+    weight: int = Field(ge=0, le=100, description="percent of contacts; all weights sum to 100")
+    next: StepId | None = None
+
+
+class SplitStep(_Step):
+    """A random split (A/B/n): each contact takes one path, chosen from a hash of the journey,
+    the step and the contact, so the same contact takes the same path every time."""
+
+    type: Literal["split"]
+    paths: list[SplitPath] = Field(min_length=2, max_length=26)
+
+
+HttpMethod = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+class WebhookStep(_Step):
+    """Call an outside HTTP endpoint (a CRM, Slack...): url, header values and the string
+    leaves of `body` are templates; the call is signed, carries an idempotency key, and is
+    retried with backoff on a 5xx or a timeout. A 4xx fails the step."""
+
+    type: Literal["webhook"]
+    method: HttpMethod = "POST"
+    url: str = Field(min_length=1, max_length=2048)
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: JsonValue = None
+    timeout_seconds: float = Field(default=10, gt=0, le=60)
+    retries: int = Field(default=5, ge=0, le=20, description="attempts after the first")
+    save: dict[FieldName, str] = Field(
+        default_factory=dict,
+        description="contact field -> dotted path in the JSON response, e.g. "
+        '{"crm_owner_id": "owner.id"}',
+    )
+    next: StepId | None = None
+    on_failure: StepId | None = Field(
+        default=None, description="where a failed call goes; unset: on to `next`"
+    )
+
+
+class AssignOwnerStep(_Step):
+    """Assign the contact to the next owner of a team (round-robin or weighted, as the team
+    says) and write the owner ({name, email, team}) into a contact field."""
+
+    type: Literal["assign_owner"]
+    team: Key
+    field: FieldName = "owner"
+    next: StepId | None = None
+
+
+class SendPushStep(_Step):
+    """A push notification to every device token of the contact; title, body and data
+    values are templates."""
+
+    type: Literal["send_push"]
+    title: str = Field(min_length=1, max_length=1000)
+    body: str = Field(min_length=1, max_length=4000)
+    data: dict[str, str] = Field(default_factory=dict)
+    next: StepId | None = None
+
+
 Step = Annotated[
     SendEmailStep
     | SendSmsStep
@@ -420,7 +488,11 @@ Step = Annotated[
     | UpdateContactStep
     | AddToListStep
     | RemoveFromListStep
-    | ExitStep,
+    | ExitStep
+    | SplitStep
+    | WebhookStep
+    | AssignOwnerStep
+    | SendPushStep,
     Field(discriminator="type"),
 ]
 SendStep = SendEmailStep | SendSmsStep
@@ -468,6 +540,10 @@ def step_targets(step: Step) -> list[tuple[str, str | None]]:
             return [*rules, ("default", step.default)]
         case ExitStep():
             return []
+        case SplitStep():
+            return [(f"paths.{i}.next", path.next) for i, path in enumerate(step.paths)]
+        case WebhookStep():
+            return [("next", step.next), ("on_failure", step.on_failure or step.next)]
         case _:
             return [("next", step.next)]
 

@@ -40,6 +40,8 @@ from nurture.db.models import (
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.definition import EntryRules, JourneyDefinition
 from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
+from nurture.journeys.experiments import experiment_group
+from nurture.journeys.experiments import variants as split_variants
 from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
 
@@ -209,6 +211,8 @@ async def _claim(
             workflow_id=enrollment_workflow_id(journey_key, contact_id),
             entered_by=cause[:160],
             change_id=change_id,
+            experiment_group=experiment_group(parsed_definition(version), contact_id),
+            variants=split_variants(parsed_definition(version), contact_id),
         )
         session.add(enrollment)
         await session.flush()
@@ -235,6 +239,8 @@ async def start_workflow(
             max_steps_per_run=options.max_steps_per_run,
             max_history_events=options.max_history_events,
             paused=paused,
+            group=enrollment.experiment_group,
+            variants=enrollment.variants,
         ),
         id=enrollment.workflow_id,
         task_queue=options.task_queue,

@@ -24,6 +24,7 @@ from nurture.journeys.definition import (
     SendSmsStep,
 )
 from nurture.journeys.validation import InvalidJourney, validate_journey
+from nurture.owners import team_problems
 
 
 async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDefinition:
@@ -43,12 +44,18 @@ async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDef
     missing, broken = await _template_problems(session, parsed) if parsed is not None else ([], [])
     content = missing + broken
     audience = await _segment_problems(session, parsed) if parsed is not None else []
+    teams = await team_problems(session, parsed) if parsed is not None else []
     if problems:
         raise Invalid("the journey definition is invalid", detail=problems + content + audience)
     if audience:
         raise Invalid(
             "the audience is not ready: create the missing segments first",
             detail=audience + content,
+        )
+    if teams:
+        raise Invalid(
+            "owner teams are missing: create them first (PUT /v1/owner-teams/{key})",
+            detail=teams + content,
         )
     if broken:
         raise Invalid("content is not ready: fix the templates listed first", detail=content)

@@ -134,6 +134,8 @@ def _graph_problems(definition: JourneyDefinition) -> Iterator[Problem]:
                 )
     if definition.goal is not None:
         yield from _check_condition("goal.criteria", definition.goal.criteria, steps)
+    for step_id, step in steps.items():
+        yield from step_problems(f"steps.{step_id}", step)
 
 
 def _check_message_reference(
@@ -253,3 +255,11 @@ def _strongly_connected(nodes: set[str], steps: Mapping[str, Step]) -> list[list
                         break
                 components.append(component)
     return components
+
+
+def step_problems(path: str, step: Step) -> Iterator[Problem]:
+    """The rules of the split, webhook and push steps (see `nurture.journeys.step_checks`)."""
+    from nurture.journeys.step_checks import step_problems as check
+
+    for place, message in check(step):
+        yield Problem(f"{path}.{place}" if place else path, message)

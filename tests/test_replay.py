@@ -199,6 +199,8 @@ async def test_fresh_send_rules_history_replays(
     assert outcomes[1].startswith("skipped: expired")
     assert outcomes[2].startswith("sent (delayed: frequency cap sms 1/1d until ")
     await _replay_and_record({"send-rules-capped": handle})
+
+
 async def test_fresh_history_of_the_split_webhook_owner_and_push_steps_replays(
     sessions: SessionFactory,
     client: Client,

@@ -617,6 +617,8 @@ class SendHold(SQLModel, table=True):
     detail: str = Field(max_length=255)
     at: datetime = _timestamp()
     until: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
 class OwnerTeam(SQLModel, table=True):
     """A named team of owners (sales reps) that `assign_owner` steps hand contacts to.
 

@@ -9,6 +9,7 @@ from api.routes import (
     events,
     imports,
     journeys,
+    launch,
     lists,
     segments,
     templates,
@@ -29,6 +30,7 @@ ROUTERS: list[APIRouter] = [
     imports.router,
     timeline.router,
     api_keys.router,
+    launch.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

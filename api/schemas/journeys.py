@@ -77,6 +77,13 @@ class JourneySummary(BaseModel):
     published_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    owner: str | None = Field(default=None, description="the owner's email, from the draft")
+    tags: list[str] = Field(default_factory=list, description="target tags, from the draft")
+    description: str | None = Field(default=None, description="from the draft")
+    audience: str = Field(
+        default="everyone", description="everyone | test_only (GET .../launch for counts)"
+    )
+    rollout_percent: float = Field(default=100.0, description="the canary share admitted")
 
 
 class JourneyOut(JourneySummary):
@@ -179,4 +186,14 @@ class GoalConversionOut(BaseModel):
     conversion_rate: float | None = Field(description="converted / enrolled; none when 0 enrolled")
     not_enrolled_goal_already_met: int = Field(
         description="contacts not enrolled because they already met the goal; not in the rate"
+    )
+
+
+class JourneyCreatedOut(JourneyOut):
+    """A journey just created: from a definition, a starter or another journey."""
+
+    created: dict[str, list[str]] | None = Field(
+        default=None,
+        description="from a starter or a clone: templates_created, templates_reused (keys "
+        "that existed already), lists_created, segments_created",
     )

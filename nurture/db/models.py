@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -94,6 +95,9 @@ class Contact(SQLModel, table=True):
     consent: dict[str, str] = _json()
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+    # A test contact (a colleague's address): admitted to journeys open to test contacts only
+    # and to every canary, and left out of goal conversion (docs/launching.md).
+    is_test: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class ContactList(SQLModel, table=True):
@@ -138,6 +142,25 @@ class Journey(SQLModel, table=True):
     # When a version without a goal last replaced one with a goal. HubSpot restarts goal
     # counting then, so conversion counts only enrollments from this moment on.
     goal_reset_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    # Launch state, changed through the API without republishing (nurture.journeys.launch):
+    # "test_only" admits test contacts alone; `rollout_percent` admits that share of the rest.
+    audience: str = Field(
+        default="everyone", max_length=16, sa_column_kwargs={"server_default": "everyone"}
+    )
+    rollout_percent: float = Field(
+        default=100.0,
+        sa_type=Numeric(5, 2, asdecimal=False),
+        sa_column_kwargs={"server_default": text("100")},
+    )
+    # From the draft (owner, tags, description), for listing and filtering journeys.
+    owner: str | None = Field(default=None, max_length=320)
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    )
+    description: str | None = Field(default=None, sa_type=Text)
+    # The key order of `draft` as written (jsonb does not keep it): nurture.journeys.ordering.
+    draft_order: Any = Field(default=None, sa_type=JSONB, nullable=True)
 
 
 class JourneyVersion(SQLModel, table=True):
@@ -151,6 +174,8 @@ class JourneyVersion(SQLModel, table=True):
     version: int = Field(sa_column=Column(Integer, nullable=False))
     definition: dict[str, Any] = _json()
     published_at: datetime = _timestamp()
+    # The key order of `definition` as written (nurture.journeys.ordering).
+    definition_order: Any = Field(default=None, sa_type=JSONB, nullable=True)
 
 
 class Enrollment(SQLModel, table=True):

@@ -98,6 +98,7 @@ async def journey_out(session: AsyncSession, journey: Journey) -> JourneyOut:
 @router.post(
     "",
     response_model=JourneyCreatedOut,
+    response_model_exclude_unset=True,
     status_code=status.HTTP_201_CREATED,
     summary="Create a journey from a draft definition, or from a starter",
     description="Saves the definition as the draft of a new journey (status `draft`). A draft "
@@ -144,6 +145,8 @@ async def create_journey(
             out = await journey_out(session, journey)
     except IntegrityError:  # created concurrently
         raise Conflict(f"journey {body.key!r} already exists") from None
+    if created is None:  # a plain create answers exactly what GET answers
+        return JourneyCreatedOut(**out.model_dump())
     return JourneyCreatedOut(**out.model_dump(), created=created)
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    model_validator,
+)
 
 from nurture.db.models import JourneyStatus
 from nurture.journeys.definition import Key
@@ -35,9 +43,21 @@ class JourneyDraftIn(BaseModel):
 
     key: Key = Field(description="lower case letters, digits, `_` and `-`; at most 64")
     name: str = Field(min_length=1, max_length=200)
+    # The body's own key order: `key` and `name` stay where they were written.
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        model = handler(data)
+        if isinstance(data, dict):
+            model._order = list(data)
+        return model
 
     def definition(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        dumped = self.model_dump(mode="json")
+        written = [key for key in self._order if key in dumped]
+        return {key: dumped[key] for key in [*written, *(k for k in dumped if k not in written)]}
 
 
 class VersionSummary(BaseModel):

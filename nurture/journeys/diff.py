@@ -263,7 +263,9 @@ def step_words(step: Any) -> str:
                 return f"wait {s['duration']}{then}"
             if s.get("until"):
                 return f"wait until {s['until']}{then}"
-            return f"wait until field {s.get('until_field')}{then}"
+            if s.get("until_field"):
+                return f"wait until field {s['until_field']}{then}"
+            return f"wait{then}"
         case "wait_for":
             event = _dict(s.get("event"))
             what = event.get("name") or f"{event.get('type')} of {event.get('step')}"

@@ -230,3 +230,32 @@ async def test_launch_settings_are_checked(
     ok(await api.post("/v1/journeys/checked/archive"))
     archived = await api.put("/v1/journeys/checked/launch", json={"rollout_percent": 5})
     assert archived.status_code == 409
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_journey_started_by_entering_a_segment_readmits_the_held_back_still_in_it(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    ok(
+        await api.put(
+            "/v1/segments/vips",
+            json={"name": "VIPs", "filter": {"type": "tag", "tag": "vip", "op": "has"}},
+        )
+    )
+    entered = exits_at_once("vip-hello", {"type": "segment_entered", "segment": "vips"})
+    ok(await api.post("/v1/journeys", json=entered), 201)
+    ok(await api.put("/v1/journeys/vip-hello/launch", json={"rollout_percent": 0}))
+    ok(await api.post("/v1/journeys/vip-hello/publish"), 201)
+    for n in range(3):  # they enter the segment, and are held back
+        ok(await api.put(f"/v1/contacts/vip-{n}", json={"tags": ["vip"]}), 201)
+    ok(await api.put("/v1/contacts/vip-2", json={"tags": []}))  # and one leaves it again
+    assert ok(await api.get("/v1/journeys/vip-hello/launch"))["counts"]["held_back"] == 3
+
+    widened = ok(await api.put("/v1/journeys/vip-hello/launch", json={"rollout_percent": 100}))
+    await _wait_bulk(sessions, widened["readmit_run"])
+    await all_enrollments_ended(sessions)
+
+    # Those still in the segment enter; the one who left it does not.
+    assert sorted(await enrolled_in(sessions, "vip-hello")) == ["vip-0", "vip-1"]
+    counts = ok(await api.get("/v1/journeys/vip-hello/launch"))["counts"]
+    assert (counts["entered"], counts["held_back"]) == (2, 1)

@@ -79,7 +79,10 @@ class MessageStatus(StrEnum):
 
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
-    __table_args__ = (Index("ix_contacts_tags", "tags", postgresql_using="gin"),)
+    __table_args__ = (
+        Index("ix_contacts_tags", "tags", postgresql_using="gin"),
+        Index("ix_contacts_is_test", "id", postgresql_where=text("is_test")),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     external_id: str | None = Field(default=None, unique=True, index=True, max_length=255)
@@ -125,7 +128,11 @@ class Journey(SQLModel, table=True):
     """The editable draft; what runs is always a `JourneyVersion`."""
 
     __tablename__ = "journeys"
-    __table_args__ = (Index("ix_journeys_trigger", "trigger_type", "trigger_key"),)
+    __table_args__ = (
+        Index("ix_journeys_trigger", "trigger_type", "trigger_key"),
+        Index("ix_journeys_tags", "tags", postgresql_using="gin"),
+        Index("ix_journeys_owner", "owner"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     key: str = Field(unique=True, max_length=64)
@@ -563,7 +570,15 @@ class TimelineNote(SQLModel, table=True):
     did not enter and why. Later rules (frequency caps, quiet hours) add kinds of their own."""
 
     __tablename__ = "timeline_notes"
-    __table_args__ = (Index("ix_timeline_notes_contact", "contact_id", "at"),)
+    __table_args__ = (
+        Index("ix_timeline_notes_contact", "contact_id", "at"),
+        Index(
+            "ix_timeline_notes_held_back",
+            "journey_key",
+            "contact_id",
+            postgresql_where=text("reason = 'held_back'"),
+        ),
+    )
 
     id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
     contact_id: uuid.UUID = Field(

@@ -132,6 +132,8 @@ async def set_launch(
             run = bulk.workflow_id
         except TEMPORAL_UNREACHABLE as err:
             error = f"the launch state is saved, but re-admitting could not start: {err}"
+        except (NotFound, Conflict) as err:  # the segment was deleted, the journey archived
+            error = f"the launch state is saved; nobody to re-admit: {err.message}"
     async with sessions() as session:
         state = await launch_state(session, key)
     return LaunchState(**{**state.__dict__, "readmit_run": run, "readmit_error": error})

@@ -240,7 +240,8 @@ async def test_a_journey_started_by_entering_a_segment_readmits_the_held_back_st
         await api.put(
             "/v1/segments/vips",
             json={"name": "VIPs", "filter": {"type": "tag", "tag": "vip", "op": "has"}},
-        )
+        ),
+        201,
     )
     entered = exits_at_once("vip-hello", {"type": "segment_entered", "segment": "vips"})
     ok(await api.post("/v1/journeys", json=entered), 201)

@@ -260,3 +260,28 @@ async def test_a_journey_started_by_entering_a_segment_readmits_the_held_back_st
     assert sorted(await enrolled_in(sessions, "vip-hello")) == ["vip-0", "vip-1"]
     counts = ok(await api.get("/v1/journeys/vip-hello/launch"))["counts"]
     assert (counts["entered"], counts["held_back"]) == (2, 1)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_opening_a_test_only_segment_journey_admits_its_audience(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    await put_segment(sessions, "beta", "Beta", {"type": "tag", "tag": "beta", "op": "has"})
+    for n in range(3):
+        await make_contact(sessions, external_id=f"b{n}", tags=["beta"])
+    await make_contact(sessions, external_id="qa", tags=["beta"], is_test=True)
+    trigger = {"type": "segment", "segment": "beta", "mode": "once"}
+    ok(await api.post("/v1/journeys", json=exits_at_once("beta-run", trigger)), 201)
+    ok(await api.put("/v1/journeys/beta-run/launch", json={"audience": "test_only"}))
+    ok(await api.post("/v1/journeys/beta-run/publish"), 201)
+    await _wait_bulk(sessions, "audience:beta-run:once")
+    await all_enrollments_ended(sessions)
+    assert await enrolled_in(sessions, "beta-run") == ["qa"]
+    assert ok(await api.get("/v1/journeys/beta-run/launch"))["counts"]["kept_out_test_only"] == 3
+
+    opened = ok(await api.put("/v1/journeys/beta-run/launch", json={"audience": "everyone"}))
+    await _wait_bulk(sessions, opened["readmit_run"])
+    await all_enrollments_ended(sessions)
+    assert sorted(await enrolled_in(sessions, "beta-run")) == ["b0", "b1", "b2", "qa"]
+    counts = ok(await api.get("/v1/journeys/beta-run/launch"))["counts"]
+    assert (counts["entered"], counts["kept_out_test_only"]) == (3, 0)

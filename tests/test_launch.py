@@ -214,6 +214,9 @@ async def test_test_contacts_only_runs_for_real_and_stays_out_of_conversion(
         "held_back_notes": 0,
         "kept_out_test_only": 0,
     }
+    unmarked = ok(await api.patch("/v1/contacts/qa-1", json={"test": False}))
+    assert unmarked["test"] is False
+    assert ok(await api.patch("/v1/contacts/qa-1", json={"fields": {"a": 1}}))["test"] is False
 
 
 async def test_launch_settings_are_checked(

@@ -21,6 +21,7 @@ from tests.support import (
     enrolled_in,
     exits_at_once,
     make_contact,
+    make_lists,
     ok,
     publish_journey,
 )
@@ -288,3 +289,23 @@ async def test_opening_a_test_only_segment_journey_admits_its_audience(
     assert sorted(await enrolled_in(sessions, "beta-run")) == ["b0", "b1", "b2", "qa"]
     counts = ok(await api.get("/v1/journeys/beta-run/launch"))["counts"]
     assert (counts["entered"], counts["kept_out_test_only"]) == (3, 0)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_list_members_journey_readmits_the_members_it_held_back(
+    api: httpx.AsyncClient, sessions: SessionFactory
+) -> None:
+    await make_lists(sessions, "club")
+    members = [str(await make_contact(sessions, external_id=f"m{n}")) for n in range(4)]
+    ok(await api.post("/v1/lists/club/members", json={"contact_ids": members}))
+    trigger = {"type": "list_joined", "list": "club", "only_new": False}
+    ok(await api.post("/v1/journeys", json=exits_at_once("club-hello", trigger)), 201)
+    ok(await api.put("/v1/journeys/club-hello/launch", json={"rollout_percent": 0}))
+    ok(await api.post("/v1/journeys/club-hello/publish"), 201)
+    await _wait_bulk(sessions, "audience:club-hello:members")
+    assert await enrolled_in(sessions, "club-hello") == []
+
+    widened = ok(await api.put("/v1/journeys/club-hello/launch", json={"rollout_percent": 100}))
+    await _wait_bulk(sessions, widened["readmit_run"])
+    await all_enrollments_ended(sessions)
+    assert sorted(await enrolled_in(sessions, "club-hello")) == ["m0", "m1", "m2", "m3"]

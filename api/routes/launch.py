@@ -70,8 +70,9 @@ async def get_launch(key: str, session: SessionDep) -> LaunchOut:
     "restarting anyone. `audience: test_only` admits test contacts alone (real sends); "
     "`rollout_percent` admits that share of the others, chosen by a stable hash of the contact "
     "and the journey, so widening keeps everyone already in. When the journey is live, open to "
-    "everyone and starts from a segment (`segment`, `segment_entered`), the segment's members it "
-    "kept out and now takes are enrolled by a run (`readmit_run`); triggered journeys admit "
+    "everyone and starts from a segment (`segment`, `segment_entered`) or a list's members "
+    "(`list_joined`, `only_new: false`), the members it kept out and now takes are enrolled by "
+    "a run (`readmit_run`); triggered journeys admit "
     "them from their next trigger on. Allowed on drafts, so a journey can be published "
     "test-only or as a canary from the start.",
     responses=error_responses(

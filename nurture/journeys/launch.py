@@ -6,11 +6,11 @@ in `nurture.journeys.rollout`, applied where every enrollment is claimed.
 
 Widening (a larger percentage, or opening a test-only journey to everyone) takes effect at
 once for every new entry. A journey whose audience is a segment (`segment` and
-`segment_entered` triggers) also re-admits the members it kept out: a BulkEnroll run over the
-segment limited to the contacts with a `held_back` or `test_contacts_only` note for this
-journey, not in it now, and inside the new share (`readmittable`). Triggered journeys
-(list joined, event, API) admit them from their next trigger on: the trigger that was refused
-is not replayed.
+`segment_entered` triggers) or a list's members (`list_joined` with `only_new: false`) also
+re-admits the members it kept out: a BulkEnroll run over the segment or list limited to the
+contacts with a `held_back` or `test_contacts_only` note for this journey, not in it now, and
+inside the new share (`readmittable`). Triggered journeys (new list members, event, API) admit
+them from their next trigger on: the trigger that was refused is not replayed.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from nurture.db.models import (
 from nurture.errors import Conflict, Invalid, NotFound
 from nurture.journeys import rollout
 from nurture.journeys.bulk import start_bulk_enrollment
-from nurture.journeys.definition import SegmentEnteredTrigger, SegmentTrigger
+from nurture.journeys.definition import ListJoinedTrigger, SegmentEnteredTrigger, SegmentTrigger
 from nurture.journeys.enrollments import TEMPORAL_UNREACHABLE, EnrollmentOptions, parsed_definition
 from nurture.journeys.publishing import latest_version
 
@@ -115,17 +115,19 @@ async def set_launch(
         if rollout_percent is not None:
             journey.rollout_percent = round(rollout_percent, 2)
         journey.updated_at = utcnow()
-        segment = await _readmit_segment(session, journey)
+        audience_of = await _readmit_audience(session, journey)
     run: str | None = None
     error: str | None = None
-    if segment is not None:
+    if audience_of is not None:
+        list_key, segment_key = audience_of
         try:
             bulk = await start_bulk_enrollment(
                 sessions,
                 client,
                 options.task_queue,
                 key,
-                segment_key=segment,
+                list_key=list_key,
+                segment_key=segment_key,
                 workflow_id=f"audience:{key}:readmit:{uuid.uuid4()}",
                 readmit=True,
             )
@@ -139,9 +141,12 @@ async def set_launch(
     return LaunchState(**{**state.__dict__, "readmit_run": run, "readmit_error": error})
 
 
-async def _readmit_segment(session: AsyncSession, journey: Journey) -> str | None:
-    """The segment whose kept-out members to re-admit: a live journey, open to everyone,
-    whose audience is a segment; None otherwise."""
+async def _readmit_audience(
+    session: AsyncSession, journey: Journey
+) -> tuple[str | None, str | None] | None:
+    """(list, segment) whose kept-out members to re-admit: a live journey, open to everyone,
+    whose audience is a segment, or a list's members (`list_joined` with `only_new: false`);
+    None for a triggered journey."""
     if journey.status not in _LIVE or journey.audience != rollout.EVERYONE:
         return None
     version = await latest_version(session, journey)
@@ -149,7 +154,9 @@ async def _readmit_segment(session: AsyncSession, journey: Journey) -> str | Non
         return None
     trigger = parsed_definition(version).trigger
     if isinstance(trigger, SegmentTrigger | SegmentEnteredTrigger):
-        return trigger.segment
+        return None, trigger.segment
+    if isinstance(trigger, ListJoinedTrigger) and not trigger.only_new:
+        return trigger.list, None
     return None
 
 

@@ -25,6 +25,7 @@ from nurture.contracts import BulkPage, BulkPageResult, BulkProgress, BulkRun
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
     BulkEnrollment,
+    Contact,
     ContactList,
     Journey,
     ListMembership,
@@ -34,6 +35,7 @@ from nurture.db.models import (
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.bulk import resolve_audience
 from nurture.journeys.enrollments import EnrollmentOptions, enroll_or_get
+from nurture.journeys.launch import readmittable
 
 _CONCURRENCY = 20
 
@@ -129,7 +131,10 @@ class BulkActivities:
             if segment is None:
                 raise ApplicationError(f"no segment {page.segment_key!r}", non_retryable=True)
             # Evaluated page by page: who is in the segment when their page comes up.
-            return members_query(segment, after=after).limit(page.page_size)
+            members = members_query(segment, after=after)
+            if page.readmit:
+                members = await readmittable(session, page.journey_key, members, col(Contact.id))
+            return members.limit(page.page_size)
         query = (
             select(ListMembership.contact_id)
             .join(ContactList, col(ContactList.id) == col(ListMembership.list_id))
@@ -141,4 +146,8 @@ class BulkActivities:
             query = query.where(col(ListMembership.contact_id) > after)
         if page.joined_since is not None:
             query = query.where(col(ListMembership.added_at) >= page.joined_since)
+        if page.readmit:
+            return await readmittable(
+                session, page.journey_key, query, col(ListMembership.contact_id)
+            )
         return query

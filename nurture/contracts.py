@@ -261,6 +261,9 @@ class BulkEnrollInput(_Message):
     joined_since: datetime | None = None
     page_size: int = Field(default=200, ge=1, le=5000)
     progress: BulkProgress = Field(default_factory=BulkProgress)
+    # Only the members the journey's launch kept out (held back, test contacts only) and
+    # would admit now: the run that follows a widened rollout (nurture.journeys.launch).
+    readmit: bool = False
 
     @model_validator(mode="after")
     def _one_audience(self) -> BulkEnrollInput:
@@ -290,6 +293,7 @@ class BulkPage(_Message):
     joined_since: datetime | None = None
     page_size: int
     progress: BulkProgress
+    readmit: bool = False  # see BulkEnrollInput.readmit
 
 
 class BulkPageResult(_Message):

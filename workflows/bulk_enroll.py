@@ -59,6 +59,7 @@ class BulkEnroll:
                     joined_since=input.joined_since,
                     page_size=input.page_size,
                     progress=self._progress,
+                    readmit=input.readmit,
                 ),
                 start_to_close_timeout=timedelta(minutes=5),
                 heartbeat_timeout=timedelta(seconds=20),

@@ -9,6 +9,7 @@ from api.routes import (
     events,
     imports,
     journeys,
+    launch,
     lists,
     segments,
     send_rules,
@@ -33,6 +34,7 @@ ROUTERS: list[APIRouter] = [
     api_keys.router,
     send_rules.router,
     steps.router,
+    launch.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

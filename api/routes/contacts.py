@@ -101,6 +101,7 @@ async def contacts_out(session: AsyncSession, contacts: Sequence[Contact]) -> li
             fields=c.fields,
             tags=c.tags,
             consent=c.consent,
+            test=c.is_test,
             lists=lists[c.id],
             enrollments=enrollments[c.id],
             created_at=c.created_at,

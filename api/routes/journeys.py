@@ -16,6 +16,7 @@ from api.deps import ResourcesDep, SessionDep
 from api.schemas.common import BODY_TOO_LARGE, error_responses
 from api.schemas.journeys import (
     GoalConversionOut,
+    JourneyCreatedOut,
     JourneyDraftIn,
     JourneyOut,
     JourneyPage,
@@ -30,7 +31,9 @@ from nurture.errors import Conflict, Invalid, NotFound, Unavailable
 from nurture.journeys import lifecycle
 from nurture.journeys.audiences import activate_audience, stop_audience
 from nurture.journeys.conversion import goal_conversion
+from nurture.journeys.ordering import in_order
 from nurture.journeys.publishing import publish, publishable, save_draft
+from nurture.journeys.starters import create_from_starter
 
 router = APIRouter(prefix="/journeys", tags=["journeys"])
 
@@ -58,7 +61,7 @@ def _version_out(journey: Journey, version: JourneyVersion) -> VersionOut:
         journey_key=journey.key,
         version=version.version,
         published_at=version.published_at,
-        definition=version.definition,
+        definition=in_order(version.definition, version.definition_order),
     )
 
 
@@ -73,6 +76,11 @@ def _summary(journey: Journey, live_version: int | None) -> JourneySummary:
         published_at=journey.published_at,
         created_at=journey.created_at,
         updated_at=journey.updated_at,
+        owner=journey.owner,
+        tags=journey.tags,
+        description=journey.description,
+        audience=journey.audience,
+        rollout_percent=float(journey.rollout_percent),
     )
 
 
@@ -81,7 +89,7 @@ async def journey_out(session: AsyncSession, journey: Journey) -> JourneyOut:
     live = versions[-1] if versions else None
     return JourneyOut(
         **_summary(journey, live.version if live else None).model_dump(),
-        draft=journey.draft,
+        draft=in_order(journey.draft, journey.draft_order),
         versions=[VersionSummary(version=v.version, published_at=v.published_at) for v in versions],
         live=_version_out(journey, live) if live else None,
     )
@@ -89,24 +97,57 @@ async def journey_out(session: AsyncSession, journey: Journey) -> JourneyOut:
 
 @router.post(
     "",
-    response_model=JourneyOut,
+    response_model=JourneyCreatedOut,
+    response_model_exclude_unset=True,
     status_code=status.HTTP_201_CREATED,
-    summary="Create a journey from a draft definition",
+    summary="Create a journey from a draft definition, or from a starter",
     description="Saves the definition as the draft of a new journey (status `draft`). A draft "
     "may be incomplete: only `key` and `name` are checked now; `validate` and `publish` report "
-    "everything else. Nobody can enter the journey before it is published.",
-    responses=error_responses({409: "a journey with this key exists", 413: BODY_TOO_LARGE}),
+    "everything else. Nobody can enter the journey before it is published.\n\n"
+    "With `?starter=<key>` (see `GET /v1/starters`) the draft is the starter's flow under the "
+    "body's `key` and `name` (`owner`, `tags`, `description` given in the body replace the "
+    "starter's); its templates are copied as `<key>-<template>`, and the lists and segments it "
+    "names are created if missing. Publish it as it is, or edit it first.",
+    responses=error_responses(
+        {404: "no such starter", 409: "a journey with this key exists", 413: BODY_TOO_LARGE}
+    ),
 )
-async def create_journey(body: JourneyDraftIn, resources: ResourcesDep) -> JourneyOut:
+async def create_journey(
+    body: JourneyDraftIn,
+    resources: ResourcesDep,
+    starter: Annotated[
+        str | None, Query(description="create from this starter (GET /v1/starters)")
+    ] = None,
+) -> JourneyCreatedOut:
     try:
         async with resources.sessions.begin() as session:
             if await session.scalar(select(Journey.id).where(col(Journey.key) == body.key)):
                 raise Conflict(f"journey {body.key!r} already exists")
-            journey = await save_draft(session, body.definition())
+            created: dict[str, list[str]] | None = None
+            if starter is not None:
+                given = body.definition()
+                made = await create_from_starter(
+                    session,
+                    starter,
+                    body.key,
+                    body.name,
+                    {k: given.get(k) for k in ("owner", "tags", "description")},
+                )
+                journey = made.journey
+                created = {
+                    "templates_created": made.templates_created,
+                    "templates_reused": made.templates_reused,
+                    "lists_created": made.lists_created,
+                    "segments_created": made.segments_created,
+                }
+            else:
+                journey = await save_draft(session, body.definition())
             out = await journey_out(session, journey)
     except IntegrityError:  # created concurrently
         raise Conflict(f"journey {body.key!r} already exists") from None
-    return out
+    if created is None:  # a plain create answers exactly what GET answers
+        return JourneyCreatedOut(**out.model_dump())
+    return JourneyCreatedOut(**out.model_dump(), created=created)
 
 
 @router.put(
@@ -281,18 +322,27 @@ async def get_goal_conversion(key: str, session: SessionDep) -> GoalConversionOu
     "",
     response_model=JourneyPage,
     summary="List journeys",
-    description="Ordered by key; filter by status.",
+    description="Ordered by key; filter by status, owner (exact email) and target tags (a "
+    "journey carrying every `tag` given).",
     responses=error_responses(),
 )
 async def list_journeys(
     session: SessionDep,
     status_filter: Annotated[JourneyStatus | None, Query(alias="status")] = None,
+    owner: Annotated[str | None, Query(description="the owner's email, exactly")] = None,
+    tag: Annotated[
+        list[str] | None, Query(description="a target tag; repeat for all of several")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JourneyPage:
     query = select(Journey).order_by(col(Journey.key))
     if status_filter is not None:
         query = query.where(col(Journey.status) == status_filter)
+    if owner is not None:
+        query = query.where(func.lower(col(Journey.owner)) == owner.strip().lower())
+    if tag:
+        query = query.where(col(Journey.tags).contains(tag))
     journeys = list(await session.scalars(query.limit(limit).offset(offset)))
     live: dict[uuid.UUID, int] = {}
     if journeys:

@@ -58,6 +58,12 @@ class _ContactWrite(BaseModel):
         description="merged channel by channel: a channel left out keeps its recorded choice",
     )
 
+    test: bool | None = Field(
+        default=None,
+        description="a test contact: enters journeys open to test contacts only, is always in "
+        "a canary, and is left out of goal conversion (docs/launching.md); left out: unchanged",
+    )
+
     def _consent(self) -> dict[str, str]:
         return {str(channel): choice for channel, choice in self.consent.items()}
 
@@ -99,6 +105,7 @@ class ContactUpsert(_ContactWrite):
             replace_fields=self.fields if "fields" in given else None,
             replace_tags=self.tags if "tags" in given else None,
             consent=self._consent(),
+            test=self.test,
         )
 
 
@@ -141,6 +148,7 @@ class ContactPatch(_ContactWrite):
             add_tags=self.add_tags,
             remove_tags=self.remove_tags,
             consent=self._consent(),
+            test=self.test,
         )
 
 
@@ -194,6 +202,7 @@ class ContactOut(BaseModel):
     fields: dict[str, JsonValue]
     tags: list[str]
     consent: dict[str, str]
+    test: bool = Field(default=False, description="a test contact (docs/launching.md)")
     lists: list[str] = Field(description="keys of the lists the contact is in")
     enrollments: list[EnrollmentSummary] = Field(
         description="the latest 100 enrollments, newest first (all: GET /v1/enrollments)"

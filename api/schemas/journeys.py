@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    model_validator,
+)
 
 from nurture.db.models import JourneyStatus
 from nurture.journeys.definition import Key
@@ -35,9 +43,21 @@ class JourneyDraftIn(BaseModel):
 
     key: Key = Field(description="lower case letters, digits, `_` and `-`; at most 64")
     name: str = Field(min_length=1, max_length=200)
+    # The body's own key order: `key` and `name` stay where they were written.
+    _order: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_order(cls, data: Any, handler: ModelWrapValidatorHandler[Any]) -> Any:
+        model = handler(data)
+        if isinstance(data, dict):
+            model._order = list(data)
+        return model
 
     def definition(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        dumped = self.model_dump(mode="json")
+        written = [key for key in self._order if key in dumped]
+        return {key: dumped[key] for key in [*written, *(k for k in dumped if k not in written)]}
 
 
 class VersionSummary(BaseModel):
@@ -77,6 +97,13 @@ class JourneySummary(BaseModel):
     published_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    owner: str | None = Field(default=None, description="the owner's email, from the draft")
+    tags: list[str] = Field(default_factory=list, description="target tags, from the draft")
+    description: str | None = Field(default=None, description="from the draft")
+    audience: str = Field(
+        default="everyone", description="everyone | test_only (GET .../launch for counts)"
+    )
+    rollout_percent: float = Field(default=100.0, description="the canary share admitted")
 
 
 class JourneyOut(JourneySummary):
@@ -179,4 +206,14 @@ class GoalConversionOut(BaseModel):
     conversion_rate: float | None = Field(description="converted / enrolled; none when 0 enrolled")
     not_enrolled_goal_already_met: int = Field(
         description="contacts not enrolled because they already met the goal; not in the rate"
+    )
+
+
+class JourneyCreatedOut(JourneyOut):
+    """A journey just created: from a definition, a starter or another journey."""
+
+    created: dict[str, list[str]] | None = Field(
+        default=None,
+        description="from a starter or a clone: templates_created, templates_reused (keys "
+        "that existed already), lists_created, segments_created",
     )

@@ -43,6 +43,8 @@ class ContactChanges:
     # Merged channel by channel: a recorded choice is only ever changed, never forgotten, so a
     # sync that leaves out a channel cannot erase a revocation.
     consent: Mapping[str, str] = field(default_factory=dict)
+    # Marks (True) or unmarks (False) a test contact; None leaves it (docs/launching.md).
+    test: bool | None = None
 
 
 def apply_changes(contact: Contact, changes: ContactChanges) -> dict[str, Any]:
@@ -65,6 +67,8 @@ def apply_changes(contact: Contact, changes: ContactChanges) -> dict[str, Any]:
     tags = [tag for tag in dict.fromkeys([*tags, *changes.add_tags]) if tag not in removed]
     contact.fields, contact.tags = fields, tags
     contact.consent = {**contact.consent, **changes.consent}
+    if changes.test is not None:
+        contact.is_test = changes.test
     changed = _changes_between(before, _snapshot(contact))
     if changed:
         contact.updated_at = utcnow()
@@ -81,6 +85,7 @@ def _snapshot(contact: Contact) -> dict[str, Any]:
         "fields": dict(contact.fields),
         "tags": list(contact.tags),
         "consent": dict(contact.consent),
+        "test": contact.is_test,
     }
 
 
@@ -90,6 +95,8 @@ def _changes_between(before: dict[str, Any], after: dict[str, Any]) -> dict[str,
         if changed := diff(before[part], after[part]):
             found[part] = changed
     found.update(tag_changes(before["tags"], after["tags"]))
+    if before["test"] != after["test"]:
+        found["test"] = [before["test"], after["test"]]
     return found
 
 

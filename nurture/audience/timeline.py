@@ -1005,6 +1005,11 @@ CHANGE_KEYS: dict[str, Callable[[Any], list[str]]] = {
     "event": lambda v: [
         f"event {v.get('name') if isinstance(v, dict) else value_words(v)} recorded"
     ],
+    "test": lambda v: [
+        "marked as a test contact"
+        if isinstance(v, list) and v[-1:] == [True]
+        else "no longer a test contact"
+    ],
 }
 
 
@@ -1117,6 +1122,12 @@ def _exclusion_missing(detail: str | None) -> str:
     return f"{what} no longer exists, so nobody can enter it"
 
 
+def _held_back(detail: str | None) -> str:
+    share = _quoted(detail, r"the ([0-9.]+)% rollout")
+    rollout = f"its {share}% rollout" if share else "its rollout"
+    return f"held back by {rollout} (it admits the rest when widened)"
+
+
 # Why a journey did not take the contact (`timeline_notes.reason` of kind not_entered): a
 # function of the note's detail text. An unknown reason shows the detail.
 NOT_ENTERED_REASONS: dict[str, Callable[[str | None], str]] = {
@@ -1129,6 +1140,8 @@ NOT_ENTERED_REASONS: dict[str, Callable[[str | None], str]] = {
     "already_enrolled": lambda d: "they were still in it from an earlier entry",
     "contact_missing": lambda d: "the contact no longer existed",
     "goal_already_met": lambda d: "already met its goal",
+    "test_contacts_only": lambda d: "it is open to test contacts only for now",
+    "held_back": lambda d: _held_back(d),
 }
 
 

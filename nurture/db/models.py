@@ -18,6 +18,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -78,7 +79,10 @@ class MessageStatus(StrEnum):
 
 class Contact(SQLModel, table=True):
     __tablename__ = "contacts"
-    __table_args__ = (Index("ix_contacts_tags", "tags", postgresql_using="gin"),)
+    __table_args__ = (
+        Index("ix_contacts_tags", "tags", postgresql_using="gin"),
+        Index("ix_contacts_is_test", "id", postgresql_where=text("is_test")),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     external_id: str | None = Field(default=None, unique=True, index=True, max_length=255)
@@ -94,6 +98,9 @@ class Contact(SQLModel, table=True):
     consent: dict[str, str] = _json()
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+    # A test contact (a colleague's address): admitted to journeys open to test contacts only
+    # and to every canary, and left out of goal conversion (docs/launching.md).
+    is_test: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
 
 
 class ContactList(SQLModel, table=True):
@@ -121,7 +128,11 @@ class Journey(SQLModel, table=True):
     """The editable draft; what runs is always a `JourneyVersion`."""
 
     __tablename__ = "journeys"
-    __table_args__ = (Index("ix_journeys_trigger", "trigger_type", "trigger_key"),)
+    __table_args__ = (
+        Index("ix_journeys_trigger", "trigger_type", "trigger_key"),
+        Index("ix_journeys_tags", "tags", postgresql_using="gin"),
+        Index("ix_journeys_owner", "owner"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     key: str = Field(unique=True, max_length=64)
@@ -138,6 +149,25 @@ class Journey(SQLModel, table=True):
     # When a version without a goal last replaced one with a goal. HubSpot restarts goal
     # counting then, so conversion counts only enrollments from this moment on.
     goal_reset_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    # Launch state, changed through the API without republishing (nurture.journeys.launch):
+    # "test_only" admits test contacts alone; `rollout_percent` admits that share of the rest.
+    audience: str = Field(
+        default="everyone", max_length=16, sa_column_kwargs={"server_default": "everyone"}
+    )
+    rollout_percent: float = Field(
+        default=100.0,
+        sa_type=Numeric(5, 2, asdecimal=False),
+        sa_column_kwargs={"server_default": text("100")},
+    )
+    # From the draft (owner, tags, description), for listing and filtering journeys.
+    owner: str | None = Field(default=None, max_length=320)
+    tags: list[str] = Field(
+        default_factory=list,
+        sa_column=Column(ARRAY(Text), nullable=False, server_default=text("'{}'::text[]")),
+    )
+    description: str | None = Field(default=None, sa_type=Text)
+    # The key order of `draft` as written (jsonb does not keep it): nurture.journeys.ordering.
+    draft_order: Any = Field(default=None, sa_type=JSONB, nullable=True)
 
 
 class JourneyVersion(SQLModel, table=True):
@@ -151,6 +181,8 @@ class JourneyVersion(SQLModel, table=True):
     version: int = Field(sa_column=Column(Integer, nullable=False))
     definition: dict[str, Any] = _json()
     published_at: datetime = _timestamp()
+    # The key order of `definition` as written (nurture.journeys.ordering).
+    definition_order: Any = Field(default=None, sa_type=JSONB, nullable=True)
 
 
 class Enrollment(SQLModel, table=True):
@@ -544,7 +576,15 @@ class TimelineNote(SQLModel, table=True):
     did not enter and why. Later rules (frequency caps, quiet hours) add kinds of their own."""
 
     __tablename__ = "timeline_notes"
-    __table_args__ = (Index("ix_timeline_notes_contact", "contact_id", "at"),)
+    __table_args__ = (
+        Index("ix_timeline_notes_contact", "contact_id", "at"),
+        Index(
+            "ix_timeline_notes_held_back",
+            "journey_key",
+            "contact_id",
+            postgresql_where=text("reason = 'held_back'"),
+        ),
+    )
 
     id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
     contact_id: uuid.UUID = Field(

@@ -70,6 +70,7 @@ async def start_bulk_enrollment(
     workflow_id: str | None = None,
     start_delay: timedelta | None = None,
     joined_since: datetime | None = None,
+    readmit: bool = False,
 ) -> BulkEnrollment:
     """Enroll a list's or a segment's members. With `workflow_id`, a second call with the same
     id starts nothing new (a one-time segment journey published again runs once)."""
@@ -108,6 +109,7 @@ async def start_bulk_enrollment(
             segment_key=segment_key,
             joined_since=joined_since,
             page_size=page_size,
+            readmit=readmit,
         ),
         id=bulk.workflow_id,
         task_queue=task_queue,

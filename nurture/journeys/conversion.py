@@ -11,6 +11,8 @@ Who counts, per distinct contact (a contact enrolled several times counts once):
 - **converted**: met the goal and was sent a marketing email (a `sent` email message) by one of
   those enrollments. **conversion_rate** = converted / enrolled.
 
+Test contacts (`contacts.is_test`, docs/launching.md) are never counted.
+
 Removing the goal resets the counts (`publish` sets `goal_reset_at`); editing it does not, so
 a changed goal is judged over the whole history.
 
@@ -141,7 +143,11 @@ async def goal_conversion(
     goal = Goal.model_validate(raw_goal) if raw_goal else None
     since = journey.goal_reset_at
 
-    counted = counted_enrollment(journey.id, since)
+    # Test contacts try the journey out before and during a launch: never in its analytics.
+    real = col(Enrollment.contact_id).not_in(
+        select(col(Contact.id)).where(col(Contact.is_test)).correlate(None)
+    )
+    counted = and_(counted_enrollment(journey.id, since), real)
     emailed = _emailed_contacts(counted)
     # correlate(None): these are nested in queries over enrollments too, and must stay
     # independent subqueries rather than be tied to the outer row.
@@ -159,6 +165,7 @@ async def goal_conversion(
         session,
         select(col(Enrollment.contact_id)).where(
             of_journey(journey.id, since),
+            real,
             col(Enrollment.status) == EnrollmentStatus.NOT_ENROLLED,
             col(Enrollment.exit_reason) == _GOAL_ALREADY_MET,
         ),

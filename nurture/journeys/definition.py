@@ -30,6 +30,8 @@ from nurture.sending.windows import QuietHours
 StepId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 Key = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 FieldName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Email = Annotated[str, StringConstraints(max_length=320, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+JourneyTag = Annotated[str, StringConstraints(min_length=1, max_length=100)]
 
 
 class _Strict(BaseModel):
@@ -527,6 +529,12 @@ class JourneyDefinition(_Strict):
         default=None,
         description="local times this journey sends nothing, replacing the workspace's; "
         "[]: none; unset: the workspace's",
+    )
+    # Seed 004's flow-design table: who owns the journey and whom it targets (listed and
+    # filtered on in the API; nothing in the run depends on them).
+    owner: Email | None = Field(default=None, description="the owner's email address")
+    tags: list[JourneyTag] = Field(
+        default_factory=list, max_length=50, description="target tags, e.g. 'new-users'"
     )
 
 

@@ -38,10 +38,12 @@ from nurture.db.models import (
     TimelineNote,
 )
 from nurture.errors import Conflict, NotFound
+from nurture.journeys import rollout
 from nurture.journeys.definition import EntryRules, JourneyDefinition
 from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
 from nurture.journeys.experiments import experiment_group
 from nurture.journeys.experiments import variants as split_variants
+from nurture.journeys.ordering import in_order
 from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
 
@@ -177,7 +179,8 @@ async def _claim(
         journey = await session.scalar(select(Journey).where(col(Journey.key) == journey_key))
         if journey is None:
             raise NotFound(f"no journey {journey_key!r}")
-        if await session.get(Contact, contact_id) is None:
+        contact = await session.get(Contact, contact_id)
+        if contact is None:
             raise NotFound(f"no contact {contact_id}")
         existing = await session.scalar(
             select(Enrollment).where(
@@ -203,6 +206,12 @@ async def _claim(
         rules = parsed_definition(version).entry
         await _check_reentry(session, journey, rules, contact_id)
         await _check_exclusion(session, journey_key, rules, contact_id)
+        # Last: only contacts the journey would otherwise take are held back by its launch.
+        held = rollout.refusal(
+            journey_key, journey.audience, journey.rollout_percent, contact_id, contact.is_test
+        )
+        if held is not None:
+            raise EntryRefused(*held)
         enrollment = Enrollment(
             journey_id=journey.id,
             journey_version_id=version.id,
@@ -265,7 +274,9 @@ def parsed_definition(version: JourneyVersion) -> JourneyDefinition:
     if parsed is None:
         if len(_DEFINITIONS) >= _MAX_DEFINITIONS:
             _DEFINITIONS.clear()
-        parsed = _DEFINITIONS[version.id] = JourneyDefinition.model_validate(version.definition)
+        parsed = _DEFINITIONS[version.id] = JourneyDefinition.model_validate(
+            in_order(version.definition, version.definition_order)
+        )
     return parsed
 
 

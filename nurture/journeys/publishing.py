@@ -23,6 +23,7 @@ from nurture.journeys.definition import (
     SendEmailStep,
     SendSmsStep,
 )
+from nurture.journeys.ordering import capture, in_order, restore
 from nurture.journeys.validation import InvalidJourney, validate_journey
 from nurture.owners import team_problems
 
@@ -101,9 +102,24 @@ async def save_draft(
         raise Conflict(f"journey {header.key!r} is archived")
     journey.name = header.name
     journey.draft = dict(data)
+    journey.draft_order = capture(data)  # jsonb sorts keys: keep the order as written
+    describe(journey, data)
     journey.updated_at = utcnow()
     await session.flush()
     return journey
+
+
+def describe(journey: Journey, data: dict[str, Any]) -> None:
+    """Copy what the draft says about the journey (owner, target tags, description) to the
+    columns the journey list filters on; publishing validates them, a draft may be rough."""
+    owner, tags, description = data.get("owner"), data.get("tags"), data.get("description")
+    journey.owner = owner[:320] if isinstance(owner, str) and owner else None
+    journey.tags = (
+        list(dict.fromkeys(t for t in tags if isinstance(t, str) and t))
+        if isinstance(tags, list)
+        else []
+    )
+    journey.description = description if isinstance(description, str) else None
 
 
 async def publish(session: AsyncSession, key: str) -> JourneyVersion:
@@ -113,15 +129,19 @@ async def publish(session: AsyncSession, key: str) -> JourneyVersion:
         raise NotFound(f"no journey {key!r}")
     if journey.status == JourneyStatus.ARCHIVED:
         raise Conflict(f"journey {key!r} is archived")
-    definition = await publishable(session, journey.draft)
+    written = in_order(journey.draft, journey.draft_order)
+    definition = await publishable(session, written)
     latest = await session.scalar(
         select(func.max(JourneyVersion.version)).where(col(JourneyVersion.journey_id) == journey.id)
     )
     previous = await latest_version(session, journey)  # the live version this one replaces
+    dumped = definition.model_dump(mode="json")
     version = JourneyVersion(
         journey_id=journey.id,
         version=(latest or 0) + 1,
-        definition=definition.model_dump(mode="json"),
+        definition=dumped,
+        # Read back in the draft's order; defaults the draft left out come after.
+        definition_order=capture(restore(dumped, capture(written))),
     )
     session.add(version)
     if journey.status == JourneyStatus.DRAFT:

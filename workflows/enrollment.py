@@ -65,7 +65,7 @@ with workflow.unsafe.imports_passed_through():
         WaitStep,
     )
     from nurture.journeys.durations import format_duration
-    from nurture.journeys.schedule import plan_wait
+    from nurture.journeys.schedule import plan_wait, spread_wake
     from nurture.tracing import ENROLLMENT_STATUS, JOURNEY_STEP
 
 # Postgres or a provider being down for a while must delay a journey, never break it.
@@ -409,6 +409,8 @@ class JourneyEnrollment:
             if plan.until <= workflow.now():
                 return f"{plan.note}: already past, went on at once"
             until = plan.until
+            if step.duration is None:  # an instant many contacts share: spread their wake-ups
+                until = spread_wake(until, self._input.enrollment_id)
         await self._dwell(step_id)
         await self._sleep_until(until, f"{step_id}: {plan.note}", step_id, visit)
         return "waited"

@@ -370,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     result = asyncio.run(run(options))
     result["wall_seconds"] = round(time.monotonic() - began, 1)
+    options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(result, indent=2) + "\n")
     bare, ours, pr = result["bare"], result["nurture"], result["pause_resume"]
     print(

@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     figures = asyncio.run(run(options))
+    options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(asdict(figures), indent=2) + "\n")
     ratio = figures.full_seconds / figures.incremental_seconds if figures.incremental_seconds else 0
     print(

@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     options = parser.parse_args(argv)
     result = asyncio.run(run(options))
+    options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(result, indent=2) + "\n")
     bare, hook = result["bare"], result["webhook"]
     print(

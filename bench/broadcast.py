@@ -12,7 +12,7 @@ workflow (`bench.bare_broadcast`), each polling its own task queue. In order:
 1. bare: `--concurrency` starts in flight of `BareBroadcast(contact)` (an activity that writes a
    row to Postgres, then a one-day timer); timed from the first start to the last row written;
 2. Nurture: the journey `bench-broadcast` (trigger: segment `bench-audience`, mode once; steps
-   send_email then wait 1d) published through the API (PUT draft, POST publish); timed from the
+   send_email then wait 1d) created and published through the API; timed from the
    publish request to the last message sent (`messages.sent_at`). The BulkEnroll workflow
    enrolls the segment page by page, `NURTURE_BULK_CONCURRENCY` (`--bulk-concurrency`) at once;
 3. POST /v1/journeys/bench-broadcast/pause, then /resume: each one batch signal over a
@@ -192,8 +192,8 @@ async def bare_side(
 async def nurture_side(
     sessions: SessionFactory, http: httpx.AsyncClient, contacts: int, within: float
 ) -> dict[str, Any]:
-    draft = await http.put(f"/v1/journeys/{JOURNEY['key']}/draft", json=JOURNEY)
-    if draft.status_code not in (200, 201):
+    draft = await http.post("/v1/journeys", json=JOURNEY)
+    if draft.status_code != 201:
         raise RuntimeError(f"draft: {draft.status_code} {draft.text}")
     began_db = await scalar(sessions, "SELECT clock_timestamp()")
     began = time.perf_counter()

@@ -100,6 +100,9 @@ async def counted(database_url: str) -> AsyncIterator[tuple[SessionFactory, Coun
     await engine.dispose()
 
 
+# A worker, so that the enrollments settle: the test server never skips time again after a
+# workflow with a task due is terminated (tests/conftest.py, _terminate_started).
+@pytest.mark.usefixtures("worker")
 async def test_enroll_and_event_requests_make_few_round_trips(
     sessions: SessionFactory,
     client: Client,

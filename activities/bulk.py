@@ -8,6 +8,7 @@ retry rewrites the same numbers instead of adding them again.
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -37,7 +38,11 @@ from nurture.journeys.bulk import resolve_audience
 from nurture.journeys.enrollments import EnrollmentOptions, enroll_or_get
 from nurture.journeys.launch import readmittable
 
-_CONCURRENCY = 20
+# Enrollments of a page started at once (claim, start_workflow, catch-up each). Measured with
+# `python -m bench.broadcast --bulk-concurrency N` (docs/benchmarks.md, "Broadcasts"): the rate
+# rises up to where the worker and the server are saturated; past it, starts only queue longer.
+# NURTURE_BULK_CONCURRENCY overrides it, for such measurements.
+_CONCURRENCY = int(os.environ.get("NURTURE_BULK_CONCURRENCY", "32"))
 
 
 class BulkActivities:

@@ -95,6 +95,7 @@ class Options:
     max_cached_workflows: int | None  # None: as production sets it (settings)
     output: Path
     check: bool
+    also: tuple[str, ...] = ()  # other modes run after this one (ALSO)
 
     @property
     def judged_mode(self) -> str:
@@ -685,6 +686,13 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         type=int,
         help="override the worker cache size (default: as in production, WORKER_MAX_CACHED_WORKFLOWS)",
     )
+    parser.add_argument(
+        "--also",
+        default="",
+        help="then run these modes too, comma-separated: "
+        + ", ".join(ALSO)
+        + " (each at its full size; see docs/benchmarks.md)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument(
@@ -698,6 +706,9 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     enrollments = args.enrollments or (200 if quick else 2000)
     events = args.events or (200 if quick else 2000)
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    also = tuple(m.strip() for m in args.also.split(",") if m.strip())
+    if set(also) - set(ALSO):
+        parser.error(f"--also takes {', '.join(ALSO)}, comma-separated")
     if not modes or set(modes) - {"running", "paused"} or len(set(modes)) != len(modes):
         parser.error("--modes takes running, paused or both, comma-separated")
     for name, value in (("--enrollments", enrollments), ("--events", events)):
@@ -718,13 +729,45 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         max_cached_workflows=args.max_cached_workflows,
         output=args.output,
         check=args.check,
+        also=also,
     )
+
+
+# The other benchmark modes (issue 11), each a module of its own with its own stack, run after
+# this one by `--also`, so that one command reports them all; their sizes here are the full ones.
+ALSO: dict[str, list[str]] = {
+    "history": ["-m", "bench.history"],
+    "webhooks": ["-m", "bench.webhooks"],
+    "sweep": ["-m", "bench.sweep"],
+    "broadcast": ["-m", "bench.broadcast"],
+}
+
+
+def run_also(names: Sequence[str], output: Path) -> dict[str, Any]:
+    """Run the named modes one after the other (never side by side: they would share the
+    cores); each prints its own report and writes its JSON beside this run's."""
+    results: dict[str, Any] = {}
+    for name in names:
+        json_path = output.with_name(f"{output.stem}-{name}.json")
+        flag = "--json" if name == "history" else "--output"
+        log(f"also: python {' '.join(ALSO[name])} {flag} {json_path}")
+        done = subprocess.run(
+            [sys.executable, *ALSO[name], flag, str(json_path)], cwd=Path(__file__).parent.parent
+        )
+        results[name] = (
+            json.loads(json_path.read_text())
+            if done.returncode == 0 and json_path.exists()
+            else {"failed": done.returncode}
+        )
+    return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse(argv)
     began = time.monotonic()
     result = asyncio.run(benchmark(options))
+    if options.also:
+        result["also"] = run_also(options.also, options.output)
     result["wall_seconds"] = round(time.monotonic() - began, 1)
     asyncio.run(_save(options.output, result))
     print(report(result))

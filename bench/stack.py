@@ -135,9 +135,33 @@ async def worker_process(
                 line = b""
             if line.strip() != b"ready":
                 raise RuntimeError(f"the worker did not start:\n{_tail(log_path)}")
-            yield process.pid
+            # Temporal's core logs to stdout: unread, the pipe fills (64 KB of warnings on a
+            # loaded machine) and the worker's workflow thread blocks writing to it, so the
+            # worker stops taking workflow tasks for good. Keep reading it, into the log.
+            async with drain_stdout(process, log_path.with_suffix(".stdout.log")):
+                yield process.pid
         finally:
             await _stop(process, "worker")
+
+
+@asynccontextmanager
+async def drain_stdout(process: asyncio.subprocess.Process, path: Path) -> AsyncIterator[None]:
+    """Copy what the process writes to stdout into `path` for as long as the block runs."""
+
+    async def copy() -> None:
+        assert process.stdout is not None
+        with path.open("ab") as out:
+            while chunk := await process.stdout.read(65536):
+                out.write(chunk)
+                out.flush()
+
+    task = asyncio.get_running_loop().create_task(copy())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with suppress(asyncio.CancelledError):
+            await task
 
 
 @asynccontextmanager

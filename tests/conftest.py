@@ -39,7 +39,8 @@ TABLES = (
     "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
     "journeys, list_memberships, lists, contacts, applied_operations, contact_imports, "
     "contact_changes, timeline_notes, send_rules, send_claims, send_holds, "
-    "owner_assignments, team_owners, owner_teams, score_points, scoring_rules, device_tokens"
+    "owner_assignments, team_owners, owner_teams, score_points, scoring_rules, device_tokens, "
+    "segment_sweeps"
 )
 
 

@@ -125,6 +125,10 @@ async def test_time_passing_brings_contacts_in_at_the_watchs_next_sweep(
             ),
             {"id": await _contact_id(sessions, "sleeper")},
         )
+        # ...and for the sweep: time moved, so the window moved over that login.
+        await session.execute(
+            text("UPDATE segment_sweeps SET swept_at = swept_at - interval '3 days'")
+        )
     await request_sweep(client, task_queue)
     second = await _next_sweep(watch, after=first)
 

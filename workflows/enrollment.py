@@ -79,7 +79,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from nurture.journeys.durations import format_duration
     from nurture.journeys.experiments import CONTROL, split_path
-    from nurture.journeys.schedule import plan_wait
+    from nurture.journeys.schedule import plan_wait, spread_wake
     from nurture.sending.throttle import send_task_queue
     from nurture.tracing import ENROLLMENT_STATUS, JOURNEY_STEP
 
@@ -521,6 +521,8 @@ class JourneyEnrollment:
             if plan.until <= workflow.now():
                 return f"{plan.note}: already past, went on at once"
             until = plan.until
+            if step.duration is None:  # an instant many contacts share: spread their wake-ups
+                until = spread_wake(until, self._input.enrollment_id)
         await self._dwell(step_id)
         await self._sleep_until(until, f"{step_id}: {plan.note}", step_id, visit)
         return "waited"

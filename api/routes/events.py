@@ -7,7 +7,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from api.deps import ResourcesDep
-from api.routes.enrollments import ERRORS, resolve_contact
+from api.routes.enrollments import ERRORS
 from api.schemas.events import EngagementIn, EventIn, EventOut
 from nurture.audience.events import RecordedEvent, record_custom_event, record_engagement
 
@@ -37,12 +37,11 @@ def event_out(recorded: RecordedEvent) -> EventOut:
     responses={409: {"description": "the idempotency key belongs to another event"}, **ERRORS},
 )
 async def post_event(body: EventIn, resources: ResourcesDep) -> EventOut:
-    contact_id = await resolve_contact(resources.sessions, body)
     recorded = await record_custom_event(
         resources.sessions,
         resources.temporal,
         resources.enrollment_options,
-        contact_id,
+        body.contact_id if body.contact_id is not None else str(body.external_id),
         body.name,
         body.properties,
         idempotency_key=body.idempotency_key,

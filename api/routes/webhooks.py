@@ -10,13 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Request
 
 from api.deps import ResourcesDep
 from api.schemas.webhooks import WebhookReceipt
 from nurture.errors import BadRequest, NotFound, Unauthorized
 from nurture.webhooks import PROVIDERS, SnsHttp, WebhookRequest, receive
-from nurture.webhooks.ingest import ingest
+from nurture.webhooks.ingest import deliver, store
 
 router = APIRouter(prefix="/webhooks", tags=["webhooks"])
 logger = logging.getLogger("nurture.webhooks")
@@ -47,7 +47,11 @@ SnsHttpDep = Annotated[SnsHttp, Depends(get_sns_http)]
     },
 )
 async def receive_webhook(
-    provider: str, request: Request, resources: ResourcesDep, sns: SnsHttpDep
+    provider: str,
+    request: Request,
+    resources: ResourcesDep,
+    sns: SnsHttpDep,
+    background: BackgroundTasks,
 ) -> WebhookReceipt:
     if provider not in PROVIDERS:
         raise NotFound(f"no webhook for provider {provider!r}; one of {', '.join(PROVIDERS)}")
@@ -65,9 +69,14 @@ async def receive_webhook(
     except Unauthorized as err:
         logger.warning("webhook %s: refused: %s", provider, err.message)
         raise
-    result = await ingest(
-        resources.sessions, resources.temporal, events, resources.enrollment_options
+    # Stored and acted on in one transaction, then answered: the opens and clicks are signalled
+    # after the answer (a provider times out slow receivers and delivers the batch again). Until
+    # they are, the stored rows are the record the worker's redelivery covers.
+    stored = await store(resources.sessions, events)
+    background.add_task(
+        deliver, resources.sessions, resources.temporal, stored, resources.enrollment_options
     )
+    result = stored.result
     return WebhookReceipt(
         received=result.received, duplicates=result.duplicates, unmatched=result.unmatched
     )

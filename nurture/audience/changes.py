@@ -48,6 +48,7 @@ from nurture.audience.segments.membership import observe
 from nurture.concurrency import gather_limited
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
+from nurture.db.lean import autocommit
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactChangeRecord,
@@ -178,6 +179,18 @@ def tag_changes(before: Sequence[str], after: Sequence[str]) -> dict[str, list[s
     }
 
 
+@dataclass(frozen=True)
+class FreshChange:
+    """A change just committed, with what was read in the same statement (see
+    `Announcer.announce_fresh`)."""
+
+    row: ContactChangeRecord
+    event: Event | None
+    in_flight: Sequence[str]  # workflow ids of the contact's in-flight enrollments to tell
+    may_start: bool  # some live journey may start on it (list_joined of its lists, its event)
+    watched: bool  # some watched segment may take the contact in
+
+
 @dataclass
 class Announcement:
     signalled: int = 0
@@ -198,21 +211,46 @@ class Announcer:
         async with self._sessions() as session:
             row = await session.get(ContactChangeRecord, change_id)
             event = await session.get(Event, row.event_id) if row and row.event_id else None
-        result = Announcement()
         if row is None or row.announced_at is not None:
-            return result  # announced already, or the contact was erased with its changes
-        result.signalled = await self._tell_enrollments(row, event)
-        result.enrollments += await self._start_journeys(row, event)
-        entries = await observe(self._sessions, row.contact_id)
+            return Announcement()  # announced already, or the contact was erased with its changes
+        return await self._announce(row, event)
+
+    async def announce_fresh(self, fresh: FreshChange) -> Announcement:
+        """Announce a change this process has just committed, with what the statement that
+        recorded it read (its contact's in-flight enrollments, whether journeys may start):
+        the lookups `announce` would make are skipped. Temporal being unreachable leaves the
+        change to the relay, as in `announce_now`."""
+        try:
+            return await self._announce(
+                fresh.row, fresh.event, fresh.in_flight, fresh.may_start, fresh.watched
+            )
+        except TEMPORAL_UNREACHABLE as err:
+            logger.warning("change %s left for the relay: %s", fresh.row.id, err)
+            return Announcement()
+
+    async def _announce(
+        self,
+        row: ContactChangeRecord,
+        event: Event | None,
+        in_flight: Sequence[str] | None = None,
+        may_start: bool = True,
+        watched: bool = True,
+    ) -> Announcement:
+        assert row.id is not None
+        result = Announcement()
+        result.signalled = await self._tell_enrollments(row, event, in_flight)
+        if may_start or row.joined_lists:
+            result.enrollments += await self._start_journeys(row, event)
+        entries = await observe(self._sessions, row.contact_id) if watched else []
         if entries:
             admitted = await admit(self._sessions, self._client, self._options, entries)
             if admitted.deferred:
                 raise RuntimeError(f"{admitted.deferred} segment entries could not be admitted")
             result.enrollments += admitted.enrollments
-        async with self._sessions.begin() as session:
+        async with autocommit(self._sessions)() as session:
             await session.execute(
                 sa.update(ContactChangeRecord)
-                .where(col(ContactChangeRecord.id) == change_id)
+                .where(col(ContactChangeRecord.id) == row.id)
                 .values(announced_at=sa.func.now(), lease_until=None)
             )
         return result
@@ -235,7 +273,9 @@ class Announcer:
         await gather_limited(_ANNOUNCE_CONCURRENCY, one, change_ids)
         return total
 
-    async def _tell_enrollments(self, row: ContactChangeRecord, event: Event | None) -> int:
+    async def _tell_enrollments(
+        self, row: ContactChangeRecord, event: Event | None, in_flight: Sequence[str] | None
+    ) -> int:
         told, failed = 0, list[str]()
         if row.reload:
             told, failed = await tell_contact_changed(
@@ -246,20 +286,25 @@ class Announcer:
                 _SIGNAL_CONCURRENCY,
             )
         if event is not None:
-            told += await self._tell_event(row, event)
+            told += await self._tell_event(row, event, in_flight)
         if failed:
             raise RuntimeError(f"{len(failed)} enrollments could not be told; left for the relay")
         return told
 
-    async def _tell_event(self, row: ContactChangeRecord, event: Event) -> int:
-        async with self._sessions() as session:
-            query = select(col(Enrollment.workflow_id)).where(
-                col(Enrollment.contact_id) == row.contact_id,
-                col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
-            )
-            if row.origin_enrollment_id is not None:
-                query = query.where(col(Enrollment.id) != row.origin_enrollment_id)
-            workflow_ids = list(await session.scalars(query))
+    async def _tell_event(
+        self, row: ContactChangeRecord, event: Event, in_flight: Sequence[str] | None
+    ) -> int:
+        if in_flight is not None:
+            workflow_ids = list(in_flight)
+        else:
+            async with autocommit(self._sessions)() as session:
+                query = select(col(Enrollment.workflow_id)).where(
+                    col(Enrollment.contact_id) == row.contact_id,
+                    col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+                )
+                if row.origin_enrollment_id is not None:
+                    query = query.where(col(Enrollment.id) != row.origin_enrollment_id)
+                workflow_ids = list(await session.scalars(query))
         signal = _event_signal(event)
 
         async def one(workflow_id: str) -> bool:

@@ -11,23 +11,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+import sqlalchemy as sa
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
-from temporalio.service import RPCError
 
-from nurture.audience.changes import Announcer, Change, record
+from nurture.audience.changes import LEASE, Announcer, Change, FreshChange, record
+from nurture.concurrency import gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
+from nurture.db.lean import autocommit
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
-    Contact,
+    ContactChangeRecord,
     Enrollment,
     Event,
     Message,
@@ -35,7 +38,6 @@ from nurture.db.models import (
 )
 from nurture.errors import Conflict, NotFound
 from nurture.journeys.enrollments import (
-    SERVER_AWAY,
     TEMPORAL_UNREACHABLE,
     EnrollmentOptions,
     signal_workflow,
@@ -108,11 +110,63 @@ async def _score_engagement(session: AsyncSession, event: Event) -> int | None:
     )
 
 
+# A custom event from the API in one statement: the contact resolved, the event stored once per
+# dedupe key, its change recorded (with the lease that lets this process announce it), and what
+# the announcement needs read in the same snapshot: the contact's in-flight enrollments, whether
+# a live journey starts on this event, whether any segment is watched. One round trip; a single
+# statement is atomic by itself, so the event and its change commit together. When a lead
+# scoring rule counts events, nothing is written here: the event takes the change path's
+# `record`, which scores it (`nurture.scoring`).
+_CUSTOM_EVENT = """
+WITH c AS (SELECT id FROM contacts WHERE {contact}),
+s AS (SELECT EXISTS(SELECT 1 FROM scoring_rules WHERE kind = 'event') AS scored),
+ev AS (
+  INSERT INTO events (id, dedupe_key, contact_id, kind, name, properties, machine, occurred_at,
+                      received_at)
+  SELECT :event_id, :dedupe_key, c.id, 'custom', :name, :properties, false, :occurred_at, now()
+  FROM c, s WHERE NOT s.scored
+  ON CONFLICT (dedupe_key) DO NOTHING
+  RETURNING id, received_at),
+ch AS (
+  INSERT INTO contact_changes (contact_id, at, source, changes, joined_lists, event_id, reload,
+                               lease_until)
+  SELECT c.id, now(), :source, :changes, '{{}}', ev.id, false, now() + :lease
+  FROM c, ev
+  RETURNING id, at)
+SELECT c.id AS contact_id, s.scored, ev.received_at, ch.id AS change_id, ch.at,
+  ARRAY(SELECT e.workflow_id FROM enrollments e
+        WHERE e.contact_id = c.id AND e.status IN ('pending', 'active')) AS in_flight,
+  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type = 'event' AND j.trigger_key = :name
+         AND j.status IN ('active', 'paused')) AS may_start,
+  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type IN ('segment_entered', 'segment')
+         AND j.status IN ('active', 'paused')) AS watched
+FROM c CROSS JOIN s LEFT JOIN ev ON true LEFT JOIN ch ON true
+"""
+
+
+def _custom_event_statement(by_external_id: bool) -> sa.TextClause:
+    contact = "external_id = :contact" if by_external_id else "id = :contact"
+    params: list[sa.BindParameter[Any]] = [
+        sa.bindparam("event_id", type_=sa.Uuid()),
+        sa.bindparam("properties", type_=JSONB()),
+        sa.bindparam("changes", type_=JSONB()),
+        sa.bindparam("occurred_at", type_=sa.DateTime(timezone=True)),
+        sa.bindparam("lease", type_=sa.Interval()),
+    ]
+    if not by_external_id:
+        params.append(sa.bindparam("contact", type_=sa.Uuid()))
+    return sa.text(_CUSTOM_EVENT.format(contact=contact)).bindparams(*params)
+
+
+_BY_ID = _custom_event_statement(by_external_id=False)
+_BY_EXTERNAL_ID = _custom_event_statement(by_external_id=True)
+
+
 async def record_custom_event(
     sessions: SessionFactory,
     client: Client,
     options: EnrollmentOptions,
-    contact_id: uuid.UUID,
+    contact_id: uuid.UUID | str,
     name: str,
     properties: dict[str, Any],
     idempotency_key: str | None = None,
@@ -122,33 +176,90 @@ async def record_custom_event(
     """Store a custom event as a change of its contact (`nurture.audience.changes`); its
     announcement signals it to the contact's enrollments, starts the journeys it triggers and
     re-checks the segments that look at events. A repeated request (same idempotency key)
-    announces nothing new: the first one's change is announced, now or by the relay."""
-    async with sessions() as session:
-        if await session.get(Contact, contact_id) is None:
-            raise NotFound(f"no contact {contact_id}")
-    event, duplicate, change_id = await _store(
+    announces nothing new: the first one's change is announced, now or by the relay.
+
+    `contact_id` may be the contact's external id (a str). A new event costs one statement
+    before its signals and one after (the change marked announced)."""
+    event = Event(
+        dedupe_key=idempotency_key or f"custom:{uuid.uuid4()}",
+        kind="custom",
+        name=name,
+        properties=properties,
+        occurred_at=occurred_at or utcnow(),
+    )
+    changes = {"event": {"name": name, "properties": properties}}
+    async with autocommit(sessions)() as session:
+        found = (
+            await session.execute(
+                _BY_EXTERNAL_ID if isinstance(contact_id, str) else _BY_ID,
+                {
+                    "contact": contact_id,
+                    "event_id": event.id,
+                    "dedupe_key": event.dedupe_key,
+                    "name": name,
+                    "properties": properties,
+                    "occurred_at": event.occurred_at,
+                    "source": source[:160],
+                    "changes": changes,
+                    "lease": LEASE,
+                },
+            )
+        ).first()
+    if found is None:
+        raise NotFound(
+            f"no contact with external id {contact_id!r}"
+            if isinstance(contact_id, str)
+            else f"no contact {contact_id}"
+        )
+    event.contact_id = found.contact_id
+    if found.scored:
+        return await _record_scored_event(sessions, client, options, event, source)
+    if found.change_id is None:  # a repeated request: the event stored the first time
+        stored, _, _ = await _store(sessions, {**event.model_dump(), "id": uuid.uuid4()})
+        return RecordedEvent(stored, True, 0)
+    event.received_at = found.received_at
+    row = ContactChangeRecord(
+        id=found.change_id,
+        contact_id=found.contact_id,
+        at=found.at,
+        source=source[:160],
+        changes=changes,
+        event_id=event.id,
+        reload=False,
+    )
+    announcer = Announcer(sessions, client, options)
+    announced = await announcer.announce_fresh(
+        FreshChange(row, event, found.in_flight or [], found.may_start, found.watched)
+    )
+    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event is
+    # delivered by its change's announcement (here, or by the relay if this one fails).
+    return RecordedEvent(event, False, announced.signalled, [e.id for e in announced.enrollments])
+
+
+async def _record_scored_event(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    event: Event,
+    source: str,
+) -> RecordedEvent:
+    """A custom event while lead scoring counts events: stored with its change through
+    `record` (which adds the score the event moves), then announced."""
+    assert event.contact_id is not None and event.name is not None
+    stored, duplicate, change_id = await _store(
         sessions,
-        {
-            "dedupe_key": idempotency_key or f"custom:{uuid.uuid4()}",
-            "contact_id": contact_id,
-            "kind": "custom",
-            "name": name,
-            "properties": properties,
-            "occurred_at": occurred_at or utcnow(),
-        },
+        event.model_dump(),
         Change(
-            contact_id,
+            event.contact_id,
             source,
-            {"event": {"name": name, "properties": properties}},
+            {"event": {"name": event.name, "properties": event.properties}},
             reload=False,
         ),
     )
     announcer = Announcer(sessions, client, options)
     announced = await announcer.announce_now([change_id] if change_id is not None else [])
-    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event is
-    # delivered by its change's announcement (here, or by the relay if this one fails).
     return RecordedEvent(
-        event, duplicate, announced.signalled, [e.id for e in announced.enrollments]
+        stored, duplicate, announced.signalled, [e.id for e in announced.enrollments]
     )
 
 
@@ -235,15 +346,82 @@ async def _signal_engagement(
     return signalled
 
 
+async def signal_engagements(
+    sessions: SessionFactory,
+    client: Client,
+    event_ids: Sequence[uuid.UUID],
+    concurrency: int = 32,
+) -> int:
+    """Signal stored opens and clicks to the enrollments that sent their messages, at most
+    `concurrency` signals in flight, then mark them delivered; how many were delivered
+    (signalled, or with no running enrollment left to tell). One read for all of them and one
+    write after.
+
+    An event whose workflow refuses the signal for a reason of its own, or that cannot reach
+    Temporal, stays due (`signalled_at` NULL) for the next redelivery round; the others are not
+    held up by it. Enrollments ignore an event id they have seen, so delivering twice is
+    harmless."""
+    if not event_ids:
+        return 0
+    async with autocommit(sessions)() as session:
+        rows = (
+            await session.execute(
+                sa.select(
+                    Event,
+                    col(Message.step_id),
+                    col(Message.idempotency_key),
+                    col(Enrollment.workflow_id),
+                    col(Enrollment.status),
+                )
+                .join(Message, col(Message.id) == col(Event.message_id))
+                .outerjoin(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
+                .where(col(Event.id).in_(list(event_ids)), col(Event.signalled_at).is_(None))
+            )
+        ).all()
+
+    async def one(row: Any) -> bool:
+        event, step_id, message_key, workflow_id, status = row
+        if workflow_id is None or status not in ACTIVE_ENROLLMENT_STATUSES:
+            return False  # nothing left to tell: delivered
+        # The message key is {enrollment}:{step}:{visit}: which send of the step this was.
+        signal = EnrollmentEvent(
+            event_id=event.dedupe_key,
+            kind="click" if event.kind == "click" else "open",
+            step=step_id,
+            visit=int(message_key.rsplit(":", 1)[1]),
+            link=event.link,
+            occurred_at=event.occurred_at,
+        )
+        async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
+            return await signal_workflow(client, workflow_id, "event", signal)
+
+    outcomes = await gather_limited_outcomes(concurrency, one, rows)
+    delivered = [
+        row[0].id
+        for row, o in zip(rows, outcomes, strict=True)
+        if o is not None and not isinstance(o, BaseException)
+    ]
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            logger.warning("event %s kept for redelivery: %s", row[0].id, outcome)
+    if delivered:
+        async with autocommit(sessions)() as session:
+            await session.execute(
+                update(Event).where(col(Event.id).in_(delivered)).values(signalled_at=utcnow())
+            )
+    return len(delivered)
+
+
 async def redeliver_engagement(sessions: SessionFactory, client: Client, limit: int = 500) -> int:
-    """Signal the opens and clicks stored while Temporal was unreachable; how many went out.
+    """Signal the opens and clicks stored but not delivered (Temporal was unreachable, the
+    process that stored them died before signalling, a webhook batch answered before its
+    signals); how many went out.
 
     Enrollments ignore an event id they have already seen, so delivering twice is harmless."""
     async with sessions() as session:
-        rows = (
-            await session.execute(
-                select(Event, Message)
-                .join(Message, col(Message.id) == col(Event.message_id))
+        due = list(
+            await session.scalars(
+                select(col(Event.id))
                 .where(
                     col(Event.signalled_at).is_(None),
                     col(Event.machine).is_(False),
@@ -252,25 +430,8 @@ async def redeliver_engagement(sessions: SessionFactory, client: Client, limit: 
                 .order_by(col(Event.received_at))
                 .limit(limit)
             )
-        ).all()
-    delivered = 0
-    for event, message in rows:
-        try:
-            async with asyncio.timeout(_SIGNAL_TIME_LIMIT):
-                await _signal_engagement(sessions, client, event, message)
-        except RPCError as err:
-            if err.status not in SERVER_AWAY:
-                # This one workflow refused it (e.g. a limit of its own): the others' events
-                # must not wait behind it. It stays due for the next round.
-                logger.warning("event %s not redelivered: %s", event.id, err)
-                continue
-            logger.warning("redelivery paused: Temporal unavailable (%s)", err)
-            break
-        except TEMPORAL_UNREACHABLE as err:
-            logger.warning("redelivery paused: Temporal unavailable (%s)", err)
-            break
-        delivered += 1
-    return delivered
+        )
+    return await signal_engagements(sessions, client, due)
 
 
 async def keep_redelivering(

@@ -300,6 +300,12 @@ class Event(SQLModel, table=True):
     """Engagement (open, click) and custom events, stored before they are signalled."""
 
     __tablename__ = "events"
+    __table_args__ = (
+        # What an incremental segment sweep looks at: events received since the last sweep,
+        # and events a time window moved past.
+        Index("ix_events_received_at", "received_at"),
+        Index("ix_events_occurred_at", "occurred_at"),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     dedupe_key: str = Field(unique=True, max_length=255)
@@ -541,6 +547,7 @@ class ContactChangeRecord(SQLModel, table=True):
             "lease_until",
             postgresql_where=text("announced_at IS NULL"),
         ),
+        Index("ix_contact_changes_at", "at"),  # changed since the last segment sweep
     )
 
     id: int | None = Field(default=None, sa_type=BigInteger, primary_key=True)
@@ -761,3 +768,18 @@ class DeviceToken(SQLModel, table=True):
     token: str = Field(unique=True, max_length=4096)
     platform: str | None = Field(default=None, max_length=16)  # android | ios | web
     created_at: datetime = _timestamp()
+
+
+class SegmentSweep(SQLModel, table=True):
+    """When a watched segment was last swept, and with which filter
+    (`nurture.audience.segments.incremental`): the next sweep re-checks only the contacts changed
+    since, and those a time window moved in or out."""
+
+    __tablename__ = "segment_sweeps"
+
+    segment_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True)
+    )
+    swept_at: datetime = _timestamp()
+    full_swept_at: datetime = _timestamp()
+    filter_digest: str = Field(max_length=64)

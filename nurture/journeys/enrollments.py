@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+import sqlalchemy as sa
+from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -27,9 +28,9 @@ from nurture.contracts import (
     enrollment_workflow_id,
 )
 from nurture.db.engine import SessionFactory
+from nurture.db.lean import autocommit
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
-    Contact,
     Enrollment,
     EnrollmentStatus,
     Journey,
@@ -44,7 +45,6 @@ from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_seg
 from nurture.journeys.experiments import experiment_group
 from nurture.journeys.experiments import variants as split_variants
 from nurture.journeys.ordering import in_order
-from nurture.journeys.publishing import latest_version
 from nurture.tracing import initial_search_attributes
 
 # What reaching Temporal can fail with: an RPC error from a server that went away, the SDK's
@@ -70,6 +70,7 @@ class EntryRefused(Conflict):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+        self.contact_id: uuid.UUID | None = None  # set by the claim that refused
 
 
 async def enroll(
@@ -93,11 +94,12 @@ async def enroll_or_get(
     client: Client,
     options: EnrollmentOptions,
     journey_key: str,
-    contact_id: uuid.UUID,
+    contact_id: uuid.UUID | str,
     cause: str = "api",
     change_id: int | None = None,
 ) -> tuple[Enrollment, bool]:
-    """Like `enroll`, also saying whether this call created the enrollment.
+    """Like `enroll`, also saying whether this call created the enrollment. `contact_id` may
+    be the contact's external id (a str), resolved in the same read as the rest.
 
     `cause` says what asked ("api", "list_joined:<list>", "segment_entered:<segment>",
     "event:<name>", "audience:<list or segment>") and is kept on the enrollment; a refusal is
@@ -114,14 +116,17 @@ async def enroll_or_get(
             if attempt == 2:
                 raise
         except EntryRefused as refused:
-            await note_not_entered(sessions, contact_id, journey_key, refused, cause)
+            assert refused.contact_id is not None
+            await note_not_entered(sessions, refused.contact_id, journey_key, refused, cause)
             raise
     if not created and cause != "api":
         await note_not_entered(
             sessions,
-            contact_id,
+            enrollment.contact_id,
             journey_key,
-            EntryRefused("already_enrolled", f"contact {contact_id} is still in {journey_key!r}"),
+            EntryRefused(
+                "already_enrolled", f"contact {enrollment.contact_id} is still in {journey_key!r}"
+            ),
             cause,
         )
     if enrollment.status == EnrollmentStatus.PENDING:
@@ -137,9 +142,11 @@ async def _catch_up_pause(
 ) -> None:
     """A pause or resume that committed while this workflow was starting signalled everyone
     but it; tell it now, so no contact slips past a pause."""
-    async with sessions() as session:
-        journey = await session.get(Journey, enrollment.journey_id)
-    paused_now = journey is not None and journey.status == JourneyStatus.PAUSED
+    async with autocommit(sessions)() as session:
+        status = await session.scalar(
+            select(col(Journey.status)).where(col(Journey.id) == enrollment.journey_id)
+        )
+    paused_now = status == JourneyStatus.PAUSED
     if paused_now != started_paused:
         await signal_workflow(client, enrollment.workflow_id, "pause" if paused_now else "resume")
 
@@ -166,66 +173,159 @@ async def note_not_entered(
         )
 
 
+# What the claim needs to know, in one read: the journey, whether the contact exists (by id or
+# external id), the journey's latest version, the contact's in-flight enrollment in it and how
+# many times it entered before; the journey's launch state (audience, rollout) and whether the
+# contact is a test contact. One round trip instead of five.
+_CLAIM_FACTS = """
+SELECT j.id, j.status, j.audience, j.rollout_percent,
+  (SELECT c.id FROM contacts c WHERE {contact}) AS contact_id,
+  (SELECT c.is_test FROM contacts c WHERE {contact}) AS is_test,
+  (SELECT v.id FROM journey_versions v WHERE v.journey_id = j.id
+    ORDER BY v.version DESC LIMIT 1) AS version_id,
+  (SELECT e.id FROM enrollments e WHERE e.journey_id = j.id AND e.contact_id = (
+    SELECT c.id FROM contacts c WHERE {contact}) AND e.status IN ('pending', 'active')
+    LIMIT 1) AS existing_id,
+  (SELECT count(*) FROM enrollments e WHERE e.journey_id = j.id AND e.contact_id = (
+    SELECT c.id FROM contacts c WHERE {contact})) AS previous
+FROM journeys j WHERE j.key = :journey_key
+"""
+_FACTS_BY_ID = sa.text(_CLAIM_FACTS.format(contact="c.id = :contact")).bindparams(
+    sa.bindparam("contact", type_=sa.Uuid())
+)
+_FACTS_BY_EXTERNAL_ID = sa.text(_CLAIM_FACTS.format(contact="c.external_id = :contact"))
+
+
 async def _claim(
     sessions: SessionFactory,
     journey_key: str,
-    contact_id: uuid.UUID,
+    contact: uuid.UUID | str,
     cause: str,
     change_id: int | None,
 ) -> tuple[Enrollment, JourneyVersion, bool, bool]:
     """The in-flight enrollment row, created and committed if needed; whether it was created
-    now; whether the journey is paused (new contacts then hold before their first send)."""
-    async with sessions.begin() as session:
-        journey = await session.scalar(select(Journey).where(col(Journey.key) == journey_key))
-        if journey is None:
+    now; whether the journey is paused (new contacts then hold before their first send).
+
+    `contact` is the contact's id, or (a str) its external id. One read and one insert, each
+    committed by itself: the read took no locks before either, and the unique index on in-flight
+    enrollments is what keeps two racing claims from both inserting (IntegrityError)."""
+    async with autocommit(sessions)() as session:
+        facts_query = _FACTS_BY_EXTERNAL_ID if isinstance(contact, str) else _FACTS_BY_ID
+        facts = (
+            await session.execute(facts_query, {"journey_key": journey_key, "contact": contact})
+        ).first()
+        if facts is None:
             raise NotFound(f"no journey {journey_key!r}")
-        contact = await session.get(Contact, contact_id)
-        if contact is None:
-            raise NotFound(f"no contact {contact_id}")
-        existing = await session.scalar(
-            select(Enrollment).where(
-                col(Enrollment.journey_id) == journey.id,
-                col(Enrollment.contact_id) == contact_id,
-                col(Enrollment.status).in_(ACTIVE_ENROLLMENT_STATUSES),
+        (
+            journey_id,
+            journey_status,
+            audience,
+            rollout_percent,
+            contact_id,
+            is_test,
+            version_id,
+            existing_id,
+            previous,
+        ) = facts
+        if contact_id is None:
+            raise NotFound(
+                f"no contact with external id {contact!r}"
+                if isinstance(contact, str)
+                else f"no contact {contact}"
             )
+        try:
+            return await _claim_for(
+                session,
+                journey_key,
+                journey_id,
+                journey_status,
+                contact_id,
+                version_id,
+                existing_id,
+                int(previous or 0),
+                cause,
+                change_id,
+                launch=(audience, rollout_percent, bool(is_test)),
+            )
+        except EntryRefused as refused:
+            refused.contact_id = contact_id
+            raise
+
+
+async def _claim_for(
+    session: AsyncSession,
+    journey_key: str,
+    journey_id: uuid.UUID,
+    journey_status: str,
+    contact_id: uuid.UUID,
+    version_id: uuid.UUID | None,
+    existing_id: uuid.UUID | None,
+    previous: int,
+    cause: str,
+    change_id: int | None,
+    launch: tuple[str, float, bool],
+) -> tuple[Enrollment, JourneyVersion, bool, bool]:
+    """`launch`: the journey's audience and rollout percent, and whether the contact is a
+    test contact (`nurture.journeys.rollout`)."""
+    paused = journey_status == JourneyStatus.PAUSED
+    if existing_id is not None:
+        existing = await session.get(Enrollment, existing_id)
+        if existing is None:  # ended and erased in between: claim again
+            raise IntegrityError("in-flight enrollment vanished", None, Exception())
+        pinned = await cached_version(session, existing.journey_version_id)
+        assert pinned is not None
+        return existing, pinned, False, paused
+    if journey_status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
+        raise EntryRefused(
+            "journey_not_live",
+            f"journey {journey_key!r} is {journey_status}: nobody can enter it",
         )
-        if existing is not None:
-            pinned = await session.get(JourneyVersion, existing.journey_version_id)
-            assert pinned is not None
-            return existing, pinned, False, journey.status == JourneyStatus.PAUSED
-        if journey.status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
-            raise EntryRefused(
-                "journey_not_live",
-                f"journey {journey_key!r} is {journey.status}: nobody can enter it",
-            )
-        version = await latest_version(session, journey)
+    version = None if version_id is None else await cached_version(session, version_id)
+    if version is None:
+        raise EntryRefused(
+            "no_published_version", f"journey {journey_key!r} has no published version"
+        )
+    rules = parsed_definition(version).entry
+    _check_reentry(journey_key, rules, contact_id, previous)
+    await _check_exclusion(session, journey_key, rules, contact_id)
+    # Last: only contacts the journey would otherwise take are held back by its launch.
+    audience, rollout_percent, is_test = launch
+    held = rollout.refusal(journey_key, audience, rollout_percent, contact_id, is_test)
+    if held is not None:
+        raise EntryRefused(*held)
+    definition = parsed_definition(version)
+    enrollment = Enrollment(
+        journey_id=journey_id,
+        journey_version_id=version.id,
+        version=version.version,
+        contact_id=contact_id,
+        workflow_id=enrollment_workflow_id(journey_key, contact_id),
+        entered_by=cause[:160],
+        change_id=change_id,
+        experiment_group=experiment_group(definition, contact_id),
+        variants=split_variants(definition, contact_id),
+    )
+    # One Core INSERT rather than the ORM's unit of work: the object is only read afterwards.
+    await session.execute(insert(Enrollment).values(**enrollment.model_dump()))
+    return enrollment, version, True, paused
+
+
+# Published versions by id. A version never changes once published (a database trigger refuses
+# updates), so a process can keep them; bounded, for a long-lived API serving many journeys.
+_VERSIONS: dict[uuid.UUID, JourneyVersion] = {}
+
+
+async def cached_version(session: AsyncSession, version_id: uuid.UUID) -> JourneyVersion | None:
+    version = _VERSIONS.get(version_id)
+    if version is None:
+        version = await session.get(JourneyVersion, version_id)
         if version is None:
-            raise EntryRefused(
-                "no_published_version", f"journey {journey_key!r} has no published version"
-            )
-        rules = parsed_definition(version).entry
-        await _check_reentry(session, journey, rules, contact_id)
-        await _check_exclusion(session, journey_key, rules, contact_id)
-        # Last: only contacts the journey would otherwise take are held back by its launch.
-        held = rollout.refusal(
-            journey_key, journey.audience, journey.rollout_percent, contact_id, contact.is_test
-        )
-        if held is not None:
-            raise EntryRefused(*held)
-        enrollment = Enrollment(
-            journey_id=journey.id,
-            journey_version_id=version.id,
-            version=version.version,
-            contact_id=contact_id,
-            workflow_id=enrollment_workflow_id(journey_key, contact_id),
-            entered_by=cause[:160],
-            change_id=change_id,
-            experiment_group=experiment_group(parsed_definition(version), contact_id),
-            variants=split_variants(parsed_definition(version), contact_id),
-        )
-        session.add(enrollment)
-        await session.flush()
-        return enrollment, version, True, journey.status == JourneyStatus.PAUSED
+            return None
+        if len(_VERSIONS) >= _MAX_DEFINITIONS:
+            _VERSIONS.clear()
+        session.expunge(version)
+        _VERSIONS[version_id] = version
+    return version
 
 
 async def start_workflow(
@@ -280,23 +380,16 @@ def parsed_definition(version: JourneyVersion) -> JourneyDefinition:
     return parsed
 
 
-async def _check_reentry(
-    session: AsyncSession, journey: Journey, rules: EntryRules, contact_id: uuid.UUID
+def _check_reentry(
+    journey_key: str, rules: EntryRules, contact_id: uuid.UUID, previous: int
 ) -> None:
-    previous = await session.scalar(
-        select(func.count())
-        .select_from(Enrollment)
-        .where(
-            col(Enrollment.journey_id) == journey.id,
-            col(Enrollment.contact_id) == contact_id,
-        )
-    )
+    """`previous`: how many times the contact entered the journey before."""
     if previous and rules.reentry == "never":
         raise EntryRefused(
             "reentry_never",
-            f"contact {contact_id} was already enrolled in {journey.key!r}, which allows no re-entry",
+            f"contact {contact_id} was already enrolled in {journey_key!r}, which allows no re-entry",
         )
-    if rules.max_entries is not None and (previous or 0) >= rules.max_entries:
+    if rules.max_entries is not None and previous >= rules.max_entries:
         raise EntryRefused(
             "max_entries", f"contact {contact_id} reached the {rules.max_entries} entries allowed"
         )

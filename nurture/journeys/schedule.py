@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from nurture.contracts import ContactFacts
 from nurture.journeys.definition import WaitStep
+
+# A wait until a date and time ("until 2027-03-01 09:00", a birthday at 10:00) ends at most this
+# long after it. A broadcast puts thousands of contacts in the same wait: without a spread their
+# timers would all fire at the same instant and the worker and the server would take the whole
+# herd at once; Temporal advises spreading such wake-ups (jitter). Each enrollment has its own
+# offset, derived from its id, so it is the same on every replay and after continue-as-new.
+WAKE_SPREAD = timedelta(minutes=5)
+
+
+def spread_wake(until: datetime, enrollment_id: uuid.UUID) -> datetime:
+    """`until`, plus this enrollment's offset within `WAKE_SPREAD` (whole seconds)."""
+    return until + timedelta(seconds=enrollment_id.int % int(WAKE_SPREAD.total_seconds()))
 
 
 @dataclass(frozen=True)

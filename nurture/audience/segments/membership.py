@@ -30,6 +30,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
+from nurture.audience.segments import incremental
 from nurture.audience.segments.service import condition, contains
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -66,6 +67,7 @@ class SweepReport:
     segments: int = 0
     entered: int = 0
     left: int = 0
+    full: int = 0  # segments compared in full (the others: incrementally)
 
 
 async def entering_journeys(session: AsyncSession) -> dict[str, tuple[str, ...]]:
@@ -152,6 +154,7 @@ async def _unwatch(session: AsyncSession, segment: Segment) -> None:
     )
     segment.watched_since = None
     session.add(segment)
+    await incremental.forget(session, segment)
 
 
 async def observe(sessions: SessionFactory, contact_id: uuid.UUID) -> list[Entry]:
@@ -216,9 +219,11 @@ async def sweep(sessions: SessionFactory) -> SweepReport:
             elif segment.watched_since is None:
                 await watch(session, segment)
             else:
-                entered, left = await _compare(session, segment)
+                # Only the contacts that changed or that time moved, where that is known.
+                entered, left, full = await incremental.compare(session, segment, _compare)
                 report.entered += entered
                 report.left += left
+                report.full += int(full)
             report.segments += 1
     return report
 

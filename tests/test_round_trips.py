@@ -1,0 +1,195 @@
+"""The API's hot paths make a small, fixed number of Postgres round trips on one pooled
+connection at a time (issue 11, item 2; docs/benchmarks.md).
+
+Round trips are counted with SQLAlchemy event listeners on a fresh engine: every statement
+(`before_cursor_execute`) and every BEGIN / COMMIT / ROLLBACK that reaches Postgres (SQLAlchemy's
+transaction events on a connection that is not in autocommit mode). Pooled connections are
+counted at checkout and checkin, with the most held at once."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.client import Client
+
+from api.app import create_app
+from api.resources import Resources
+from nurture.apikeys import create_api_key
+from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.settings import Settings
+from tests.support import make_contact, publish_journey
+
+# The bounds this test holds the request paths to (see docs/benchmarks.md, "API path").
+ENROLL_ROUND_TRIPS = 3  # the claim's read, its insert, the pause catch-up read
+EVENT_ROUND_TRIPS = 2  # the event, its change and the lookups in one statement; announced mark
+
+WAITING: dict[str, Any] = {
+    "key": "rt-wait",
+    "name": "Round trips",
+    "start": "ping",
+    "steps": {
+        "ping": {
+            "type": "wait_for",
+            "event": {"type": "custom", "name": "rt-ping"},
+            "timeout": "30d",
+        }
+    },
+}
+
+
+@dataclass
+class Counter:
+    statements: list[str] = field(default_factory=list)
+    held: int = 0
+    most_held: int = 0
+    checkouts: int = 0
+
+    def reset(self) -> None:
+        self.statements.clear()
+        self.most_held = self.held
+        self.checkouts = 0
+
+
+def count_round_trips(engine: AsyncEngine) -> Counter:
+    counter = Counter()
+    sync = engine.sync_engine
+
+    def autocommit(conn: Connection) -> bool:
+        return conn.get_isolation_level() == "AUTOCOMMIT" or (
+            conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT"
+        )
+
+    @event.listens_for(sync, "before_cursor_execute")
+    def _statement(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        counter.statements.append(" ".join(statement.split())[:80])
+
+    for name in ("begin", "commit", "rollback"):
+
+        def _transaction(conn: Connection, name: str = name) -> None:
+            if not autocommit(conn):
+                counter.statements.append(name.upper())
+
+        event.listen(sync, name, _transaction)
+
+    @event.listens_for(sync, "checkout")
+    def _checkout(*args: Any) -> None:
+        counter.held += 1
+        counter.checkouts += 1
+        counter.most_held = max(counter.most_held, counter.held)
+
+    @event.listens_for(sync, "checkin")
+    def _checkin(*args: Any) -> None:
+        counter.held -= 1
+
+    return counter
+
+
+@pytest.fixture
+async def counted(database_url: str) -> AsyncIterator[tuple[SessionFactory, Counter]]:
+    engine = create_engine(database_url)
+    counter = count_round_trips(engine)
+    yield session_factory(engine), counter
+    await engine.dispose()
+
+
+# A worker, so that the enrollments settle: the test server never skips time again after a
+# workflow with a task due is terminated (tests/conftest.py, _terminate_started).
+@pytest.mark.usefixtures("worker")
+async def test_enroll_and_event_requests_make_few_round_trips(
+    sessions: SessionFactory,
+    client: Client,
+    settings: Settings,
+    counted: tuple[SessionFactory, Counter],
+) -> None:
+    counted_sessions, counter = counted
+    # The counter sees what a plain transaction sends, so it can see a regression too.
+    async with counted_sessions.begin() as session:
+        await session.execute(text("SELECT 1"))
+    assert counter.statements == ["BEGIN", "SELECT 1", "COMMIT"]
+    await publish_journey(sessions, WAITING)
+    contacts = [await make_contact(sessions, external_id=f"rt-{i}") for i in range(3)]
+    key = await create_api_key(sessions, "round-trips")
+    app = create_app(Resources(settings, counted_sessions, client))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://nurture.test",
+        headers={"Authorization": f"Bearer {key.secret}"},
+    ) as http:
+
+        async def enroll(contact: uuid.UUID) -> list[str]:
+            counter.reset()
+            answer = await http.post(
+                "/v1/enrollments", json={"journey_key": "rt-wait", "contact_id": str(contact)}
+            )
+            assert answer.status_code == 201, answer.text
+            assert answer.json()["journey_key"] == "rt-wait"
+            assert counter.most_held == 1
+            return list(counter.statements)
+
+        async def ping(contact: uuid.UUID) -> list[str]:
+            counter.reset()
+            answer = await http.post(
+                "/v1/events", json={"contact_id": str(contact), "name": "rt-ping"}
+            )
+            assert answer.status_code == 202, answer.text
+            assert answer.json()["signalled"] == 1  # the enrollment waiting for it
+            assert counter.most_held == 1
+            return list(counter.statements)
+
+        # The first request of a connection prepares its statements (and checks the key):
+        # warm up, then count.
+        await enroll(contacts[0])
+        await ping(contacts[0])
+        enrolled = [await enroll(contact) for contact in contacts[1:]]
+        pinged = [await ping(contact) for contact in contacts[1:]]
+
+    for statements in enrolled:
+        assert len(statements) <= ENROLL_ROUND_TRIPS, statements
+    for statements in pinged:
+        assert len(statements) <= EVENT_ROUND_TRIPS, statements
+
+
+async def test_a_repeated_event_and_an_unknown_contact_are_still_answered(
+    sessions: SessionFactory, client: Client, settings: Settings
+) -> None:
+    """The one-statement path keeps the slow path's answers: a repeated idempotency key gives
+    the stored event (duplicate, nothing signalled), a key used for another contact a 409, an
+    unknown contact a 404 naming it."""
+    first = await make_contact(sessions, external_id="rt-a")
+    await make_contact(sessions, external_id="rt-b")
+    key = await create_api_key(sessions, "round-trips")
+    app = create_app(Resources(settings, sessions, client))
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://nurture.test",
+        headers={"Authorization": f"Bearer {key.secret}"},
+    ) as http:
+        body = {"external_id": "rt-a", "name": "visit", "idempotency_key": "k-1"}
+        stored = await http.post("/v1/events", json=body)
+        again = await http.post("/v1/events", json=body)
+        other = await http.post("/v1/events", json={**body, "external_id": "rt-b"})
+        missing = await http.post("/v1/events", json={**body, "external_id": "nobody"})
+        enroll_missing = await http.post(
+            "/v1/enrollments", json={"journey_key": "nope", "external_id": "rt-a"}
+        )
+
+    assert stored.status_code == 202, stored.text
+    assert stored.json()["duplicate"] is False
+    assert stored.json()["contact_id"] == str(first)
+    assert again.status_code == 202, again.text
+    assert again.json()["duplicate"] is True
+    assert again.json()["id"] == stored.json()["id"]
+    assert again.json()["signalled"] == 0
+    assert other.status_code == 409, other.text
+    assert missing.status_code == 404
+    assert "nobody" in missing.json()["detail"]
+    assert enroll_missing.status_code == 404
+    assert enroll_missing.json()["detail"] == "no journey 'nope'"

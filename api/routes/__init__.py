@@ -11,6 +11,7 @@ from api.routes import (
     journeys,
     lists,
     segments,
+    simulation,
     templates,
     timeline,
     tracking,
@@ -29,6 +30,7 @@ ROUTERS: list[APIRouter] = [
     imports.router,
     timeline.router,
     api_keys.router,
+    simulation.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

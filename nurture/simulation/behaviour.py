@@ -93,6 +93,7 @@ class SimulatedBehaviour:
 
     @workflow.signal
     def stop(self) -> None:
+        """The enrollment has ended: what is left of the script will not happen."""
         self._stopped = True
 
     def _due_at(self, input: BehaviourInput, action: ScriptedAction) -> datetime | None:

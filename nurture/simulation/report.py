@@ -138,7 +138,7 @@ class SimulationReport(BaseModel):
 def offset(start: datetime, moment: datetime) -> str:
     """Virtual time from `start` to `moment`, in days, hours, minutes and seconds ("180d5h");
     under a second is "0s" (the clock runs with the wall clock while a step works)."""
-    seconds = round((moment - start).total_seconds())
+    seconds = int((moment - start).total_seconds())  # a step's own work is under a second
     if seconds <= 0:
         return "0s"
     parts = []
@@ -226,3 +226,50 @@ def _field(facts: ContactFacts, condition: FieldCondition) -> JsonValue:
 
 def goal_of(definition: JourneyDefinition) -> str | None:
     return definition.goal.name if definition.goal else None
+
+
+def as_text(report: SimulationReport) -> str:
+    """The report for a terminal (`nurture simulate`): one line per step, then the script."""
+    lines = [
+        f"{report.journey} ({report.version}): {len(report.contacts)} contact(s), entering at "
+        f"{report.started_at:%Y-%m-%d %H:%M} UTC (virtual), horizon {report.horizon}, "
+        f"{report.wall_seconds:.2f} s"
+    ]
+    for contact in report.contacts:
+        ending = f"{contact.status}" + (f" ({contact.reason})" if contact.reason else "")
+        after = f" after {contact.duration}" if contact.duration else ""
+        lines.append(f"\n{contact.label}: {ending}{after}, {contact.sends} message(s)")
+        width = max((len(step.step) for step in contact.path), default=0)
+        for step in contact.path:
+            lines.append(f"  +{step.offset:<10} {step.step:<{width}}  {_step_text(step)}")
+        if contact.goal is not None and contact.goal.met:
+            lines.append(f"  goal {contact.goal.name or ''} met at +{contact.goal.offset}")
+        for done in contact.behaviour:
+            state = f"at +{done.offset}" if done.delivered else f"not delivered: {done.note}"
+            lines.append(f"  behaviour: {done.behaviour}: {state}")
+    return "\n".join(lines)
+
+
+def _step_text(step: StepOut) -> str:
+    if step.message is not None:
+        message = step.message
+        if message.status != "sent":
+            return f"{message.channel} {message.template}: {message.status} ({message.reason})"
+        subject = f' "{message.subject}"' if message.subject else ""
+        links = ", ".join(link.name for link in message.links)
+        return f"{message.channel} {message.template}{subject} to {message.to}" + (
+            f"; links: {links}" if links else ""
+        )
+    if step.decision is not None:
+        decision = step.decision
+        seen = "; ".join(
+            f"{check.condition}: saw {check.saw!r}"
+            for rule in decision.rules
+            for check in rule.checks
+        )
+        return f"{decision.taken} -> {decision.next or 'end'} ({seen})"
+    if step.changed is not None:
+        return f"{step.type}: {step.changed}"
+    if step.waited is not None:
+        return f"{step.type}: {step.outcome} after {step.waited}"
+    return f"{step.type}: {step.outcome}" if step.outcome else step.type

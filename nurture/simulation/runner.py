@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
@@ -31,6 +31,7 @@ from nurture.contracts import (
     ContactFacts,
     EnrollmentEvent,
     EnrollmentInput,
+    EnrollmentProgress,
     EnrollmentResult,
 )
 from nurture.db.models import Contact
@@ -205,13 +206,14 @@ async def _run(
                     ended = await asyncio.gather(
                         *(_result(client, s.workflow_id, EnrollmentResult) for s in entering)
                     )
+                    # Each script ends as its enrollment does (told by `finish_enrollment`).
+                    played = await asyncio.gather(
+                        *(
+                            _result(client, s.behaviour_workflow_id, BehaviourResult)
+                            for s in entering
+                        )
+                    )
                 results = {s.key: r for s, r in zip(entering, ended, strict=True)}
-                for simulated in entering:
-                    handle = client.get_workflow_handle(simulated.behaviour_workflow_id)
-                    await handle.signal("stop")
-                played = await asyncio.gather(
-                    *(_result(client, s.behaviour_workflow_id, BehaviourResult) for s in entering)
-                )
                 deliveries = {s.key: r for s, r in zip(entering, played, strict=True)}
         except TimeoutError:
             raise SimulationTooLong(
@@ -264,6 +266,23 @@ async def _result(client: Client, workflow_id: str, result_type: type[Any]) -> A
             # caller's wall-clock limit bounds the whole).
             if "No completion event found" not in str(err):
                 raise
+        except WorkflowFailureError as err:
+            return await _failed(handle, result_type, err)
+
+
+async def _failed(handle: WorkflowHandle[Any, Any], result_type: type[Any], err: Exception) -> Any:
+    """A workflow that failed (an interpreter error, not a journey's outcome): reported as
+    failed, with the path it had taken, rather than failing the whole simulation."""
+    cause = err.__cause__ or err
+    message = str(getattr(cause, "message", None) or cause)[:500]
+    if result_type is BehaviourResult:
+        return BehaviourResult(deliveries=[])
+    try:
+        progress = await handle.query("progress", result_type=EnrollmentProgress)
+        path = progress.path
+    except Exception:  # the query cannot be answered: the path is unknown
+        path = []
+    return EnrollmentResult(status="failed", reason=message, path=path)
 
 
 def _contact_report(

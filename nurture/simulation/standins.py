@@ -14,6 +14,7 @@ to `OTHER_WORKFLOWS_ACTIVITIES`. `tests/test_simulation_standins.py` fails until
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from activities.contacts import apply_change
 from activities.messaging import skip_reason
@@ -196,6 +198,13 @@ class SimulatedEnrollmentActivities:
         contact = self._world.of(finished.enrollment_id)
         contact.recorded.extend(finished.progress)
         contact.finished = finished
+        # Its script ends now, while the clock is held by this activity: a script left waiting
+        # for nothing would let the server skip to its execution timeout.
+        assert self._world.client is not None
+        with contextlib.suppress(RPCError):  # ended already (a retry of this activity)
+            await self._world.client.get_workflow_handle(contact.behaviour_workflow_id).signal(
+                "stop"
+            )
 
 
 class SimulatedMessagingActivities:
@@ -230,8 +239,11 @@ class SimulatedMessagingActivities:
             await self._render(simulated, request, message_id, record)
         if record.status == "sent" and request.step in simulated.watched_steps:
             assert self._world.client is not None
+            assert self._world.clock is not None
+            # Opens and clicks are timed from when the message left, as a recipient sees it.
+            sent_at = await self._world.clock()
             await self._world.client.get_workflow_handle(simulated.behaviour_workflow_id).signal(
-                "sent", SentNotice(step=request.step, visit=visit, at=record.at)
+                "sent", SentNotice(step=request.step, visit=visit, at=sent_at)
             )
         return SendResult(message_id=message_id, status=record.status, reason=record.reason)
 

@@ -63,9 +63,14 @@ async def test_rendered_not_sent_and_timed_from_the_send(sessions: SessionFactor
                 "behaviour": [{"clicks": "welcome", "link": "shop", "after": "2m"}],
             },
             {"label": "idle", "email": "b@example.com"},
+            {
+                "label": "typo",
+                "email": "c@example.com",
+                "behaviour": [{"clicks": "welcome", "link": "shpo", "after": "1m"}],
+            },
         ],
     )
-    clicker, idle = report.contacts
+    clicker, idle, typo = report.contacts
     assert [s.step for s in clicker.path] == ["welcome", "clicked_shop", "mark_interest", "thanks"]
     welcome = clicker.path[0].message
     assert welcome is not None
@@ -88,6 +93,12 @@ async def test_rendered_not_sent_and_timed_from_the_send(sessions: SessionFactor
     assert (idle.path[1].outcome, idle.path[1].waited) == ("timeout", "10m")
     assert idle.duration == "10m" and idle.status == "completed"
     assert "clicker: completed after 2m" in as_text(report)
+    # A click on a link the message does not have cannot happen: said so, and it matches nothing.
+    assert [s.step for s in typo.path][-1] == "reminder"
+    assert typo.behaviour[0].delivered
+    assert "welcome has no link named 'shpo' (its tracked links: shop)" in str(
+        typo.behaviour[0].note
+    )
 
 
 async def test_a_simulation_leaves_no_trace(sessions: SessionFactory) -> None:

@@ -100,7 +100,7 @@ async def prepare(
         if prepared is not None:
             contacts.append(prepared)
     if problems:
-        raise Invalid("the simulation does not fit the journey", detail=problems)
+        raise Invalid("the simulation names what does not exist", detail=problems)
     return Plan(
         journey_key=journey_key,
         version=label,

@@ -245,8 +245,9 @@ def as_text(report: SimulationReport) -> str:
         if contact.goal is not None and contact.goal.met:
             lines.append(f"  goal {contact.goal.name or ''} met at +{contact.goal.offset}")
         for done in contact.behaviour:
-            state = f"at +{done.offset}" if done.delivered else f"not delivered: {done.note}"
-            lines.append(f"  behaviour: {done.behaviour}: {state}")
+            state = f"at +{done.offset}" if done.delivered else "not delivered"
+            note = f" ({done.note})" if done.note else ""
+            lines.append(f"  behaviour: {done.behaviour}: {state}{note}")
     return "\n".join(lines)
 
 
@@ -271,5 +272,5 @@ def _step_text(step: StepOut) -> str:
     if step.changed is not None:
         return f"{step.type}: {step.changed}"
     if step.waited is not None:
-        return f"{step.type}: {step.outcome} after {step.waited}"
+        return f"{step.type}: {step.outcome} ({step.waited})"
     return f"{step.type}: {step.outcome}" if step.outcome else step.type

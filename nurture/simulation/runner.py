@@ -37,7 +37,6 @@ from nurture.contracts import (
 from nurture.db.models import Contact
 from nurture.errors import Invalid
 from nurture.journeys.definition import BranchStep, JourneyDefinition
-from nurture.journeys.durations import format_duration
 from nurture.simulation.behaviour import (
     BEHAVIOUR_WORKFLOW,
     HORIZON_REASON,
@@ -142,7 +141,7 @@ async def run_simulation(plan: Plan, wall_seconds: float = WALL_SECONDS) -> Simu
         journey=plan.journey_key,
         version=plan.version,
         started_at=start,
-        horizon=format_duration(plan.horizon),
+        horizon=offset(start, start + plan.horizon),
         wall_seconds=round(time.perf_counter() - began, 3),
         contacts=reports,
     )
@@ -298,7 +297,7 @@ def _contact_report(
     contact = simulated.contact
     at_end = ContactOut(fields=dict(contact.fields), tags=list(contact.tags), lists=simulated.lists)
     behaviour = [
-        _behaviour_out(start, b, d)
+        _behaviour_out(start, simulated, b, d)
         for b, d in zip(
             simulated.behaviours,
             deliveries
@@ -361,13 +360,37 @@ def _contact_report(
     )
 
 
-def _behaviour_out(start: datetime, behaviour: Behaviour, delivery: Delivery) -> BehaviourOut:
+def _behaviour_out(
+    start: datetime, simulated: SimulatedContact, behaviour: Behaviour, delivery: Delivery
+) -> BehaviourOut:
     return BehaviourOut(
         behaviour=behaviour.describe(),
         due_at=delivery.due_at,
         offset=offset(start, delivery.due_at) if delivery.due_at else None,
         delivered=delivery.delivered_at is not None,
-        note=delivery.note,
+        note=delivery.note or _missing_link(simulated, behaviour),
+    )
+
+
+def _missing_link(simulated: SimulatedContact, behaviour: Behaviour) -> str | None:
+    """A scripted click on a link the message does not have: delivered as scripted, but no
+    recipient could make it (a link is named by `data-link`, else by its URL)."""
+    if behaviour.clicks is None or behaviour.link is None:
+        return None
+    sent = next(
+        (
+            s
+            for s in simulated.sends.values()
+            if (s.step, s.visit) == (behaviour.clicks, behaviour.visit) and s.status == "sent"
+        ),
+        None,
+    )
+    if sent is None or behaviour.link in {link.name for link in sent.links}:
+        return None
+    names = ", ".join(link.name for link in sent.links) or "none"
+    return (
+        f"{behaviour.clicks} has no link named {behaviour.link!r} (its tracked links: {names}): "
+        'no recipient could make this click; name the link with data-link="..." in the template'
     )
 
 

@@ -149,11 +149,14 @@ async def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--contacts", type=int, default=100)
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     cold = await timed(1)
     one = [await timed(1) for _ in range(args.runs)]
     many = [await timed(args.contacts) for _ in range(args.runs)]
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        # Other work on the machine slows every figure: the load before and after the runs.
+        "load_average_1min": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "one_contact_cold_s": round(cold, 3),
         "one_contact_s": {"median": round(statistics.median(one), 3), "max": round(max(one), 3)},
         f"{args.contacts}_contacts_s": {

@@ -8,6 +8,7 @@ added, so a second start changes nothing (and never overwrites what was edited s
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,12 @@ class Content:
 
 def _email(subject: str, *paragraphs: str) -> Content:
     html = "".join(f"<p>{p}</p>" for p in paragraphs)
-    return Content(subject=subject, text="\n\n".join(paragraphs), html=html)
+    # The text part is not HTML: a link reads "label (url)" there.
+    text = _ANCHOR.sub(r"\g<label> (\g<url>)", "\n\n".join(paragraphs))
+    return Content(subject=subject, text=text, html=html)
+
+
+_ANCHOR = re.compile(r'<a href="(?P<url>[^"]+)"[^>]*>(?P<label>[^<]*)</a>')
 
 
 def _link(label: str, url: str, name: str | None = None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -274,3 +275,19 @@ async def test_api_simulate_refuses_what_does_not_fit(
     assert found == published and "start" in found
     # ... while the live version still simulates.
     ok(await api.post("/v1/journeys/quickstart/simulate?version=live", json={"contacts": [{}]}))
+
+
+async def test_simulations_at_once_are_apart(sessions: SessionFactory) -> None:
+    """Each runs on a server of its own, in a thread of its own: neither sees the other's
+    contacts, behaviour or clock."""
+    await _quickstart(sessions)
+    clicks = {"clicks": "welcome", "link": "shop", "after": "1m"}
+    first, second, third = await asyncio.gather(
+        run(sessions, "quickstart", contacts=[{"email": "a@example.com", "behaviour": [clicks]}]),
+        run(sessions, "quickstart", contacts=[{"email": "b@example.com"}]),
+        run(sessions, "quickstart", contacts=[{"email": "c@example.com", "behaviour": [clicks]}]),
+    )
+    assert [s.step for s in first.contacts[0].path][-1] == "thanks"
+    assert [s.step for s in second.contacts[0].path][-1] == "reminder"
+    assert [s.step for s in third.contacts[0].path][-1] == "thanks"
+    assert second.contacts[0].duration == "10m" and first.contacts[0].duration == "1m"

@@ -12,6 +12,7 @@ until every enrollment has ended or reached the horizon.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -74,7 +75,7 @@ from workflows.enrollment import JourneyEnrollment
 WALL_SECONDS = 120.0
 # Simulations running at once in one process (each has its own test server and worker).
 CONCURRENT_SIMULATIONS = 2
-_SLOTS: asyncio.Semaphore | None = None
+_SLOTS = threading.BoundedSemaphore(CONCURRENT_SIMULATIONS)
 
 # How far a facts read may trail the step that used it: within one workflow task the virtual
 # clock advances with the wall clock (the server only skips while nothing is in flight).
@@ -114,25 +115,29 @@ class SimulationTooLong(Invalid):
     pass
 
 
-def _slots() -> asyncio.Semaphore:
-    global _SLOTS
-    if _SLOTS is None:
-        _SLOTS = asyncio.Semaphore(CONCURRENT_SIMULATIONS)
-    return _SLOTS
-
-
 async def run_simulation(plan: Plan, wall_seconds: float = WALL_SECONDS) -> SimulationReport:
+    """Run `plan` in a thread with an event loop of its own: the worker's work is CPU-bound
+    Python, which on the caller's loop (the API's) would hold up every other request for as
+    long as the simulation runs."""
+    return await asyncio.to_thread(_in_thread, plan, wall_seconds)
+
+
+def _in_thread(plan: Plan, wall_seconds: float) -> SimulationReport:
+    with _SLOTS:
+        return asyncio.run(_simulate(plan, wall_seconds))
+
+
+async def _simulate(plan: Plan, wall_seconds: float) -> SimulationReport:
     began = time.perf_counter()
-    async with _slots():
-        env = await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter,
-            test_server_existing_path=find_binary("temporal-test-server"),
-        )
-        try:
-            await ensure_search_attributes(env.client, env.client.namespace)
-            world, start, results, deliveries = await _run(env, plan, wall_seconds)
-        finally:
-            await env.shutdown()
+    env = await WorkflowEnvironment.start_time_skipping(
+        data_converter=pydantic_data_converter,
+        test_server_existing_path=find_binary("temporal-test-server"),
+    )
+    try:
+        await ensure_search_attributes(env.client, env.client.namespace)
+        world, start, results, deliveries = await _run(env, plan, wall_seconds)
+    finally:
+        await env.shutdown()
     reports = [
         _contact_report(plan, world, start, simulated, results.get(key), deliveries.get(key))
         for key, simulated in _in_order(world)

@@ -22,10 +22,12 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from nurture.binaries import find_binary
+from nurture.content.isolation import RENDER_PROCESSES, render_isolated
 from nurture.content.rendering import TemplateContent
 from nurture.contracts import (
     ENROLLMENT_WORKFLOW,
@@ -122,6 +124,22 @@ async def run_simulation(plan: Plan, wall_seconds: float = WALL_SECONDS) -> Simu
     return await asyncio.to_thread(_in_thread, plan, wall_seconds)
 
 
+def _runtime() -> Runtime:
+    """The Temporal runtime of simulations: the default one would print a warning on every
+    run (the test server does not advertise a capability workers ask for), into the output
+    of `nurture simulate` too. Errors are still printed."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None:
+            quiet = TelemetryFilter(core_level="ERROR", other_level="ERROR")
+            _RUNTIME = Runtime(telemetry=TelemetryConfig(logging=LoggingConfig(filter=quiet)))
+        return _RUNTIME
+
+
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
 def _in_thread(plan: Plan, wall_seconds: float) -> SimulationReport:
     with _SLOTS:
         return asyncio.run(_simulate(plan, wall_seconds))
@@ -132,6 +150,7 @@ async def _simulate(plan: Plan, wall_seconds: float) -> SimulationReport:
     env = await WorkflowEnvironment.start_time_skipping(
         data_converter=pydantic_data_converter,
         test_server_existing_path=find_binary("temporal-test-server"),
+        runtime=_runtime(),
     )
     try:
         await ensure_search_attributes(env.client, env.client.namespace)
@@ -201,7 +220,12 @@ async def _run(
         workflow_runner=UnsandboxedWorkflowRunner(),
     ):
         # The virtual clock runs with the wall clock until time skips: entry is now, once the
-        # worker is ready. Each script starts before its enrollment, so it hears every send.
+        # worker and the render processes are ready (a render process starting during the
+        # first send would add its start-up to every offset). Each script starts before its
+        # enrollment, so it hears every send.
+        if plan.templates:
+            warm_up = TemplateContent(key="warm-up", channel="email", version=0, text="ok")
+            await asyncio.gather(*(render_isolated(warm_up, {}) for _ in range(RENDER_PROCESSES)))
         start = await env.get_current_time()
         await asyncio.gather(*(_start(client, plan, task_queue, start, s) for s in entering))
         try:

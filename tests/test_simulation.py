@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any
 
@@ -22,6 +23,12 @@ WELCOME_HTML = (
     '<a data-link="shop" href="https://shop.example.com/?u={{ contact.external_id }}">Shop</a>'
     '<a href="mailto:help@example.com">Help</a>'
 )
+
+
+def about(offset: str | None, expected: str) -> bool:
+    """An offset from entry, give or take the seconds the steps before it worked (the clock
+    runs with the wall clock meanwhile; a loaded machine can make it more than one)."""
+    return offset is not None and re.fullmatch(rf"{expected}(\d+s)?", offset) is not None
 
 
 async def _find_contact(session: Any, ref: str, where: str) -> uuid.UUID | None:
@@ -89,10 +96,10 @@ async def test_rendered_not_sent_and_timed_from_the_send(sessions: SessionFactor
         "tags_added": ["clicked-shop"],
     }
     assert clicker.contact_at_end.tags == ["clicked-shop"]
-    assert (clicker.behaviour[0].offset, clicker.behaviour[0].delivered) == ("2m", True)
+    assert about(clicker.behaviour[0].offset, "2m") and clicker.behaviour[0].delivered
     assert [s.step for s in idle.path] == ["welcome", "clicked_shop", "reminder"]
     assert (idle.path[1].outcome, idle.path[1].waited) == ("timeout", "10m")
-    assert idle.duration == "10m" and idle.status == "completed"
+    assert about(idle.duration, "10m") and idle.status == "completed"
     assert "clicker: completed after 2m" in as_text(report)
     # A click on a link the message does not have cannot happen: said so, and it matches nothing.
     assert [s.step for s in typo.path][-1] == "reminder"
@@ -163,7 +170,7 @@ async def test_branch_decision_shows_what_it_saw(sessions: SessionFactory) -> No
     )
     blog, late = report.contacts
     branch = blog.path[2]
-    assert branch.step == "clicked_purchase" and branch.offset == "1d"
+    assert branch.step == "clicked_purchase" and about(branch.offset, "1d")
     assert branch.decision is not None
     assert (branch.decision.taken, branch.decision.next) == ("default", "follow_up")
     check = branch.decision.rules[0].checks[0]
@@ -290,4 +297,4 @@ async def test_simulations_at_once_are_apart(sessions: SessionFactory) -> None:
     assert [s.step for s in first.contacts[0].path][-1] == "thanks"
     assert [s.step for s in second.contacts[0].path][-1] == "reminder"
     assert [s.step for s in third.contacts[0].path][-1] == "thanks"
-    assert second.contacts[0].duration == "10m" and first.contacts[0].duration == "1m"
+    assert about(second.contacts[0].duration, "10m") and about(first.contacts[0].duration, "1m")

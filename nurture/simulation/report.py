@@ -135,10 +135,14 @@ class SimulationReport(BaseModel):
     contacts: list[ContactReport]
 
 
-def offset(start: datetime, moment: datetime) -> str:
-    """Virtual time from `start` to `moment`, in days, hours, minutes and seconds ("180d5h");
-    under a second is "0s" (the clock runs with the wall clock while a step works)."""
-    seconds = int((moment - start).total_seconds())  # a step's own work is under a second
+def offset(start: datetime, moment: datetime, *, rounded: bool = False) -> str:
+    """Virtual time from `start` to `moment` in days, hours, minutes and seconds ("180d5h").
+
+    While a step works the clock runs with the wall clock, so moments carry some milliseconds
+    past their round figure: an offset from entry drops them (under a second is "0s"); the
+    length of a wait (`rounded`), whose two ends both carry some, is rounded."""
+    elapsed = (moment - start).total_seconds()
+    seconds = round(elapsed) if rounded else int(elapsed)
     if seconds <= 0:
         return "0s"
     parts = []

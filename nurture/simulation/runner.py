@@ -446,7 +446,7 @@ def _path(
             outcome=entry.outcome,
         )
         if entry.type in ("wait", "wait_for") and entry.left_at is not None:
-            out.waited = offset(entry.entered_at, entry.left_at)
+            out.waited = offset(entry.entered_at, entry.left_at, rounded=True)
         send = sends.get(f"{entry.step}:{entry.visit}")
         if send is not None:
             out.message = MessageOut(

@@ -68,11 +68,6 @@ from nurture.simulation.standins import SimulatedContact, World, stand_in_activi
 from nurture.tracing import ensure_search_attributes
 from workflows.enrollment import JourneyEnrollment
 
-# The workflow code runs as the production worker runs it, minus the sandbox: the sandbox only
-# refuses non-deterministic calls (which the replay test and production catch), and it costs
-# about half the CPU of a simulation (re-importing modules for each workflow: 50 contacts of
-# a 180-day journey took 12.1 s with it, 6.7 s without).
-#
 # A simulation that has not finished after this much wall-clock time is given up (422).
 WALL_SECONDS = 120.0
 # Simulations running at once in one process (each has its own test server and worker).
@@ -217,7 +212,13 @@ async def _run(
         task_queue=task_queue,
         workflows=[JourneyEnrollment, SimulatedBehaviour],
         activities=stand_in_activities(world),
+        # The workflow code runs as the production worker runs it, minus the sandbox: it only
+        # refuses non-deterministic calls (which the replay test and production catch), and it
+        # costs half the CPU of a simulation (re-importing modules for each workflow: 50
+        # contacts of a 180-day journey took 12.1 s with it, 6.7 s without).
         workflow_runner=UnsandboxedWorkflowRunner(),
+        # Every workflow stays cached: an evicted one would be replayed from its history.
+        max_cached_workflows=2 * len(entering) + 10,
     ):
         # The virtual clock runs with the wall clock until time skips: entry is now, once the
         # worker and the render processes are ready (a render process starting during the

@@ -5,6 +5,7 @@
     nurture api [--host H --port P]   the HTTP API
     nurture migrate                   upgrade the database schema
     nurture validate FILE...          check journey definition files offline
+    nurture simulate FILE             run a journey for test contacts in virtual time
     nurture api-key create --name N   create an API key (the secret is shown once)
     nurture api-key list              the keys: name, prefix, created, last used, revoked
     nurture api-key revoke KEY        revoke a key (by id or prefix), at once
@@ -109,6 +110,52 @@ def cmd_validate(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(f"{path}: ok")
     return 1 if failed else 0
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    """Simulate a stored journey (docs/simulation.md) against the database: nothing is sent
+    or written. FILE holds the request of POST /v1/journeys/{key}/simulate and its `journey`."""
+    from pydantic import ValidationError
+
+    from api.contact_refs import find_contact_id
+    from nurture.errors import NurtureError
+    from nurture.simulation.prepare import simulate
+    from nurture.simulation.report import as_text
+    from nurture.simulation.script import SimulationRequest
+
+    try:
+        data = json.loads(Path(args.file).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise CommandError(f"{args.file}: cannot read a JSON object: {err}") from err
+    if not isinstance(data, dict):
+        raise CommandError(f"{args.file}: a simulation is a JSON object")
+    journey = args.journey or data.pop("journey", None)
+    data.pop("journey", None)
+    if not isinstance(journey, str):
+        raise CommandError(f'{args.file}: name the journey: "journey": "<key>" or --journey')
+    try:
+        request = SimulationRequest.model_validate(data)
+    except ValidationError as err:
+        for error in err.errors(include_url=False):
+            where = ".".join(str(part) for part in error["loc"])
+            print(f"{args.file}: {where}: {error['msg']}", file=sys.stderr)
+        return 1
+    version = int(args.version) if args.version and args.version.isdigit() else args.version
+
+    async def run(sessions: Any) -> Any:
+        return await simulate(
+            sessions, journey, request, find_contact_id, settings.public_base_url, version
+        )
+
+    try:
+        report = _with_sessions(settings, run)
+    except NurtureError as err:
+        print(f"{args.file}: {err.message}", file=sys.stderr)
+        for problem in err.detail if isinstance(err.detail, list) else []:
+            print(f"  {problem.get('path')}: {problem.get('message')}", file=sys.stderr)
+        return 1
+    print(report.model_dump_json(indent=2) if args.json else as_text(report))
+    return 0
 
 
 def _journey_files(arguments: Sequence[str]) -> Iterator[Path]:
@@ -281,6 +328,16 @@ def build_parser() -> argparse.ArgumentParser:
         "files", nargs="+", metavar="FILE", help="journey JSON files, or folders of them"
     )
     validate.set_defaults(handler=cmd_validate)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run a journey for test contacts in virtual time (nothing is sent or stored)",
+    )
+    simulate.add_argument("file", help='a JSON file: {"journey": KEY, "contacts": [...], ...}')
+    simulate.add_argument("--journey", help="the journey's key (else the file's `journey`)")
+    simulate.add_argument("--version", help='"draft" (default), "live" or a version number')
+    simulate.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    simulate.set_defaults(handler=cmd_simulate)
 
     api_key = commands.add_parser("api-key", help="manage API keys")
     api_key_commands = api_key.add_subparsers(dest="api_key_command", required=True)

@@ -8,6 +8,7 @@ added, so a second start changes nothing (and never overwrites what was edited s
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,11 +44,18 @@ class Content:
 
 def _email(subject: str, *paragraphs: str) -> Content:
     html = "".join(f"<p>{p}</p>" for p in paragraphs)
-    return Content(subject=subject, text="\n\n".join(paragraphs), html=html)
+    # The text part is not HTML: a link reads "label (url)" there.
+    text = _ANCHOR.sub(r"\g<label> (\g<url>)", "\n\n".join(paragraphs))
+    return Content(subject=subject, text=text, html=html)
 
 
-def _link(label: str, url: str) -> str:
-    return f'<a href="{url}">{label}</a>'
+_ANCHOR = re.compile(r'<a href="(?P<url>[^"]+)"[^>]*>(?P<label>[^<]*)</a>')
+
+
+def _link(label: str, url: str, name: str | None = None) -> str:
+    """A link; `name` is what a journey's `clicked` condition calls it (`data-link`)."""
+    named = f' data-link="{name}"' if name else ""
+    return f'<a href="{url}"{named}>{label}</a>'
 
 
 # Keyed by (channel, template key) as the seed journeys name them.
@@ -55,17 +63,22 @@ TEMPLATES: dict[tuple[str, str], Content] = {
     ("email", "welcome"): _email(
         "Welcome aboard",
         "Thanks for signing up! Here is what to expect: a short note now and then, never spam.",
-        f"Ready to go further? {_link('See the plans', 'https://example.com/pricing')}.",
+        f"Ready to go further? {_link('See the plans', 'https://example.com/pricing', 'purchase')}.",
     ),
     ("email", "welcome-follow-up"): _email(
         "Did you have a look around?",
         "A day in, a few ideas to get the most out of your account.",
         f"Questions? {_link('Our help centre', 'https://example.com/help')} has answers.",
     ),
+    ("email", "quickstart-welcome"): _email(
+        "Welcome!",
+        "Thanks for joining. Have a look at what is new in the shop.",
+        f"{_link('Visit the shop', 'https://example.com/shop', 'shop')}.",
+    ),
     ("email", "product-announcement"): _email(
         "Something new is coming",
         "You are among our best customers, so you hear it first: a new product launches soon.",
-        f"{_link('Take a first look', 'https://example.com/new-product')}.",
+        f"{_link('Take a first look', 'https://example.com/new-product', 'product')}.",
     ),
     ("sms", "launch-day"): Content(
         subject=None, text="It's launch day! The new product is live: https://example.com/new"

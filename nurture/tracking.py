@@ -214,3 +214,16 @@ def is_machine_open(user_agent: str | None, client_ip: str | None) -> bool:
 PIXEL_GIF = bytes.fromhex(
     "47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b"
 )
+
+
+def tracked_links(html: str, own_prefix: str) -> list[tuple[str, str]]:
+    """The (name, url) of each link `Tracker.track_html` would track in `html`, in order: what
+    a journey's `clicked` conditions can refer to (used by simulations)."""
+    found: list[tuple[str, str]] = []
+
+    def collect(name: str, url: str) -> str:
+        found.append((name, url))
+        return url
+
+    _rewrite_links(html, collect, own_prefix=own_prefix)
+    return found

@@ -13,6 +13,7 @@ from api.routes import (
     lists,
     segments,
     send_rules,
+    simulation,
     steps,
     templates,
     timeline,
@@ -35,6 +36,7 @@ ROUTERS: list[APIRouter] = [
     send_rules.router,
     steps.router,
     launch.router,
+    simulation.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

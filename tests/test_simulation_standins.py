@@ -33,15 +33,16 @@ def _simulated() -> set[str]:
 
 
 def _registered_by_the_worker(monkeypatch: pytest.MonkeyPatch) -> set[str]:
-    """The activity names `build_worker` registers, read from the Worker it builds."""
-    captured: dict[str, Any] = {}
+    """The activity names `build_worker` registers, read from every Worker it builds (the
+    enrollment worker and the channels' send workers)."""
+    captured: list[Any] = []
 
     def capture(*args: Any, **kwargs: Any) -> None:
-        captured.update(kwargs)
+        captured.extend(kwargs.get("activities", []))
 
     monkeypatch.setattr(worker_module, "Worker", capture)
     worker_module.build_worker(object(), object(), "q")  # type: ignore[arg-type]
-    return {name for fn in captured["activities"] if (name := activity_name(fn))}
+    return {name for fn in captured if (name := activity_name(fn))}
 
 
 def test_every_activity_the_worker_registers_has_a_stand_in(

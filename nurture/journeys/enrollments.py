@@ -245,7 +245,7 @@ async def _claim(
                 int(previous or 0),
                 cause,
                 change_id,
-                launch=(audience, rollout_percent, bool(is_test)),
+                launch=(audience, float(rollout_percent), bool(is_test)),
             )
         except EntryRefused as refused:
             refused.contact_id = contact_id

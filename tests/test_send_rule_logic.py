@@ -167,3 +167,13 @@ def test_dates_in_templates() -> None:
     assert format_date("2026-12-01", "%d.%m.%Y") == "01.12.2026"
     with pytest.raises(ValueError, match="add_days"):
         add_days("soon", 7)
+
+
+def test_the_time_zone_is_the_contacts_else_the_journeys_else_the_workspaces() -> None:
+    from nurture.sending.gate import contact_zone
+
+    workspace = SendRules(time_zone="Europe/Lisbon")
+    assert contact_zone("Asia/Tokyo", "America/New_York", workspace) == "Asia/Tokyo"
+    assert contact_zone(None, "America/New_York", workspace) == "America/New_York"
+    assert contact_zone("Mars/Olympus", None, workspace) == "Europe/Lisbon"  # not IANA
+    assert contact_zone("", None, workspace) == "Europe/Lisbon"

@@ -402,7 +402,11 @@ class JourneyEnrollment:
         if result.reason == "contact_deleted":
             self._contact_dirty = True  # the next checkpoint reloads it and ends the enrollment
         outcome = result.status if result.reason is None else f"{result.status}: {result.reason}"
-        return f"{outcome} ({'; '.join(holds)})" if holds else outcome
+        if not holds:
+            return outcome
+        # Each hold once, in order; within the stored path's 255 characters.
+        text = f"{outcome} ({'; '.join(dict.fromkeys(holds))})"
+        return text if len(text) <= _OUTCOME_MAX else text[: _OUTCOME_MAX - 1] + "…"
 
     def _send_request(
         self,
@@ -758,6 +762,7 @@ class JourneyEnrollment:
 
 
 _HOLD_PREFIXES = ("held: ", "delayed: ")
+_OUTCOME_MAX = 255  # enrollment_steps.outcome
 
 
 def _waited_too_long(err: ActivityError) -> bool:

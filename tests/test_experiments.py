@@ -171,6 +171,7 @@ async def test_held_out_contacts_get_nothing_and_still_count_for_the_goal(
     assert held_messages is None  # held out: sent nothing
     words = [entry.summary for entry in timeline.entries]
     assert any("held out (control group" in w for w in words), words
+    assert "Entered journey holdout-test (v1) in the control group through the API" in words
 
     # One held-out and two treated contacts become customers afterwards.
     for contact_id in [groups["control"][0], *groups["treatment"][:2]]:

@@ -441,6 +441,7 @@ def _enrollment_rows(
                 status=col(Enrollment.status),
                 entered_by=col(Enrollment.entered_by),
                 workflow_id=col(Enrollment.workflow_id),
+                experiment_group=col(Enrollment.experiment_group),
                 _journey_name=col(Journey.name),
             ),
         )
@@ -488,6 +489,8 @@ def word_entered(row: Row) -> Entry:
     version = row.payload.get("version")
     text = f"Entered journey {_journey_name(row)}" + (f" (v{version})" if version else "")
     cause = cause_words(row.payload.get("entered_by"))
+    group = row.payload.get("experiment_group")  # a journey with a holdout
+    text += f" in the {group} group" if group else ""
     return row.entry(text + (f" {cause}" if cause else ""))
 
 

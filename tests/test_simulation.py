@@ -298,3 +298,12 @@ async def test_simulations_at_once_are_apart(sessions: SessionFactory) -> None:
     assert [s.step for s in second.contacts[0].path][-1] == "reminder"
     assert [s.step for s in third.contacts[0].path][-1] == "thanks"
     assert about(second.contacts[0].duration, "10m") and about(first.contacts[0].duration, "1m")
+
+
+async def test_openapi_documents_simulate(api: httpx.AsyncClient) -> None:
+    spec = ok(await api.get("/openapi.json"))
+    operation = spec["paths"]["/v1/journeys/{key}/simulate"]["post"]
+    assert {"200", "404", "422", "503"} <= set(operation["responses"])
+    assert "SimulationRequest" in str(operation["requestBody"])
+    # Schema names are unique: a clash would rename both with their module paths.
+    assert not [name for name in spec["components"]["schemas"] if "__" in name]

@@ -44,7 +44,7 @@ from nurture.contracts import (
 from nurture.db.models import Contact
 from nurture.journeys.facts import facts_of
 from nurture.simulation.behaviour import APPLY_BEHAVIOUR, AppliedBehaviour, SentNotice
-from nurture.simulation.script import Behaviour
+from nurture.simulation.script import SimulationBehaviour
 from nurture.tracking import tracked_links
 
 # Activities the worker registers for its other workflows (BulkEnroll, SegmentWatch), which a
@@ -96,7 +96,7 @@ class SimulatedContact:
     enrollment_id: uuid.UUID
     workflow_id: str
     behaviour_workflow_id: str
-    behaviours: list[Behaviour]
+    behaviours: list[SimulationBehaviour]
     label: str
     reference: str | None = None  # the existing contact it copies
     suppressed: dict[str, str] = field(default_factory=dict)  # channel -> reason

@@ -310,3 +310,43 @@ async def test_openapi_documents_simulate(api: httpx.AsyncClient) -> None:
     schemas = spec["components"]["schemas"]
     assert {"SimulationReport", "SimulatedContactReport", "SimulationBehaviour"} <= set(schemas)
     assert not [name for name in schemas if "simulation__" in name]
+
+
+async def test_lists_exclusion_and_a_scripted_list_join(sessions: SessionFactory) -> None:
+    await make_lists(sessions, "vip")
+    definition = {
+        "key": "vip-check",
+        "name": "VIP check",
+        "entry": {"exclusion_segment": "blocked"},
+        "start": "pause",
+        "steps": {
+            "pause": {"type": "wait", "duration": "1d", "next": "is_vip"},
+            "is_vip": {
+                "type": "branch",
+                "rules": [{"condition": {"type": "in_list", "list": "vip"}, "next": "mark"}],
+            },
+            "mark": {"type": "update_contact", "add_tags": ["vip-seen"]},
+        },
+    }
+    await publish_journey(sessions, definition)
+    report = await run(
+        sessions,
+        "vip-check",
+        contacts=[
+            {"label": "joins", "behaviour": [{"join_list": "vip", "at": "2h"}]},
+            {"label": "blocked", "segments": ["blocked"]},
+            {"label": "stays out"},
+        ],
+    )
+    joins, blocked, out = report.contacts
+    assert [s.step for s in joins.path] == ["pause", "is_vip", "mark"]
+    decision = joins.path[1].decision
+    assert decision is not None and decision.rules[0].checks[0].saw == ["vip"]
+    assert joins.contact_at_end.tags == ["vip-seen"] and joins.contact_at_end.lists == ["vip"]
+    assert [(c.by, c.changed) for c in joins.changes] == [
+        ("behaviour 0", {"lists_joined": ["vip"]}),
+        ("step mark", {"tags_added": ["vip-seen"]}),
+    ]
+    assert (blocked.status, blocked.reason, blocked.path) == ("not_enrolled", "excluded", [])
+    assert [s.step for s in out.path] == ["pause", "is_vip"]
+    assert out.path[1].decision is not None and out.path[1].decision.taken == "default"

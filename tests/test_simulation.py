@@ -350,3 +350,30 @@ async def test_lists_exclusion_and_a_scripted_list_join(sessions: SessionFactory
     assert (blocked.status, blocked.reason, blocked.path) == ("not_enrolled", "excluded", [])
     assert [s.step for s in out.path] == ["pause", "is_vip"]
     assert out.path[1].decision is not None and out.path[1].decision.taken == "default"
+
+
+async def test_a_loop_until_an_event(sessions: SessionFactory) -> None:
+    definition = {
+        "key": "daily",
+        "name": "Daily until stopped",
+        "start": "day",
+        "steps": {
+            "day": {"type": "wait", "duration": "1d", "next": "stopped"},
+            "stopped": {
+                "type": "branch",
+                "rules": [{"condition": {"type": "event", "name": "stop"}, "next": "bye"}],
+                "default": "day",
+            },
+            "bye": {"type": "exit", "reason": "stopped"},
+        },
+    }
+    await publish_journey(sessions, definition)
+    report = await run(
+        sessions, "daily", contacts=[{"behaviour": [{"event": "stop", "at": "9d12h"}]}]
+    )
+    contact = report.contacts[0]
+    assert (contact.status, contact.reason) == ("exited", "stopped")
+    assert [s.step for s in contact.path] == ["day", "stopped"] * 10 + ["bye"]
+    assert contact.path[-2].visit == 10 and about(contact.path[-2].offset, "10d")
+    saw = [s.decision.rules[0].checks[0].saw for s in contact.path if s.decision]
+    assert saw == [0] * 9 + [1]

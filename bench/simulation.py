@@ -30,7 +30,7 @@ from nurture.db.models import Contact
 from nurture.journeys.definition import JourneyDefinition, template_references
 from nurture.simulation.report import SimulationReport
 from nurture.simulation.runner import Plan, PreparedContact, run_simulation
-from nurture.simulation.script import Behaviour
+from nurture.simulation.script import SimulationBehaviour
 
 # The 180-day member journey of Benchmark's automation blog (seed 001): a welcome, tips, a
 # check-in on engagement, a branch on a purchase, reminders spread over six months.
@@ -97,7 +97,7 @@ def plan(contacts: int) -> Plan:
         )
         for channel, key in template_references(definition)
     }
-    behaviours = [Behaviour.model_validate(b) for b in BEHAVIOUR]
+    behaviours = [SimulationBehaviour.model_validate(b) for b in BEHAVIOUR]
     return Plan(
         journey_key=definition.key,
         version="draft",

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact
 from nurture.journeys.publishing import save_draft
-from nurture.simulation.report import ContactReport
+from nurture.simulation.report import SimulatedContactReport
 from tests.support import (
     example,
     finish,
@@ -198,7 +198,7 @@ async def test_simulation_takes_the_path_of_the_real_run(
         version=version,
         contacts=[{**scenario.contact, "behaviour": scenario.behaviour}],
     )
-    simulated: ContactReport = report.contacts[0]
+    simulated: SimulatedContactReport = report.contacts[0]
 
     assert (simulated.status, simulated.reason) == (real.status, real.reason)
     assert [(s.step, _outcome(s.outcome)) for s in simulated.path] == [

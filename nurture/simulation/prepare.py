@@ -25,7 +25,7 @@ from nurture.journeys.exclusion import in_exclusion_segment
 from nurture.journeys.publishing import latest_version, publishable
 from nurture.simulation.report import SimulationReport
 from nurture.simulation.runner import Plan, PreparedContact, run_simulation
-from nurture.simulation.script import SimulationRequest, TestContact, script_problems
+from nurture.simulation.script import SimulationContact, SimulationRequest, script_problems
 
 # Finds an existing contact by reference (`id:…`, `ext:…`, bare); `where` names the place in
 # the request for a malformed one. The API's `find_contact_id` is one.
@@ -131,7 +131,7 @@ async def _templates(
 async def _prepared_contact(
     session: AsyncSession,
     index: int,
-    given: TestContact,
+    given: SimulationContact,
     request: SimulationRequest,
     find_contact: FindContact,
     exclusion: str | None,

@@ -31,12 +31,12 @@ from nurture.journeys.definition import (
 )
 
 
-class LinkOut(BaseModel):
+class SimulatedLink(BaseModel):
     name: str
     url: str
 
 
-class MessageOut(BaseModel):
+class SimulatedMessage(BaseModel):
     channel: str
     template: str
     template_version: int | None = None
@@ -46,29 +46,29 @@ class MessageOut(BaseModel):
     subject: str | None = None
     text: str | None = None
     html: str | None = None
-    links: list[LinkOut] = []
+    links: list[SimulatedLink] = []
 
 
-class CheckOut(BaseModel):
+class DecisionCheck(BaseModel):
     condition: str
     saw: JsonValue
     result: bool
 
 
-class RuleOut(BaseModel):
+class DecisionRule(BaseModel):
     rule: int
     next: str | None
     result: bool
-    checks: list[CheckOut]
+    checks: list[DecisionCheck]
 
 
-class DecisionOut(BaseModel):
+class BranchDecision(BaseModel):
     taken: str  # "rule 0" | "default"
     next: str | None
-    rules: list[RuleOut]
+    rules: list[DecisionRule]
 
 
-class StepOut(BaseModel):
+class SimulatedStep(BaseModel):
     step: str
     type: str
     visit: int
@@ -77,12 +77,12 @@ class StepOut(BaseModel):
     left_at: datetime | None = None
     outcome: str | None = None
     waited: str | None = None  # waits: how long the contact stayed
-    message: MessageOut | None = None
-    decision: DecisionOut | None = None
+    message: SimulatedMessage | None = None
+    decision: BranchDecision | None = None
     changed: dict[str, Any] | None = None
 
 
-class BehaviourOut(BaseModel):
+class SimulatedBehaviourOutcome(BaseModel):
     behaviour: str
     due_at: datetime | None
     offset: str | None
@@ -90,27 +90,27 @@ class BehaviourOut(BaseModel):
     note: str | None = None
 
 
-class ChangeOut(BaseModel):
+class SimulatedChange(BaseModel):
     at: datetime
     offset: str
     by: str
     changed: dict[str, Any]
 
 
-class GoalOut(BaseModel):
+class SimulatedGoal(BaseModel):
     name: str | None
     met: bool
     at: datetime | None = None
     offset: str | None = None
 
 
-class ContactOut(BaseModel):
+class SimulatedContactState(BaseModel):
     fields: dict[str, JsonValue]
     tags: list[str]
     lists: list[str]
 
 
-class ContactReport(BaseModel):
+class SimulatedContactReport(BaseModel):
     label: str
     contact: str | None  # the existing contact it was a copy of
     status: str  # completed | exited | not_enrolled | failed | running (at the horizon)
@@ -118,12 +118,12 @@ class ContactReport(BaseModel):
     entered_at: datetime
     ended_at: datetime | None
     duration: str | None
-    path: list[StepOut]
+    path: list[SimulatedStep]
     sends: int  # messages that would have been sent
-    goal: GoalOut | None
-    behaviour: list[BehaviourOut]
-    changes: list[ChangeOut]
-    contact_at_end: ContactOut
+    goal: SimulatedGoal | None
+    behaviour: list[SimulatedBehaviourOutcome]
+    changes: list[SimulatedChange]
+    contact_at_end: SimulatedContactState
 
 
 class SimulationReport(BaseModel):
@@ -132,7 +132,7 @@ class SimulationReport(BaseModel):
     started_at: datetime  # virtual: the moment everyone entered
     horizon: str
     wall_seconds: float
-    contacts: list[ContactReport]
+    contacts: list[SimulatedContactReport]
 
 
 def offset(start: datetime, moment: datetime, *, rounded: bool = False) -> str:
@@ -159,7 +159,7 @@ def decision_of(
     facts: ContactFacts,
     events: list[EnrollmentEvent],
     visits: dict[str, int],
-) -> DecisionOut:
+) -> BranchDecision:
     engagement = Engagement(
         events=[
             ReceivedEvent(seq=i + 1, event=event, received_at=entry.entered_at)
@@ -168,7 +168,7 @@ def decision_of(
         latest_visit=visits,
     )
     rules = [
-        RuleOut(
+        DecisionRule(
             rule=i,
             next=rule.next,
             result=evaluate(rule.condition, facts, engagement),
@@ -179,8 +179,8 @@ def decision_of(
     taken = entry.outcome or ""
     if taken.startswith("rule "):
         index = int(taken.split()[1])
-        return DecisionOut(taken=f"rule {index}", next=step.rules[index].next, rules=rules)
-    return DecisionOut(taken="default", next=step.default, rules=rules)
+        return BranchDecision(taken=f"rule {index}", next=step.rules[index].next, rules=rules)
+    return BranchDecision(taken="default", next=step.default, rules=rules)
 
 
 def _checks(condition: Condition, facts: ContactFacts, engagement: Engagement) -> Any:
@@ -217,7 +217,7 @@ def _checks(condition: Condition, facts: ContactFacts, engagement: Engagement) -
             saw = engagement.custom(condition.name)
         case _:
             text, saw = condition.type, None
-    yield CheckOut(condition=text, saw=saw, result=result)
+    yield DecisionCheck(condition=text, saw=saw, result=result)
 
 
 def _field(facts: ContactFacts, condition: FieldCondition) -> JsonValue:
@@ -255,7 +255,7 @@ def as_text(report: SimulationReport) -> str:
     return "\n".join(lines)
 
 
-def _step_text(step: StepOut) -> str:
+def _step_text(step: SimulatedStep) -> str:
     if step.message is not None:
         message = step.message
         if message.status != "sent":

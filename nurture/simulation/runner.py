@@ -51,19 +51,19 @@ from nurture.simulation.behaviour import (
     scripted_event,
 )
 from nurture.simulation.report import (
-    BehaviourOut,
-    ChangeOut,
-    ContactOut,
-    ContactReport,
-    GoalOut,
-    LinkOut,
-    MessageOut,
+    SimulatedBehaviourOutcome,
+    SimulatedChange,
+    SimulatedContactReport,
+    SimulatedContactState,
+    SimulatedGoal,
+    SimulatedLink,
+    SimulatedMessage,
+    SimulatedStep,
     SimulationReport,
-    StepOut,
     decision_of,
     offset,
 )
-from nurture.simulation.script import Behaviour
+from nurture.simulation.script import SimulationBehaviour
 from nurture.simulation.standins import SimulatedContact, World, stand_in_activities
 from nurture.tracing import ensure_search_attributes
 from workflows.enrollment import JourneyEnrollment
@@ -86,7 +86,7 @@ class PreparedContact:
     label: str
     contact: Contact
     lists: list[str]
-    behaviours: list[Behaviour]
+    behaviours: list[SimulationBehaviour]
     reference: str | None = None
     suppressed: dict[str, str] = field(default_factory=dict)
     segments: set[str] = field(default_factory=set)
@@ -321,11 +321,13 @@ def _contact_report(
     simulated: SimulatedContact,
     result: EnrollmentResult | None,
     played: BehaviourResult | None,
-) -> ContactReport:
+) -> SimulatedContactReport:
     prepared = plan.contacts[int(simulated.key[1:])]
     deliveries = played.deliveries if played else []
     contact = simulated.contact
-    at_end = ContactOut(fields=dict(contact.fields), tags=list(contact.tags), lists=simulated.lists)
+    at_end = SimulatedContactState(
+        fields=dict(contact.fields), tags=list(contact.tags), lists=simulated.lists
+    )
     behaviour = [
         _behaviour_out(start, simulated, b, d)
         for b, d in zip(
@@ -336,12 +338,12 @@ def _contact_report(
         )
     ]
     changes = [
-        ChangeOut(at=c.at, offset=offset(start, c.at), by=c.by, changed=c.changed)
+        SimulatedChange(at=c.at, offset=offset(start, c.at), by=c.by, changed=c.changed)
         for c in simulated.changes
     ]
     goal_name = plan.definition.goal.name if plan.definition.goal else None
     if result is None:  # refused before any workflow
-        return ContactReport(
+        return SimulatedContactReport(
             label=simulated.label,
             contact=simulated.reference,
             status="not_enrolled",
@@ -351,7 +353,7 @@ def _contact_report(
             duration="0s",
             path=[],
             sends=0,
-            goal=GoalOut(name=goal_name, met=False) if plan.definition.goal else None,
+            goal=SimulatedGoal(name=goal_name, met=False) if plan.definition.goal else None,
             behaviour=behaviour,
             changes=changes,
             contact_at_end=at_end,
@@ -367,13 +369,13 @@ def _contact_report(
     goal = None
     if plan.definition.goal is not None:
         met = reason in ("goal_met", "goal_already_met")
-        goal = GoalOut(
+        goal = SimulatedGoal(
             name=goal_name,
             met=met,
             at=ended_at if met else None,
             offset=offset(start, ended_at) if met and ended_at else None,
         )
-    return ContactReport(
+    return SimulatedContactReport(
         label=simulated.label,
         contact=simulated.reference,
         status=status,
@@ -391,9 +393,9 @@ def _contact_report(
 
 
 def _behaviour_out(
-    start: datetime, simulated: SimulatedContact, behaviour: Behaviour, delivery: Delivery
-) -> BehaviourOut:
-    return BehaviourOut(
+    start: datetime, simulated: SimulatedContact, behaviour: SimulationBehaviour, delivery: Delivery
+) -> SimulatedBehaviourOutcome:
+    return SimulatedBehaviourOutcome(
         behaviour=behaviour.describe(),
         due_at=delivery.due_at,
         offset=offset(start, delivery.due_at) if delivery.due_at else None,
@@ -402,7 +404,7 @@ def _behaviour_out(
     )
 
 
-def _missing_link(simulated: SimulatedContact, behaviour: Behaviour) -> str | None:
+def _missing_link(simulated: SimulatedContact, behaviour: SimulationBehaviour) -> str | None:
     """A scripted click on a link the message does not have: delivered as scripted, but no
     recipient could make it (a link is named by `data-link`, else by its URL)."""
     if behaviour.clicks is None or behaviour.link is None:
@@ -430,14 +432,14 @@ def _path(
     simulated: SimulatedContact,
     result: EnrollmentResult,
     deliveries: Sequence[Delivery],
-) -> list[StepOut]:
+) -> list[SimulatedStep]:
     sends = {f"{s.step}:{s.visit}": s for s in simulated.sends.values()}
     changes = {(c.by, c.at): c for c in simulated.changes}
     visits: dict[str, int] = {}
-    steps: list[StepOut] = []
+    steps: list[SimulatedStep] = []
     for entry in result.path:
         visits[entry.step] = entry.visit
-        out = StepOut(
+        out = SimulatedStep(
             step=entry.step,
             type=entry.type,
             visit=entry.visit,
@@ -450,7 +452,7 @@ def _path(
             out.waited = offset(entry.entered_at, entry.left_at, rounded=True)
         send = sends.get(f"{entry.step}:{entry.visit}")
         if send is not None:
-            out.message = MessageOut(
+            out.message = SimulatedMessage(
                 channel=send.channel,
                 template=send.template,
                 template_version=send.template_version,
@@ -460,7 +462,7 @@ def _path(
                 subject=send.subject,
                 text=send.text,
                 html=send.html if plan.include_html else None,
-                links=[LinkOut(name=link.name, url=link.url) for link in send.links],
+                links=[SimulatedLink(name=link.name, url=link.url) for link in send.links],
             )
         change = changes.get((f"step {entry.step}", entry.entered_at))
         if change is not None:
@@ -496,7 +498,7 @@ def _events_before(
     return events
 
 
-def _action(index: int, b: Behaviour) -> ScriptedAction:
+def _action(index: int, b: SimulationBehaviour) -> ScriptedAction:
     return ScriptedAction(
         index=index,
         kind=b.kind,

@@ -45,7 +45,7 @@ class _Strict(BaseModel):
 _KINDS = ("opens", "clicks", "event", "change", "join_list", "leave_list")
 
 
-class Behaviour(_Strict):
+class SimulationBehaviour(_Strict):
     """One scripted action of a test contact (see the module docstring)."""
 
     opens: StepId | None = Field(default=None, description="opens the message of this send step")
@@ -78,7 +78,7 @@ class Behaviour(_Strict):
     )
 
     @model_validator(mode="after")
-    def _one_action_one_time(self) -> Behaviour:
+    def _one_action_one_time(self) -> SimulationBehaviour:
         kinds = [k for k in _KINDS if self._has(k)]
         if len(kinds) != 1:
             raise ValueError(
@@ -148,7 +148,7 @@ class Behaviour(_Strict):
         return f"{', '.join(parts)} {when}"
 
 
-class TestContact(_Strict):
+class SimulationContact(_Strict):
     """A contact to run through the journey: an existing one (`contact`), one described
     here, or an existing one with some values changed for the test. Given values replace the
     stored ones (`fields` are merged, `tags` and `lists` added)."""
@@ -171,7 +171,7 @@ class TestContact(_Strict):
         description="segments this test contact counts as a member of (the journey's "
         "exclusion segment); an existing contact's memberships are read from the database",
     )
-    behaviour: list[Behaviour] = Field(default_factory=list, max_length=MAX_BEHAVIOURS)
+    behaviour: list[SimulationBehaviour] = Field(default_factory=list, max_length=MAX_BEHAVIOURS)
 
 
 class SimulationRequest(_Strict):
@@ -180,8 +180,8 @@ class SimulationRequest(_Strict):
         description='what to simulate: "draft" (the default), "live" (the latest published '
         "version) or a version number",
     )
-    contacts: list[TestContact] = Field(min_length=1, max_length=MAX_CONTACTS)
-    behaviour: list[Behaviour] = Field(
+    contacts: list[SimulationContact] = Field(min_length=1, max_length=MAX_CONTACTS)
+    behaviour: list[SimulationBehaviour] = Field(
         default_factory=list,
         max_length=MAX_BEHAVIOURS,
         description="behaviour of every contact, before each contact's own",
@@ -199,7 +199,7 @@ class SimulationRequest(_Strict):
             raise ValueError(f"horizon must be positive and at most {MAX_HORIZON.days}d")
         return self
 
-    def behaviour_of(self, index: int) -> list[Behaviour]:
+    def behaviour_of(self, index: int) -> list[SimulationBehaviour]:
         return [*self.behaviour, *self.contacts[index].behaviour]
 
 

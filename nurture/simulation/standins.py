@@ -44,7 +44,7 @@ from nurture.contracts import (
 from nurture.db.models import Contact
 from nurture.journeys.facts import facts_of
 from nurture.simulation.behaviour import APPLY_BEHAVIOUR, AppliedBehaviour, SentNotice
-from nurture.simulation.script import Behaviour
+from nurture.simulation.script import SimulationBehaviour
 from nurture.tracking import tracked_links
 
 # Activities the worker registers for its other workflows (BulkEnroll, SegmentWatch), which a
@@ -96,7 +96,7 @@ class SimulatedContact:
     enrollment_id: uuid.UUID
     workflow_id: str
     behaviour_workflow_id: str
-    behaviours: list[Behaviour]
+    behaviours: list[SimulationBehaviour]
     label: str
     reference: str | None = None  # the existing contact it copies
     suppressed: dict[str, str] = field(default_factory=dict)  # channel -> reason
@@ -153,6 +153,7 @@ class World:
     contacts: dict[uuid.UUID, SimulatedContact] = field(default_factory=dict)  # by enrollment
     client: Client | None = None  # to tell behaviour workflows of sends
     clock: Callable[[], Awaitable[datetime]] | None = None  # the server's virtual time
+    _keys: dict[str, SimulatedContact] = field(default_factory=dict)
 
     def of(self, enrollment_id: uuid.UUID | None) -> SimulatedContact:
         contact = self.contacts.get(enrollment_id) if enrollment_id is not None else None
@@ -163,7 +164,10 @@ class World:
         return contact
 
     def by_key(self, key: str) -> SimulatedContact:
-        return next(c for c in self.contacts.values() if c.key == key)
+        """A contact by its key ("c<index>"), as the script workflow names it."""
+        if len(self._keys) != len(self.contacts):
+            self._keys = {c.key: c for c in self.contacts.values()}
+        return self._keys[key]
 
 
 def _step_time(progress: Sequence[StepEntered], step: str) -> datetime:

@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from nurture.audience.changes import Announcer, Change, record
+from nurture.audience.limits import SizeLimits
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -100,6 +101,7 @@ async def record_custom_event(
     announcement signals it to the contact's enrollments, starts the journeys it triggers and
     re-checks the segments that look at events. A repeated request (same idempotency key)
     announces nothing new: the first one's change is announced, now or by the relay."""
+    SizeLimits.of().check_event_properties(properties)
     async with sessions() as session:
         if await session.get(Contact, contact_id) is None:
             raise NotFound(f"no contact {contact_id}")

@@ -17,6 +17,7 @@ from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
 from api.input_guard import InputGuard, storable_path
+from api.openapi import install_openapi
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
 from nurture.boot import require_secret_key
@@ -84,6 +85,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     if resources is not None:
         app.state.resources = resources  # also without a lifespan run (httpx ASGITransport)
     install_error_handlers(app)
+    install_openapi(app)  # documents the error shapes the handlers answer with
     app.add_middleware(InputGuard)  # inside the size limit: reads bounded bodies only
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from temporalio.service import RPCError
 
 from api.deps import ResourcesDep, SessionDep
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, Offset, error_responses
 from api.schemas.journeys import (
     GoalConversionOut,
     JourneyDraftIn,
@@ -288,7 +288,7 @@ async def list_journeys(
     session: SessionDep,
     status_filter: Annotated[JourneyStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> JourneyPage:
     query = select(Journey).order_by(col(Journey.key))
     if status_filter is not None:

@@ -101,6 +101,22 @@ def definition_problems(data: Any) -> list[tuple[str, str]]:
         problems.append(
             (deep, f"conditions (all, any, not) nested more than {MAX_CONDITION_DEPTH} deep")
         )
+    if isinstance(steps, Mapping):
+        problems += _oversized_sets(steps)
+    return problems
+
+
+def _oversized_sets(steps: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """`update_contact` values the contact size limits would refuse at every run."""
+    from nurture.audience.limits import SizeLimits  # settings: only when there are steps
+
+    limits = SizeLimits.of()
+    problems: list[tuple[str, str]] = []
+    for step_id, step in steps.items():
+        if isinstance(step, Mapping) and step.get("type") == "update_contact":
+            values = step.get("set")
+            if isinstance(values, Mapping):
+                problems += limits.field_problems(values, prefix=f"steps.{step_id}.set")
     return problems
 
 

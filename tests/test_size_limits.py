@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from nurture.audience.limits import json_size
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment
+from nurture.journeys.validation import InvalidJourney, validate_journey
 from nurture.settings import Settings, get_settings
 from tests.support import finish, make_contact, ok, publish_journey, reload, start
 
@@ -216,3 +217,15 @@ async def test_a_contact_stored_over_the_payload_limit_ends_its_enrollment(
     assert (result.status, result.reason) == ("exited", "contact_too_large")
     row = await reload(sessions, Enrollment, enrollment.id)
     assert (row.status, row.exit_reason) == ("exited", "contact_too_large")
+
+
+@pytest.mark.usefixtures("small_limits")
+def test_a_journey_setting_a_value_over_the_field_limit_does_not_validate() -> None:
+    definition = journey(
+        "too-big", "grow", grow={"type": "update_contact", "set": {"bio": "x" * FIELD_LIMIT}}
+    )
+    with pytest.raises(InvalidJourney) as refused:
+        validate_journey(definition)
+    [problem] = refused.value.problems
+    assert problem.path == "steps.grow.set.bio"
+    assert "max_field_bytes" in problem.message

@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.enrollment import contact_facts, record_progress
 from nurture.audience.changes import Announcer, Change, diff, record, tag_changes
+from nurture.audience.limits import SizeLimits, json_size
 from nurture.contracts import ContactChange, ContactFacts, ListChange, StepEntered
 from nurture.db.engine import SessionFactory
 from nurture.db.models import (
@@ -52,10 +53,26 @@ def apply_change(contact: Contact, change: ContactChange) -> None:
                 non_retryable=True,
             )
         fields[name] = current + amount
+    _check_size(contact.fields, fields, {**change.set, **{n: fields[n] for n in change.increment}})
     tags = [t for t in contact.tags if t not in set(change.remove_tags)]
     tags += [t for t in dict.fromkeys(change.add_tags) if t not in tags]
     contact.fields, contact.tags = fields, tags
     contact.updated_at = utcnow()
+
+
+def _check_size(before: dict[str, Any], after: dict[str, Any], given: dict[str, Any]) -> None:
+    """The size limits of every contact write (`nurture.audience.limits`): a step that would
+    make the contact too large fails (on its path and timeline), and is not retried."""
+    limits = SizeLimits.of()
+    problems = limits.field_problems(given, prefix="set")
+    if not problems and json_size(after) > json_size(before):
+        problems += filter(None, [limits.contact_problem(after)])
+    if problems:
+        raise ApplicationError(
+            "; ".join(f"{path}: {message}" for path, message in problems),
+            type="ContactTooLarge",
+            non_retryable=True,
+        )
 
 
 class ContactActivities:

@@ -18,7 +18,9 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from nurture.audience.limits import TEMPORAL_PAYLOAD_LIMIT
 from nurture.contracts import (
     ContactFacts,
     EnrollmentFinished,
@@ -38,6 +40,10 @@ from nurture.db.models import (
 )
 from nurture.journeys.facts import facts_of
 
+CONTACT_TOO_LARGE = "ContactTooLarge"
+# Room for the envelope around the result (the marker of a local activity, its headers).
+LOADABLE_BYTES = TEMPORAL_PAYLOAD_LIMIT * 3 // 4
+
 
 async def contact_facts(
     session: AsyncSession, contact_id: uuid.UUID, fields: Sequence[str] | None = None
@@ -54,11 +60,27 @@ async def contact_facts(
         .order_by(col(ContactList.key))
     )
     facts = facts_of(contact, list_keys)
-    if fields is None:
-        return facts
-    wanted = set(fields)
-    kept = {name: value for name, value in facts.fields.items() if name in wanted}
-    return facts.model_copy(update={"fields": kept})
+    if fields is not None:
+        wanted = set(fields)
+        kept = {name: value for name, value in facts.fields.items() if name in wanted}
+        facts = facts.model_copy(update={"fields": kept})
+    _check_loadable(facts)
+    return facts
+
+
+def _check_loadable(facts: ContactFacts) -> None:
+    """What an enrollment loads must fit in one Temporal payload: over the limit, the load
+    would be retried forever. The size limits keep new contacts well under it
+    (`nurture.audience.limits`); a contact stored before them, or in thousands of lists, is
+    refused here, and the enrollment exits with reason `contact_too_large`."""
+    size = len(facts.model_dump_json())
+    if size > LOADABLE_BYTES:
+        raise ApplicationError(
+            f"the contact is {size} bytes as the journey reads it, over the {LOADABLE_BYTES} "
+            "bytes an enrollment can load (Temporal's payload limit): shrink its fields",
+            type=CONTACT_TOO_LARGE,
+            non_retryable=True,
+        )
 
 
 async def record_progress(

@@ -16,6 +16,8 @@ from api.contact_refs import ContactRefPaths
 from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
+from api.input_guard import InputGuard, storable_path
+from api.openapi import install_openapi
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
 from nurture import scoring
@@ -85,6 +87,8 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     if resources is not None:
         app.state.resources = resources  # also without a lifespan run (httpx ASGITransport)
     install_error_handlers(app)
+    install_openapi(app)  # documents the error shapes the handlers answer with
+    app.add_middleware(InputGuard)  # inside the size limit: reads bounded bodies only
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
     app.add_middleware(TrustedHosts, allowed=settings.trusted_hosts())  # outermost: first
@@ -93,11 +97,11 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key), Depends(storable_path)])
     for router in ROUTERS:
         v1.include_router(router)
     app.include_router(v1)
-    public = APIRouter(prefix="/v1")
+    public = APIRouter(prefix="/v1", dependencies=[Depends(storable_path)])
     for router in PUBLIC_ROUTERS:
         public.include_router(router)
     app.include_router(public)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,35 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc)
 
 
+BEARER_CHALLENGE = 'Bearer realm="nurture"'
+
+
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """The methods the OpenAPI document lists for the paths that `path` matches."""
+    templates: list[tuple[re.Pattern[str], int, list[str]]] | None = getattr(
+        app.state, "allowed_methods", None
+    )
+    if templates is None:
+        templates = []
+        for template, operations in app.openapi().get("paths", {}).items():
+            regex = "/".join(
+                "[^/]+" if part.startswith("{") else re.escape(part) for part in template.split("/")
+            )
+            methods = [m.upper() for m in operations if m.upper() in _METHODS]
+            templates.append((re.compile(f"^{regex}$"), template.count("{"), methods))
+        app.state.allowed_methods = templates
+    # The most specific paths that match: `/v1/contacts/import` is the import (POST), not the
+    # contact whose external id is "import", as the document describes it.
+    matching = [
+        (params, methods) for compiled, params, methods in templates if compiled.match(path)
+    ]
+    fewest = min((params for params, _ in matching), default=0)
+    return sorted({m for params, methods in matching if params == fewest for m in methods})
+
+
+_METHODS = {"GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NurtureError)
     async def nurture_error(request: Request, exc: NurtureError) -> JSONResponse:
@@ -33,7 +63,10 @@ def install_error_handlers(app: FastAPI) -> None:
         body = {"error": exc.error, "detail": detail}
         if exc.detail is not None:
             body["message"] = exc.message
-        return JSONResponse(body, status_code=exc.status_code)
+        headers = None
+        if exc.status_code == 401:  # RFC 9110: a 401 says how to authenticate
+            headers = {"WWW-Authenticate": getattr(exc, "challenge", BEARER_CHALLENGE)}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -46,7 +79,15 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         codes = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}
-        return error_response(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names the methods of the one route it tried; a path has several.
+            headers["Allow"] = ", ".join(allowed_methods(app, request.url.path))
+        response = error_response(
+            exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail
+        )
+        response.headers.update(headers)
+        return response
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,8 @@ class BadRequest(NurtureError):
 class Unauthorized(NurtureError):
     status_code = 401
     error = "unauthorized"
+    # The WWW-Authenticate header of the answer: how to authenticate (RFC 9110).
+    challenge = 'Bearer realm="nurture"'
 
 
 class NotFound(NurtureError):

@@ -45,6 +45,28 @@ class Settings(BaseSettings):
         ge=1,
         description="an enrollment continues as new after this many steps, bounding its history",
     )
+    # --- Size limits (nurture.audience.limits; docs/contacts.md) -------------------------
+    max_field_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="a custom field value (or an event property) over this many bytes as JSON "
+        "is refused with 413",
+    )
+    max_contact_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        # Half of Temporal's 2 MB payload limit: what an enrollment loads of a contact always fits.
+        le=1024 * 1024,
+        description="all of a contact's custom fields together, as JSON; a change that would "
+        "make them larger is refused with 413",
+    )
+    max_event_properties_bytes: int = Field(
+        default=64 * 1024,
+        ge=256,
+        le=1024 * 1024,
+        description="all of a custom event's properties together, as JSON (413 when over)",
+    )
     segment_sweep_seconds: int = Field(
         default=300,
         ge=5,

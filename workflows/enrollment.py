@@ -241,17 +241,26 @@ class JourneyEnrollment:
 
     async def _refresh_contact(self) -> ContactFacts:
         self._contact_dirty = False
-        self._facts = await workflow.execute_local_activity_method(
-            EnrollmentActivities.load_contact,
-            LoadContact(
-                enrollment_id=self._input.enrollment_id,
-                contact_id=self._input.contact_id,
-                fields=self._fields,
-            ),
-            start_to_close_timeout=_DB_TIMEOUT,
-            retry_policy=_PATIENT,
-            summary="load contact",
-        )
+        try:
+            self._facts = await workflow.execute_local_activity_method(
+                EnrollmentActivities.load_contact,
+                LoadContact(
+                    enrollment_id=self._input.enrollment_id,
+                    contact_id=self._input.contact_id,
+                    fields=self._fields,
+                ),
+                start_to_close_timeout=_DB_TIMEOUT,
+                retry_policy=_PATIENT,
+                summary="load contact",
+            )
+        except (ActivityError, ApplicationError) as err:
+            # Over what one Temporal payload holds (activities.enrollment._check_loadable):
+            # retrying cannot help, and failing the workflow would leave the row `active`. A
+            # local activity's failure may arrive unwrapped, without its ActivityError.
+            cause = err.cause if isinstance(err, ActivityError) else err
+            if isinstance(cause, ApplicationError) and cause.type == "ContactTooLarge":
+                raise _Finish("exited", "contact_too_large") from None
+            raise
         return self._facts
 
     def _enter(self, step_id: str, step: Step) -> int:

@@ -17,7 +17,7 @@ from sqlmodel import col, select
 
 from api.contact_refs import ContactRefDep, ContactRefParam, find_contact
 from api.deps import ResourcesDep, SessionDep
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, Offset, error_responses
 from api.schemas.contacts import (
     ContactOut,
     ContactPage,
@@ -201,7 +201,7 @@ async def list_contacts(
     external_id: Annotated[str | None, Query(min_length=1, max_length=255)] = None,
     email: Annotated[str | None, Query(min_length=1, max_length=320)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ContactPage:
     query = select(Contact).order_by(col(Contact.created_at), col(Contact.id))
     if external_id is not None:

@@ -11,6 +11,7 @@ from sqlmodel import col, select
 
 from api.deps import ResourcesDep, SessionDep
 from api.resources import Resources
+from api.schemas.common import Offset
 from api.schemas.enrollments import (
     BulkEnrollmentOut,
     BulkEnrollRequest,
@@ -200,7 +201,7 @@ async def list_enrollments(
     journey_key: str | None = None,
     status_filter: Annotated[str | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> EnrollmentPage:
     query = select(Enrollment).order_by(col(Enrollment.enrolled_at).desc(), col(Enrollment.id))
     if contact_id is not None:

@@ -13,7 +13,7 @@ from sqlmodel import col, select
 from temporalio.service import RPCError
 
 from api.deps import ResourcesDep, SessionDep
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, Offset, error_responses
 from api.schemas.journeys import (
     GoalConversionOut,
     JourneyCreatedOut,
@@ -334,7 +334,7 @@ async def list_journeys(
         list[str] | None, Query(description="a target tag; repeat for all of several")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> JourneyPage:
     query = select(Journey).order_by(col(Journey.key))
     if status_filter is not None:

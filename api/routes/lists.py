@@ -13,7 +13,7 @@ from sqlmodel import col, select
 
 from api.contact_refs import ContactRefParam, resolve_contact_ref
 from api.deps import ResourcesDep, SessionDep
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, Offset, error_responses
 from api.schemas.lists import (
     ListIn,
     ListOut,
@@ -80,7 +80,7 @@ async def post_list(body: ListIn, resources: ResourcesDep, session: SessionDep) 
 async def get_lists(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> ListPage:
     rows = await session.scalars(
         select(ContactList).order_by(col(ContactList.key)).limit(limit).offset(offset)

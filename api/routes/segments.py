@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Response, status
 
 from api.deps import ResourcesDep, SessionDep
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, Offset, error_responses
 from api.schemas.segments import (
     CountOut,
     MemberOut,
@@ -69,7 +69,7 @@ async def put_segment(
 async def list_segments(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> SegmentPage:
     segments = await service.list_segments(session, limit, offset)
     return SegmentPage(items=[SegmentOut.of(s) for s in segments], limit=limit, offset=offset)

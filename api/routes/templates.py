@@ -16,7 +16,7 @@ from sqlmodel import col, select
 
 from api.deps import ResourcesDep, SessionDep
 from api.resources import Resources
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, PG_INT_MAX, Offset, error_responses
 from api.schemas.templates import (
     PreviewIn,
     PreviewOut,
@@ -220,7 +220,7 @@ async def list_template_versions(
 async def get_template_version(
     channel: TemplateChannel,
     key: TemplateKey,
-    version: Annotated[int, Path(ge=1)],
+    version: Annotated[int, Path(ge=1, le=PG_INT_MAX)],
     session: SessionDep,
 ) -> TemplateVersionOut:
     template = await _template(session, channel, key)
@@ -247,7 +247,7 @@ async def list_templates(
     session: SessionDep,
     channel: TemplateChannel | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> TemplatePage:
     query = select(Template).order_by(col(Template.channel), col(Template.key))
     if channel is not None:

@@ -49,7 +49,7 @@ _NO_STORE = {"Cache-Control": "no-store, no-cache, must-revalidate, max-age=0"}
     description="Records the click, tells the enrollment, and redirects (302) to the link.",
     response_class=RedirectResponse,
     status_code=302,
-    responses={404: {"description": "not a link we made"}},
+    responses={404: {"description": "not a link we made (a page)", "content": {"text/html": {}}}},
 )
 async def click(
     token: str, request: Request, resources: ResourcesDep, tracker: TrackerDep
@@ -108,6 +108,7 @@ async def open_pixel(
     summary="Unsubscribe page",
     description="Asks to confirm; nothing changes on GET, since link scanners fetch links.",
     response_class=HTMLResponse,
+    responses={404: {"description": "not a link we made (a page)", "content": {"text/html": {}}}},
 )
 async def unsubscribe_page(token: str, resources: ResourcesDep, tracker: TrackerDep) -> Response:
     message = await _message(token, resources, tracker)
@@ -129,6 +130,7 @@ async def unsubscribe_page(token: str, resources: ResourcesDep, tracker: Tracker
     description="Suppresses the contact on the message's channel; later sends are skipped. "
     "Mail clients POST `List-Unsubscribe=One-Click` here from the List-Unsubscribe header.",
     response_class=HTMLResponse,
+    responses={404: {"description": "not a link we made (a page)", "content": {"text/html": {}}}},
 )
 async def unsubscribe(
     token: str, request: Request, resources: ResourcesDep, tracker: TrackerDep

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any
 
+from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -51,3 +52,9 @@ def error_responses(described: Mapping[int, str] | None = None) -> dict[int | st
         **(described or {}),
     }
     return {code: {"model": ErrorOut, "description": text} for code, text in sorted(codes.items())}
+
+
+# Integers in paths and queries are bounded so that any value a client sends fits the
+# PostgreSQL integer it is compared with: a larger one was a 500 (asyncpg cannot send it).
+PG_INT_MAX = 2_147_483_647
+Offset = Annotated[int, Query(ge=0, le=PG_INT_MAX, description="items to skip")]

@@ -22,6 +22,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from nurture.audience.changes import Announcer, Change, diff, record, tag_changes
+from nurture.audience.limits import SizeLimits, json_size
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, utcnow
 from nurture.errors import NotFound, Unavailable
@@ -47,9 +48,11 @@ class ContactChanges:
     test: bool | None = None
 
 
-def apply_changes(contact: Contact, changes: ContactChanges) -> dict[str, Any]:
+def apply_changes(
+    contact: Contact, changes: ContactChanges, limits: SizeLimits | None = None
+) -> dict[str, Any]:
     """Change the contact in place; what actually changed, for the change log (empty: nothing
-    did)."""
+    did). Values or a contact over the size limits are refused (413) before anything changes."""
     before = _snapshot(contact)
     for attribute, setting in changes.attributes.items():
         setattr(contact, attribute, setting)
@@ -62,6 +65,10 @@ def apply_changes(contact: Contact, changes: ContactChanges) -> dict[str, Any]:
             fields.pop(name, None)
         else:
             fields[name] = value
+    if fields != before["fields"]:
+        limits = limits or SizeLimits.of()
+        given = changes.replace_fields or {}
+        limits.check_fields({**given, **changes.merge_fields}, _grown(before["fields"], fields))
     tags = list(contact.tags if changes.replace_tags is None else changes.replace_tags)
     removed = set(changes.remove_tags)
     tags = [tag for tag in dict.fromkeys([*tags, *changes.add_tags]) if tag not in removed]
@@ -73,6 +80,12 @@ def apply_changes(contact: Contact, changes: ContactChanges) -> dict[str, Any]:
     if changed:
         contact.updated_at = utcnow()
     return changed
+
+
+def _grown(before: Mapping[str, Any], after: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The fields to hold to the contact limit: `after`, unless it is no larger than `before`
+    (a contact stored over the limit before the limit existed may still shrink)."""
+    return after if json_size(dict(after)) > json_size(dict(before)) else {}
 
 
 def _snapshot(contact: Contact) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from sqlmodel import col, select
 from temporalio.client import Client
 
 from nurture.audience.changes import LEASE, Announcer, Change, FreshChange, record
+from nurture.audience.limits import SizeLimits
 from nurture.concurrency import gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
@@ -180,6 +181,7 @@ async def record_custom_event(
 
     `contact_id` may be the contact's external id (a str). A new event costs one statement
     before its signals and one after (the change marked announced)."""
+    SizeLimits.of().check_event_properties(properties)
     event = Event(
         dedupe_key=idempotency_key or f"custom:{uuid.uuid4()}",
         kind="custom",

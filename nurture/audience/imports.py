@@ -43,6 +43,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from nurture.audience.changes import Change, record_many
+from nurture.audience.limits import SizeLimits
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, ContactList, ListMembership
 from nurture.errors import Invalid, NotFound, PayloadTooLarge
@@ -156,7 +157,7 @@ class _Columns:
             raise Invalid("the CSV header is invalid; nothing was imported", detail=problems)
         return cls(names)
 
-    def read(self, number: int, cells: Sequence[str]) -> _Row:
+    def read(self, number: int, cells: Sequence[str], limits: SizeLimits | None = None) -> _Row:
         """A valid row, or ValueError saying what is wrong with it."""
         if len(cells) > len(self.names):
             raise ValueError(f"{len(cells)} values for {len(self.names)} columns")
@@ -168,6 +169,8 @@ class _Columns:
             if "\x00" in value or "\ufffd" in value:
                 raise ValueError(f"{name}: not valid UTF-8 text")
             if kind == "field":
+                for path, message in (limits or SizeLimits.of()).field_problems({name: value}):
+                    raise ValueError(f"{path}: {message}")
                 row.fields[name] = value
             else:
                 _set_standard(row, name, value)
@@ -218,8 +221,13 @@ class _Records:
     def feed(self, chunk: bytes, final: bool = False) -> list[str]:
         """Lines of whole records, in order; each ends with its newline (but maybe the last)."""
         text = self.partial + self.decoder.decode(chunk, final=final)
+        # Old Mac files end lines with a bare CR, and the csv module refuses a CR inside an
+        # unquoted value: every CR, CRLF or LF ends a line. A CR at the end of the chunk waits
+        # for the next one, which may start with its LF.
+        held = "\r" if not final and text.endswith("\r") else ""
+        text = text.removesuffix(held).replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")
-        self.partial = "" if final else lines.pop()
+        self.partial = "" if final else lines.pop() + held
         if len(self.partial) > MAX_RECORD_CHARS:
             raise Invalid(f"a line is over {MAX_RECORD_CHARS} characters; is this a CSV file?")
         if final and lines and not lines[-1]:
@@ -272,6 +280,7 @@ async def import_contacts(
     A bad header refuses the whole file (422); a bad row is reported and skipped. Batches
     already written stay written if a later one fails."""
     list_id = await find_list_id(sessions, list_key) if list_key is not None else None
+    limits = SizeLimits.of()
     result = ImportResult()
     records = _Records()
     columns: _Columns | None = None
@@ -283,9 +292,15 @@ async def import_contacts(
         nonlocal columns, line_number, pending
         lines, pending = pending, []
         rows: list[_Row] = []
-        for cells in csv.reader(lines):
+        for cells in _parsed(lines):
             number = line_number
             line_number += 1
+            if isinstance(cells, csv.Error):
+                if columns is None:
+                    raise Invalid(f"the CSV header cannot be read: {cells}")
+                result.rows += 1
+                result.refuse(number, f"the row cannot be read as CSV: {cells}")
+                continue
             if columns is None:
                 columns = _Columns.of(cells)
                 continue
@@ -298,7 +313,7 @@ async def import_contacts(
                 )
                 continue
             try:
-                rows.append(columns.read(number, cells))
+                rows.append(columns.read(number, cells, limits))
             except ValueError as bad:
                 result.refuse(number, str(bad))
         if rows:
@@ -329,6 +344,19 @@ async def import_contacts(
     if columns is None:
         raise Invalid("the file is empty: expected a header row, e.g. external_id,email,tags")
     return result
+
+
+def _parsed(lines: list[str]) -> Iterable[list[str] | csv.Error]:
+    """The records of `lines`, or the csv module's complaint about one (a value over its
+    field size limit): that record is refused, the rest are read on."""
+    reader = csv.reader(lines)
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            yield err
 
 
 async def find_list_id(sessions: SessionFactory, key: str) -> uuid.UUID:
@@ -373,10 +401,14 @@ async def _write(
 ) -> Batch:
     """Upsert the rows (and join the list) in one transaction, with a change record per
     contact (`nurture.audience.changes`: the import job announces them)."""
+    limits = SizeLimits.of()
     keyed, by_email = _deduplicated(rows)
+    # Contacts refused whole, by the key their rows were grouped by (external id, else email).
+    refused = {_key(row) for row in [*keyed, *by_email] if _too_large(row, limits, result)}
+    keyed = [row for row in keyed if _key(row) not in refused]
+    by_email = [row for row in by_email if _key(row) not in refused]
     async with sessions.begin() as session:
         by_email, ambiguous = await _match_emails(session, by_email, result)
-        written = sum(1 for row in rows if row.external_id or row.email not in ambiguous)
         ids: list[uuid.UUID] = []
         updated: list[uuid.UUID] = []
         changes: dict[uuid.UUID, dict[str, Any]] = {}
@@ -388,7 +420,15 @@ async def _write(
             by_key = {
                 (row.external_id if target == "external_id" else row.id): row for row in group
             }
-            returned = await session.execute(_upsert(group, target))
+            returned = list(await session.execute(_upsert(group, target, limits)))
+            found = {
+                external_id if target == "external_id" else contact_id
+                for contact_id, external_id, _ in returned
+            }
+            for key, row in by_key.items():
+                if key not in found:  # the stored contact with this row would be over the limit
+                    refused.add(_key(row))
+                    result.refuse(row.number, _contact_limit_message(limits))
             for contact_id, external_id, inserted in returned:
                 ids.append(contact_id)
                 if inserted:
@@ -398,6 +438,11 @@ async def _write(
                     updated.append(contact_id)
                 row = by_key[external_id if target == "external_id" else contact_id]
                 changes[contact_id] = _what_was_set(row, created=bool(inserted))
+        written = sum(
+            1
+            for row in rows
+            if _key(row) not in refused and (row.external_id or row.email not in ambiguous)
+        )
         joined: set[uuid.UUID] = set()
         if list_id is not None and ids:
             joined = set(
@@ -431,6 +476,25 @@ async def _write(
         )
     result.imported += written
     return Batch(updated, change_ids)
+
+
+def _key(row: _Row) -> str | None:
+    return f"id:{row.external_id}" if row.external_id else f"email:{row.email}"
+
+
+def _too_large(row: _Row, limits: SizeLimits, result: ImportResult) -> bool:
+    """The row's own fields (several rows of one contact merged) over the contact limit."""
+    problem = limits.contact_problem(row.fields)
+    if problem is not None:
+        result.refuse(row.number, f"{problem[0]}: {problem[1]}")
+    return problem is not None
+
+
+def _contact_limit_message(limits: SizeLimits) -> str:
+    return (
+        "fields: the contact's custom fields with this row's would be over the limit of "
+        f"{limits.contact_bytes} bytes as JSON (settings.max_contact_bytes); the row was skipped"
+    )
 
 
 def _what_was_set(row: _Row, created: bool) -> dict[str, Any]:
@@ -486,7 +550,7 @@ async def _match_emails(
     return kept, ambiguous
 
 
-def _upsert(rows: list[_Row], target: str) -> Any:
+def _upsert(rows: list[_Row], target: str, limits: SizeLimits) -> Any:
     """One INSERT ... SELECT FROM jsonb_to_recordset(:rows) ... ON CONFLICT for the batch.
 
     The whole batch is one JSON parameter, so the statement is the same for every batch and
@@ -543,6 +607,7 @@ def _upsert(rows: list[_Row], target: str) -> Any:
     )
     new = statement.excluded
     contacts = Contact.__table__.c  # type: ignore[attr-defined]
+    merged = contacts.fields.op("||")(new.fields)
     return statement.on_conflict_do_update(
         index_elements=[target],
         set_={
@@ -550,7 +615,7 @@ def _upsert(rows: list[_Row], target: str) -> Any:
             "email": sa.func.coalesce(new.email, contacts.email),
             "phone": sa.func.coalesce(new.phone, contacts.phone),
             "time_zone": sa.func.coalesce(new.time_zone, contacts.time_zone),
-            "fields": contacts.fields.op("||")(new.fields),
+            "fields": merged,
             "consent": contacts.consent.op("||")(new.consent),
             # Tags are added, in order, each once; fixed SQL text, no values in it.
             "tags": sa.literal_column(
@@ -559,6 +624,13 @@ def _upsert(rows: list[_Row], target: str) -> Any:
             ),
             "updated_at": now,
         },
+        # A contact these fields would take over the size limit is left as it is (and not
+        # returned: its row is refused), unless it does not grow (stored before the limit).
+        where=sa.or_(
+            sa.func.octet_length(sa.cast(merged, sa.Text())) <= limits.contact_bytes,
+            sa.func.octet_length(sa.cast(merged, sa.Text()))
+            <= sa.func.octet_length(sa.cast(contacts.fields, sa.Text())),
+        ),
     ).returning(
         col(Contact.id), col(Contact.external_id), sa.literal_column("xmax = 0", sa.Boolean())
     )

@@ -25,6 +25,13 @@ from nurture.journeys.definition import (
 )
 from nurture.journeys.ordering import capture, in_order, restore
 from nurture.journeys.validation import InvalidJourney, validate_journey
+from nurture.nesting import (
+    MAX_DEFINITION_BYTES,
+    MAX_JSON_DEPTH,
+    definition_problems,
+    json_bytes,
+    too_deep,
+)
 from nurture.owners import team_problems
 
 
@@ -39,7 +46,7 @@ async def publishable(session: AsyncSession, data: dict[str, Any]) -> JourneyDef
     except InvalidJourney as err:
         problems = [{"path": p.path, "message": p.message} for p in err.problems]
         try:  # graph problems: the shape is right, so its templates can still be checked
-            parsed = JourneyDefinition.model_validate(data)
+            parsed = None if definition_problems(data) else JourneyDefinition.model_validate(data)
         except ValidationError:
             parsed = None
     missing, broken = await _template_problems(session, parsed) if parsed is not None else ([], [])
@@ -82,6 +89,23 @@ async def save_draft(
     `validate_journey` (and `publish`) report everything else, so a marketer can save a
     half-built journey and come back to it.
     """
+    # A draft may be invalid, but not too deep or too big to store and send back.
+    if (deep := too_deep(data)) is not None:
+        raise Invalid(
+            "the draft is nested too deep",
+            detail=[{"path": deep, "message": f"nested more than {MAX_JSON_DEPTH} deep"}],
+        )
+    size = json_bytes(data)
+    if size is not None and size > MAX_DEFINITION_BYTES:
+        raise Invalid(
+            "the draft is too big",
+            detail=[
+                {
+                    "path": "",
+                    "message": f"{size} bytes as JSON, over the limit of {MAX_DEFINITION_BYTES}",
+                }
+            ],
+        )
     try:
         header = _DraftHeader.model_validate(data)
     except ValidationError as err:

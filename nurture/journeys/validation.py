@@ -31,6 +31,7 @@ from nurture.journeys.definition import (
     WaitForStep,
     step_targets,
 )
+from nurture.nesting import definition_problems
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ def validate_journey(data: Mapping[str, Any] | JourneyDefinition) -> JourneyDefi
     if isinstance(data, JourneyDefinition):
         definition = data
     else:
+        # Before pydantic: too deep, and parsing it could itself fail (nurture.nesting).
+        if bounds := definition_problems(data):
+            raise InvalidJourney([Problem(path, message) for path, message in bounds])
         try:
             definition = JourneyDefinition.model_validate(data)
         except ValidationError as err:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
 from nurture.errors import BadRequest
+from nurture.nesting import unstorable
 
 Kind = Literal[
     "delivered",
@@ -85,10 +86,15 @@ def dedupe_key(provider: str, *parts: object) -> str:
 
 
 def parse_json(body: bytes) -> Any:
+    """The body as JSON that can be stored (no NUL, unpaired surrogate or NaN: PostgreSQL
+    refuses them; `nurture.nesting.unstorable`)."""
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise BadRequest(f"body is not JSON: {err}") from err
+    if (problem := unstorable(data, "body")) is not None:
+        raise BadRequest(f"{problem[0]}: {problem[1]}")
+    return data
 
 
 def require_object(value: Any, what: str) -> dict[str, Any]:

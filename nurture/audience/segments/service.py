@@ -40,12 +40,20 @@ from nurture.db.models import (
     utcnow,
 )
 from nurture.errors import Conflict, Invalid, NotFound
+from nurture.nesting import MAX_CONDITION_DEPTH, MAX_JSON_DEPTH, conditions_too_deep, too_deep
 
 PREVIEW_LIMIT = 100
 
 
 def parse_filter(data: Any, path: str = "filter") -> Filter:
     """A filter from JSON data (a stored segment, a request); `Invalid` says where it is wrong."""
+    # Before pydantic (and the compiler, which recurses too): see nurture.nesting.
+    if (deep := too_deep(data, path=path)) is not None:
+        message = f"nested more than {MAX_JSON_DEPTH} objects and arrays deep"
+        raise Invalid("the segment filter is invalid", detail=[{"path": deep, "message": message}])
+    if (deep := conditions_too_deep(data, path=path)) is not None:
+        message = f"conditions (all, any, not) nested more than {MAX_CONDITION_DEPTH} deep"
+        raise Invalid("the segment filter is invalid", detail=[{"path": deep, "message": message}])
     try:
         return FILTER.validate_python(data)
     except ValidationError as err:

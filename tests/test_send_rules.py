@@ -319,7 +319,7 @@ async def test_send_rules_api_refuses_invalid_rules_with_their_path(
     saved = ok(await api.put("/v1/send-rules", json=rules))
     assert saved == ok(await api.get("/v1/send-rules"))
     assert saved["frequency_caps"][1] == {"channel": "email", "max": 10, "per": "1w"}
-    assert saved["quiet_hours"][0]["start"] == "21:00:00"
+    assert saved["quiet_hours"] == [{"start": "21:00:00", "end": "08:00:00", "channels": ["sms"]}]
     assert list(problems(await api.get("/v1/send-rules/holds?since=2026-01-01T00:00"))) == [
         "query.since"
     ]

@@ -21,6 +21,7 @@ router = APIRouter(prefix="/send-rules", tags=["send rules"])
 @router.get(
     "",
     response_model=SendRules,
+    response_model_exclude_none=True,  # a window's unset days and channels: all of them
     summary="The workspace's send rules: frequency caps, quiet hours, default time zone",
     responses=error_responses(),
 )
@@ -31,6 +32,7 @@ async def get_send_rules(session: SessionDep) -> SendRules:
 @router.put(
     "",
     response_model=SendRules,
+    response_model_exclude_none=True,
     summary="Replace the workspace's send rules",
     description="Frequency caps per contact and channel over all journeys (rolling windows), "
     "quiet hours in the contact's time zone, and the time zone for contacts without one. "

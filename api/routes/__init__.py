@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from api.routes import (
+    analytics,
     api_keys,
     contacts,
     enrollments,
@@ -29,6 +30,7 @@ ROUTERS: list[APIRouter] = [
     imports.router,
     timeline.router,
     api_keys.router,
+    analytics.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

@@ -164,6 +164,9 @@ class Enrollment(SQLModel, table=True):
             unique=True,
             postgresql_where=text("status IN ('pending', 'active')"),
         ),
+        # Journey analytics: counts by status and step, and by day entered.
+        Index("ix_enrollments_journey_status_step", "journey_id", "status", "current_step"),
+        Index("ix_enrollments_journey_enrolled", "journey_id", "enrolled_at"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -262,6 +265,15 @@ class Event(SQLModel, table=True):
     """Engagement (open, click) and custom events, stored before they are signalled."""
 
     __tablename__ = "events"
+    # Journey analytics: the opens and clicks of a journey's messages.
+    __table_args__ = (
+        Index(
+            "ix_events_message_kind",
+            "message_id",
+            "kind",
+            postgresql_where=text("message_id IS NOT NULL"),
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     dedupe_key: str = Field(unique=True, max_length=255)
@@ -379,7 +391,13 @@ class Suppression(SQLModel, table=True):
     """A contact that must not receive messages on a channel, and why."""
 
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("contact_id", "channel"),)
+    __table_args__ = (
+        UniqueConstraint("contact_id", "channel"),
+        # Journey analytics: unsubscribes and complaints per message.
+        Index(
+            "ix_suppressions_message", "message_id", postgresql_where=text("message_id IS NOT NULL")
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     contact_id: uuid.UUID = Field(

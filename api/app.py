@@ -18,6 +18,7 @@ from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
+from api.routes.console import install as install_console
 from nurture.boot import require_secret_key
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import create_engine, session_factory
@@ -65,6 +66,9 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by api.routes.console from the package's own assets: these load from a CDN.
+        docs_url=None,
+        redoc_url=None,
         # Starlette would answer `/v1/contacts/` with a redirect to `/v1/contacts` built from
         # the Host header, i.e. to whatever host the request names. Off: such paths are 404.
         redirect_slashes=False,
@@ -99,4 +103,5 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     for router in PUBLIC_ROUTERS:
         public.include_router(router)
     app.include_router(public)
+    install_console(app)
     return app

@@ -46,16 +46,24 @@ def _email(subject: str, *paragraphs: str) -> Content:
     return Content(subject=subject, text="\n\n".join(paragraphs), html=html)
 
 
-def _link(label: str, url: str) -> str:
-    return f'<a href="{url}">{label}</a>'
+def _link(label: str, url: str, name: str | None = None) -> str:
+    """A link; `name` is what a journey's click condition calls it (`data-link`)."""
+    named = f' data-link="{name}"' if name else ""
+    return f'<a href="{url}"{named}>{label}</a>'
 
 
 # Keyed by (channel, template key) as the seed journeys name them.
 TEMPLATES: dict[tuple[str, str], Content] = {
+    # The README walk-through clicks this link in the console's mailbox.
+    ("email", "quickstart-welcome"): _email(
+        "Welcome, {{ fields.first_name | default('friend') }}",
+        "Thanks for joining! Our shop has something for you.",
+        f"{_link('Visit the shop', 'https://example.com/shop', 'shop')}",
+    ),
     ("email", "welcome"): _email(
         "Welcome aboard",
         "Thanks for signing up! Here is what to expect: a short note now and then, never spam.",
-        f"Ready to go further? {_link('See the plans', 'https://example.com/pricing')}.",
+        f"Ready to go further? {_link('See the plans', 'https://example.com/pricing', 'purchase')}.",
     ),
     ("email", "welcome-follow-up"): _email(
         "Did you have a look around?",
@@ -65,7 +73,7 @@ TEMPLATES: dict[tuple[str, str], Content] = {
     ("email", "product-announcement"): _email(
         "Something new is coming",
         "You are among our best customers, so you hear it first: a new product launches soon.",
-        f"{_link('Take a first look', 'https://example.com/new-product')}.",
+        f"{_link('Take a first look', 'https://example.com/new-product', 'product')}.",
     ),
     ("sms", "launch-day"): Content(
         subject=None, text="It's launch day! The new product is live: https://example.com/new"

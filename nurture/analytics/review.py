@@ -1,0 +1,192 @@
+"""The weekly review: per journey, the last seven days beside the seven before.
+
+For each window: trigger volume (enrollments that entered, not refused), emails sent, and the
+open, click and complaint rates of those emails (opened or clicked by a person, complained of,
+at any time since), and the conversion rate (enrollments that entered in the window and met
+the goal, over those that entered). Windows end at `now`, so a review made on Monday morning
+covers the week just ended.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, distinct, false, func, or_, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from nurture.db.models import (
+    Enrollment,
+    EnrollmentStatus,
+    Event,
+    Journey,
+    JourneyStatus,
+    Message,
+    MessageStatus,
+    Suppression,
+    WebhookEvent,
+)
+
+WEEK = timedelta(days=7)
+RATES = ("open_rate", "click_rate", "complaint_rate", "conversion_rate")
+
+
+@dataclass
+class Window:
+    start: datetime
+    end: datetime
+    entered: int = 0
+    goal_met: int = 0
+    sent: int = 0
+    opened: int = 0
+    clicked: int = 0
+    complained: int = 0
+
+    def rates(self) -> dict[str, float | None]:
+        def rate(part: int, whole: int) -> float | None:
+            return round(part / whole, 4) if whole else None
+
+        return {
+            "open_rate": rate(self.opened, self.sent),
+            "click_rate": rate(self.clicked, self.sent),
+            "complaint_rate": rate(self.complained, self.sent),
+            "conversion_rate": rate(self.goal_met, self.entered),
+        }
+
+
+@dataclass
+class JourneyReview:
+    journey_id: uuid.UUID
+    key: str
+    name: str
+    status: str
+    owner: str | None
+    this_week: Window
+    last_week: Window
+
+    def changes(self) -> dict[str, float | None]:
+        """Each rate's change in percentage points (None when either week has no base)."""
+        now, before = self.this_week.rates(), self.last_week.rates()
+        return {
+            name: round((now[name] - before[name]) * 100, 2)  # type: ignore[operator]
+            if now[name] is not None and before[name] is not None
+            else None
+            for name in RATES
+        }
+
+
+@dataclass
+class WeeklyReview:
+    generated_at: datetime
+    journeys: list[JourneyReview] = field(default_factory=list)
+
+
+async def weekly_review(session: AsyncSession, now: datetime) -> WeeklyReview:
+    """The review of every journey that is live or paused, or had entrants in either week."""
+    review = WeeklyReview(now)
+    windows = {"this": (now - WEEK, now), "last": (now - 2 * WEEK, now - WEEK)}
+    numbers: dict[str, dict[uuid.UUID, Window]] = {
+        name: {} for name in windows
+    }  # window -> journey -> counts
+    for name, (start, end) in windows.items():
+        for journey_id, values in (await _window(session, start, end)).items():
+            numbers[name][journey_id] = Window(start, end, **values)
+    active = set(numbers["this"]) | set(numbers["last"])
+    journeys = await session.scalars(
+        select(Journey)
+        .where(
+            or_(
+                col(Journey.status).in_((JourneyStatus.ACTIVE, JourneyStatus.PAUSED)),
+                col(Journey.id).in_(active) if active else false(),
+            )
+        )
+        .order_by(col(Journey.key))
+    )
+    for journey in journeys:
+        review.journeys.append(
+            JourneyReview(
+                journey_id=journey.id,
+                key=journey.key,
+                name=journey.name,
+                status=journey.status,
+                # Journeys may name an owner (an email address) to send the review to.
+                owner=getattr(journey, "owner", None),
+                this_week=numbers["this"].get(journey.id) or Window(*windows["this"]),
+                last_week=numbers["last"].get(journey.id) or Window(*windows["last"]),
+            )
+        )
+    return review
+
+
+async def _window(
+    session: AsyncSession, start: datetime, end: datetime
+) -> dict[uuid.UUID, dict[str, int]]:
+    counts: dict[uuid.UUID, dict[str, int]] = {}
+
+    def put(journey_id: uuid.UUID, **values: int) -> None:
+        counts.setdefault(journey_id, {}).update(values)
+
+    entered = await session.execute(
+        select(
+            col(Enrollment.journey_id),
+            func.count(),
+            func.count().filter(col(Enrollment.exit_reason) == "goal_met"),
+        )
+        .where(
+            col(Enrollment.enrolled_at) >= start,
+            col(Enrollment.enrolled_at) < end,
+            col(Enrollment.status) != EnrollmentStatus.NOT_ENROLLED,
+        )
+        .group_by(col(Enrollment.journey_id))
+    )
+    for journey_id, count, goal_met in entered:
+        put(journey_id, entered=count, goal_met=goal_met)
+
+    sent = (
+        select(col(Message.id).label("message_id"), col(Enrollment.journey_id).label("journey_id"))
+        .join(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
+        .where(
+            col(Message.channel) == "email",
+            col(Message.status) == MessageStatus.SENT,
+            col(Message.sent_at) >= start,
+            col(Message.sent_at) < end,
+        )
+        .subquery()
+    )
+    for journey_id, count in await session.execute(
+        select(sent.c.journey_id, func.count()).group_by(sent.c.journey_id)
+    ):
+        put(journey_id, sent=count)
+
+    human = col(Event.machine).is_(False)
+    engaged = await session.execute(
+        select(
+            sent.c.journey_id,
+            func.count(distinct(col(Event.message_id))),
+            func.count(distinct(col(Event.message_id))).filter(col(Event.kind) == "click"),
+        )
+        .join(sent, sent.c.message_id == col(Event.message_id))
+        .where(col(Event.kind).in_(("open", "click")), human)
+        .group_by(sent.c.journey_id)
+    )
+    for journey_id, opened, clicked in engaged:
+        put(journey_id, opened=opened, clicked=clicked)
+
+    complaints: Any = union_all(
+        select(col(WebhookEvent.message_id).label("message_id")).where(
+            col(WebhookEvent.kind) == "complained"
+        ),
+        select(col(Suppression.message_id).label("message_id")).where(
+            and_(col(Suppression.reason) == "complained", col(Suppression.message_id).is_not(None))
+        ),
+    ).subquery()
+    for journey_id, count in await session.execute(
+        select(sent.c.journey_id, func.count(distinct(complaints.c.message_id)))
+        .join(sent, sent.c.message_id == complaints.c.message_id)
+        .group_by(sent.c.journey_id)
+    ):
+        put(journey_id, complained=count)
+    return counts

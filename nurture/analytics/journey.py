@@ -205,15 +205,16 @@ async def journey_analytics(
             steps[step_id] = StepStats(step_id, step_type or "?", None, [])
         return steps[step_id]
 
+    # (enrollment, step, visit) is unique: an enrollment's first visit counts it as entered,
+    # and it passed once that visit was left. No DISTINCT (a sort) on big journeys.
+    first = col(EnrollmentStep.visit) == 1
     rows = await session.execute(
         select(
             col(EnrollmentStep.step_id),
             func.min(col(EnrollmentStep.step_type)),
-            func.count(distinct(col(EnrollmentStep.enrollment_id))),
+            func.count().filter(first),
             func.count(),
-            func.count(distinct(col(EnrollmentStep.enrollment_id))).filter(
-                col(EnrollmentStep.left_at).is_not(None)
-            ),
+            func.count().filter(first, col(EnrollmentStep.left_at).is_not(None)),
         )
         .join(Enrollment, col(Enrollment.id) == col(EnrollmentStep.enrollment_id))
         .where(of_journey)
@@ -334,33 +335,47 @@ async def _send_funnels(
             bucket[code] = bucket.get(code, 0) + count
 
     sent = _messages_of(of_journey).subquery()
+    # Each message's engagement first (a hash aggregate), then per step: no DISTINCT sorts.
     human = col(Event.machine).is_(False)
-    clicked = and_(human, col(Event.kind) == "click")
-    engagement = await session.execute(
+    per_message = (
         select(
-            sent.c.step_id,
-            func.count(distinct(col(Event.message_id))).filter(human),
-            func.count(distinct(col(Event.contact_id))).filter(human),
-            func.count(distinct(col(Event.message_id))).filter(clicked),
-            func.count(distinct(col(Event.contact_id))).filter(clicked),
-            func.count(distinct(col(Event.message_id))).filter(
-                col(Event.machine), col(Event.kind) == "open"
-            ),
+            sent.c.step_id.label("step_id"),
+            col(Event.contact_id).label("contact_id"),
+            func.bool_or(human).label("opened"),
+            func.bool_or(and_(human, col(Event.kind) == "click")).label("clicked"),
+            func.bool_or(and_(col(Event.machine), col(Event.kind) == "open")).label("machine"),
         )
         .join(sent, sent.c.message_id == col(Event.message_id))
         .where(col(Event.kind).in_(("open", "click")))
-        .group_by(sent.c.step_id)
+        .group_by(sent.c.step_id, col(Event.message_id), col(Event.contact_id))
+        .subquery()
+    )
+    engagement = await session.execute(
+        select(
+            per_message.c.step_id,
+            func.count().filter(per_message.c.opened),
+            func.count(distinct(per_message.c.contact_id)).filter(per_message.c.opened),
+            func.count().filter(per_message.c.clicked),
+            func.count(distinct(per_message.c.contact_id)).filter(per_message.c.clicked),
+            func.count().filter(per_message.c.machine),
+        ).group_by(per_message.c.step_id)
     )
     for step_id, opened, opened_contacts, clicks, clicked_contacts, machine in engagement:
         f = funnel(step_id)
         f.opened, f.opened_contacts, f.machine_opens = opened, opened_contacts, machine
         f.clicked, f.clicked_contacts = clicks, clicked_contacts
 
-    links = await session.execute(
-        select(sent.c.step_id, col(Event.link), func.count(distinct(col(Event.message_id))))
+    per_link = (
+        select(sent.c.step_id.label("step_id"), col(Event.link).label("link"))
         .join(sent, sent.c.message_id == col(Event.message_id))
         .where(col(Event.kind) == "click", human)
-        .group_by(sent.c.step_id, col(Event.link))
+        .group_by(sent.c.step_id, col(Event.link), col(Event.message_id))
+        .subquery()
+    )
+    links = await session.execute(
+        select(per_link.c.step_id, per_link.c.link, func.count()).group_by(
+            per_link.c.step_id, per_link.c.link
+        )
     )
     for step_id, link, count in links:
         funnel(step_id).links[link or "(unnamed)"] = count
@@ -383,11 +398,17 @@ async def _send_funnels(
             col(Suppression.message_id).label("message_id"), col(Suppression.reason).label("kind")
         ).where(col(Suppression.message_id).is_not(None)),
     ).subquery()
-    reported = await session.execute(
-        select(sent.c.step_id, signals.c.kind, func.count(distinct(signals.c.message_id)))
+    per_signal = (
+        select(sent.c.step_id.label("step_id"), signals.c.kind.label("kind"))
         .join(sent, sent.c.message_id == signals.c.message_id)
         .where(signals.c.kind.in_(_PROVIDER_SIGNALS))
-        .group_by(sent.c.step_id, signals.c.kind)
+        .group_by(sent.c.step_id, signals.c.kind, signals.c.message_id)
+        .subquery()
+    )
+    reported = await session.execute(
+        select(per_signal.c.step_id, per_signal.c.kind, func.count()).group_by(
+            per_signal.c.step_id, per_signal.c.kind
+        )
     )
     for step_id, kind, count in reported:
         f = funnel(step_id)

@@ -41,6 +41,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.metrics import worker_runtime
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 from nurture.tracing import ensure_search_attributes
@@ -117,7 +118,8 @@ def start_loops(
 async def run_worker(settings: Settings, database_url: str) -> None:
     engine = create_engine(database_url)
     try:
-        client = await connect(settings)
+        # With WORKER_METRICS_ADDRESS, Temporal's SDK metrics are served there for Prometheus.
+        client = await connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             logger.info("registered search attributes %s", ", ".join(added))

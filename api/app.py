@@ -17,11 +17,12 @@ from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
 from api.resources import Resources
-from api.routes import PUBLIC_ROUTERS, ROUTERS
+from api.routes import PUBLIC_ROUTERS, ROUTERS, metrics
 from api.routes.console import install as install_console
 from nurture.boot import require_secret_key
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import create_engine, session_factory
+from nurture.metrics import RequestMetrics
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 
@@ -89,6 +90,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
+    app.add_middleware(RequestMetrics)  # API latency by route (nurture.metrics)
     app.add_middleware(TrustedHosts, allowed=settings.trusted_hosts())  # outermost: first
 
     @app.get("/health", tags=["health"], summary="Liveness check (no authentication)")
@@ -103,5 +105,6 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     for router in PUBLIC_ROUTERS:
         public.include_router(router)
     app.include_router(public)
+    app.include_router(metrics.router)
     install_console(app)
     return app

@@ -23,7 +23,9 @@ from activities.bulk import BulkActivities
 from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
 from activities.messaging import MessagingActivities
+from activities.review import ReviewActivities
 from activities.segments import SegmentActivities
+from nurture.analytics.schedule import ensure_review_schedule
 from nurture.audience.changes import Announcer
 from nurture.audience.events import keep_redelivering
 from nurture.audience.segments.sweeps import start_segment_watch
@@ -48,6 +50,7 @@ from nurture.tracing import ensure_search_attributes
 from workflows.bulk_enroll import BulkEnroll
 from workflows.enrollment import JourneyEnrollment
 from workflows.segment_watch import SegmentWatch
+from workflows.weekly_review import WeeklyReview
 
 logger = logging.getLogger("nurture.worker")
 
@@ -81,10 +84,11 @@ def build_worker(
     )
     contacts = ContactActivities(sessions, client, options)
     segments = SegmentActivities(sessions, client, options, settings.segment_sweep_seconds)
+    review = ReviewActivities(sessions, channels or default_channels(sessions), settings)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch],
+        workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch, WeeklyReview],
         activities=[
             enrollment.load_contact,
             enrollment.record_steps,
@@ -95,6 +99,7 @@ def build_worker(
             bulk.open_run,
             bulk.enroll_page,
             segments.sweep_segments,
+            review.send_weekly_review,
         ],
         max_cached_workflows=max_cached_workflows,
         **worker_options,
@@ -141,6 +146,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             settings.temporal_namespace,
         )
         await start_segment_watch(client, settings.temporal_task_queue)
+        await ensure_review_schedule(client, settings.temporal_task_queue, settings.review_schedule)
         loops = start_loops(
             sessions,
             client,

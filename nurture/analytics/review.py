@@ -10,10 +10,13 @@ covers the week just ended.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from html import escape
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import and_, distinct, false, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -190,3 +193,54 @@ async def _window(
     ):
         put(journey_id, complained=count)
     return counts
+
+
+# --- the weekly email -----------------------------------------------------------------------
+
+REVIEW_WORKFLOW = "WeeklyReview"
+REVIEW_SCHEDULE_ID = "nurture-weekly-review"
+
+
+class ReviewRun(BaseModel):
+    """One run of the weekly review: the moment it covers up to (the schedule's time)."""
+
+    at: datetime
+
+
+def recipients(review: WeeklyReview, everyone: Sequence[str]) -> dict[str, list[JourneyReview]]:
+    """Who gets which journeys: the REVIEW_RECIPIENTS all of them, an owner their own."""
+    mail: dict[str, list[JourneyReview]] = {
+        address.strip().lower(): list(review.journeys) for address in everyone if address.strip()
+    }
+    for journey in review.journeys:
+        owner = (journey.owner or "").strip().lower()
+        if owner and owner not in mail:
+            mail.setdefault(owner, []).append(journey)
+    return mail
+
+
+def review_email(review: WeeklyReview, journeys: list[JourneyReview]) -> tuple[str, str, str]:
+    """Subject, HTML and text of the review of these journeys."""
+    from nurture.console import templates  # Jinja2 with autoescape, the console's templates
+
+    subject = f"Nurture weekly review: week to {review.generated_at:%Y-%m-%d}"
+    part = WeeklyReview(review.generated_at, journeys)
+    table = templates.get_template("review_table.html").render(review=part)
+    html = (
+        f"<html><body style='font-family:sans-serif'><h1>{escape(subject)}</h1>"
+        "<p>The last 7 days beside the 7 before. Rates of emails sent in the week; conversion "
+        "of contacts who entered in it.</p>"
+        f"{table}</body></html>"
+    )
+    lines = [subject, ""]
+    for journey in journeys:
+        lines.append(f"{journey.name} ({journey.key})")
+        for label, window in (("this week", journey.this_week), ("week before", journey.last_week)):
+            rates = window.rates()
+            shown = ", ".join(
+                f"{name.replace('_', ' ')} "
+                + ("-" if rates[name] is None else f"{(rates[name] or 0) * 100:.1f}%")
+                for name in RATES
+            )
+            lines.append(f"  {label}: {window.entered} entered, {window.sent} sent; {shown}")
+    return subject, html, "\n".join(lines)

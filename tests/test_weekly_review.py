@@ -76,7 +76,7 @@ async def test_the_review_email_goes_to_the_recipients(
 ) -> None:
     await _two_weeks(sessions, client, task_queue)
     review_queue = f"review-{uuid.uuid4()}"
-    settings = Settings(review_recipients="Boss@Example.com, team@example.com")  # type: ignore[arg-type]
+    settings = Settings(review_recipients="Boss@Example.com, team@example.com")
     async with build_worker(client, sessions, review_queue, settings=settings):
         sent = await client.execute_workflow(
             WeeklyReview.run,

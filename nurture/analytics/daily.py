@@ -117,13 +117,23 @@ async def daily_series(
     )
 
     def first_event(*kinds: str) -> Any:
-        """Each message of the journey with the time of its first human event of `kinds`."""
+        """Each sent message of the journey with the time of its first human event of `kinds`
+        (an index probe per message, rather than grouping all the journey's events)."""
+        first = (
+            select(func.min(col(Event.occurred_at)))
+            .where(
+                col(Event.message_id) == col(Message.id),
+                col(Event.kind).in_(kinds),
+                col(Event.machine).is_(False),
+            )
+            .correlate(Message)
+            .scalar_subquery()
+        )
         return (
-            select(col(Event.message_id), func.min(col(Event.occurred_at)).label("at"))
-            .join(Message, col(Message.id) == col(Event.message_id))
+            select(first.label("at"))
+            .select_from(Message)
             .join(Enrollment, message_of_journey)
-            .where(col(Event.kind).in_(kinds), col(Event.machine).is_(False))
-            .group_by(col(Event.message_id))
+            .where(col(Message.status) == MessageStatus.SENT)
             .subquery()
         )
 

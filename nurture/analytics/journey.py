@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, or_, select, union_all
+from sqlalchemy import and_, distinct, func, literal, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
@@ -50,8 +50,6 @@ from nurture.journeys.definition import JourneyDefinition, step_targets
 ENDED_STATUSES = (EnrollmentStatus.COMPLETED, EnrollmentStatus.EXITED, EnrollmentStatus.FAILED)
 # Outcomes shown per step: a step whose outcome carries free text keeps the most frequent.
 MAX_OUTCOMES = 20
-# The delivery reports that count in the funnel, and what each is called there.
-_PROVIDER_SIGNALS = ("delivered", "bounced", "complained", "unsubscribed")
 
 
 @dataclass
@@ -334,37 +332,82 @@ async def _send_funnels(
             bucket = f.failed if status == MessageStatus.FAILED else f.skipped
             bucket[code] = bucket.get(code, 0) + count
 
-    sent = _messages_of(of_journey).subquery()
-    # Each message's engagement first (a hash aggregate), then per step: no DISTINCT sorts.
-    human = col(Event.machine).is_(False)
-    per_message = (
-        select(
-            sent.c.step_id.label("step_id"),
-            col(Event.contact_id).label("contact_id"),
-            func.bool_or(human).label("opened"),
-            func.bool_or(and_(human, col(Event.kind) == "click")).label("clicked"),
-            func.bool_or(and_(col(Event.machine), col(Event.kind) == "open")).label("machine"),
+    # One row per message that went out, with what became of it: each flag is an EXISTS
+    # probe of an index on message_id (events, webhook_events, suppressions), so the cost is
+    # one pass over the journey's sent messages, whatever the number of events.
+    message = col(Message.id)
+
+    def has_event(*where: ColumnElement[bool]) -> ColumnElement[bool]:
+        return (
+            select(literal(1))
+            .where(col(Event.message_id) == message, *where)
+            .correlate(Message)
+            .exists()
         )
-        .join(sent, sent.c.message_id == col(Event.message_id))
-        .where(col(Event.kind).in_(("open", "click")))
-        .group_by(sent.c.step_id, col(Event.message_id), col(Event.contact_id))
+
+    def has_report(*kinds: str, hard: bool = False) -> ColumnElement[bool]:
+        where = [col(WebhookEvent.message_id) == message, col(WebhookEvent.kind).in_(kinds)]
+        if hard:
+            where.append(col(WebhookEvent.payload)["permanent"].as_boolean().is_(True))
+        return select(literal(1)).where(*where).correlate(Message).exists()
+
+    def suppressed(reason: str) -> ColumnElement[bool]:
+        return (
+            select(literal(1))
+            .where(col(Suppression.message_id) == message, col(Suppression.reason) == reason)
+            .correlate(Message)
+            .exists()
+        )
+
+    human = col(Event.machine).is_(False)
+    flags = (
+        select(
+            col(Message.step_id).label("step_id"),
+            col(Message.contact_id).label("contact_id"),
+            has_event(col(Event.kind).in_(("open", "click")), human).label("opened"),
+            has_event(col(Event.kind) == "click", human).label("clicked"),
+            has_event(col(Event.kind) == "open", col(Event.machine).is_(True)).label("machine"),
+            has_report("delivered").label("delivered"),
+            has_report("bounced", hard=True).label("bounced"),
+            or_(has_report("complained"), suppressed("complained")).label("complained"),
+            or_(has_report("unsubscribed"), suppressed("unsubscribed")).label("unsubscribed"),
+        )
+        .join(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
+        .where(of_journey, col(Message.status) == MessageStatus.SENT)
         .subquery()
     )
-    engagement = await session.execute(
+    rows = await session.execute(
         select(
-            per_message.c.step_id,
-            func.count().filter(per_message.c.opened),
-            func.count(distinct(per_message.c.contact_id)).filter(per_message.c.opened),
-            func.count().filter(per_message.c.clicked),
-            func.count(distinct(per_message.c.contact_id)).filter(per_message.c.clicked),
-            func.count().filter(per_message.c.machine),
-        ).group_by(per_message.c.step_id)
+            flags.c.step_id,
+            func.count().filter(flags.c.opened),
+            func.count(distinct(flags.c.contact_id)).filter(flags.c.opened),
+            func.count().filter(flags.c.clicked),
+            func.count(distinct(flags.c.contact_id)).filter(flags.c.clicked),
+            func.count().filter(flags.c.machine),
+            func.count().filter(flags.c.delivered),
+            func.count().filter(flags.c.bounced),
+            func.count().filter(flags.c.complained),
+            func.count().filter(flags.c.unsubscribed),
+        ).group_by(flags.c.step_id)
     )
-    for step_id, opened, opened_contacts, clicks, clicked_contacts, machine in engagement:
-        f = funnel(step_id)
-        f.opened, f.opened_contacts, f.machine_opens = opened, opened_contacts, machine
-        f.clicked, f.clicked_contacts = clicks, clicked_contacts
+    for row in rows:
+        f = funnel(row[0])
+        counts: list[Any] = list(row[1:])
+        (
+            f.opened,
+            f.opened_contacts,
+            f.clicked,
+            f.clicked_contacts,
+            f.machine_opens,
+            reported,
+            f.bounced,
+            f.complained,
+            f.unsubscribed,
+        ) = (int(n or 0) for n in counts)
+        f.delivered += reported
 
+    # Clicks per named link: only the journey's clicked messages, grouped by link.
+    sent = _messages_of(of_journey).subquery()
     per_link = (
         select(sent.c.step_id.label("step_id"), col(Event.link).label("link"))
         .join(sent, sent.c.message_id == col(Event.message_id))
@@ -379,43 +422,6 @@ async def _send_funnels(
     )
     for step_id, link, count in links:
         funnel(step_id).links[link or "(unnamed)"] = count
-
-    # Delivery reports and suppressions: a complaint or unsubscribe may arrive as a provider
-    # event, as a suppression made from our own link, or both; each message counts once.
-    hard_bounce = and_(
-        col(WebhookEvent.kind) == "bounced",
-        col(WebhookEvent.payload)["permanent"].as_boolean().is_(True),
-    )
-    signals = union_all(
-        select(col(WebhookEvent.message_id).label("message_id"), col(WebhookEvent.kind))
-        .where(col(WebhookEvent.message_id).is_not(None))
-        .where(
-            or_(
-                col(WebhookEvent.kind).in_(("delivered", "complained", "unsubscribed")), hard_bounce
-            )
-        ),
-        select(
-            col(Suppression.message_id).label("message_id"), col(Suppression.reason).label("kind")
-        ).where(col(Suppression.message_id).is_not(None)),
-    ).subquery()
-    per_signal = (
-        select(sent.c.step_id.label("step_id"), signals.c.kind.label("kind"))
-        .join(sent, sent.c.message_id == signals.c.message_id)
-        .where(signals.c.kind.in_(_PROVIDER_SIGNALS))
-        .group_by(sent.c.step_id, signals.c.kind, signals.c.message_id)
-        .subquery()
-    )
-    reported = await session.execute(
-        select(per_signal.c.step_id, per_signal.c.kind, func.count()).group_by(
-            per_signal.c.step_id, per_signal.c.kind
-        )
-    )
-    for step_id, kind, count in reported:
-        f = funnel(step_id)
-        if kind == "delivered":
-            f.delivered += count
-        else:
-            setattr(f, kind, count)
     for f in funnels.values():
         f.delivered = min(f.delivered, f.sent)
     return list(funnels.values())

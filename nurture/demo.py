@@ -8,6 +8,7 @@ added, so a second start changes nothing (and never overwrites what was edited s
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,9 @@ class Content:
 
 def _email(subject: str, *paragraphs: str) -> Content:
     html = "".join(f"<p>{p}</p>" for p in paragraphs)
-    return Content(subject=subject, text="\n\n".join(paragraphs), html=html)
+    # The text part says a link as "label: url" rather than showing its markup.
+    text = [re.sub(r'<a href="([^"]+)"[^>]*>([^<]+)</a>', r"\2: \1", p) for p in paragraphs]
+    return Content(subject=subject, text="\n\n".join(text), html=html)
 
 
 def _link(label: str, url: str, name: str | None = None) -> str:

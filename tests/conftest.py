@@ -39,6 +39,7 @@ TABLES = (
     "events, messages, outbox_messages, enrollment_steps, enrollments, journey_versions, "
     "journeys, list_memberships, lists, contacts, applied_operations, contact_imports, "
     "contact_changes, timeline_notes"
+    ", message_stats, message_link_clicks"
 )
 
 

@@ -175,7 +175,7 @@ async def test_steps_and_send_funnel_count_what_happened(
         "sent": 4,  # three welcomes and a thanks
         "opened": 2,
         "clicked": 1,
-        "complained": 0,  # the complaint came as a report, without a suppression
+        "complained": 1,  # a provider's report
         "unsubscribed": 1,
     }
     assert rows[str(today - timedelta(days=1))]["entered"] == 0

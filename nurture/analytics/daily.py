@@ -21,10 +21,9 @@ from nurture.analytics.journey import ENDED_STATUSES, enrollment_filter, find_jo
 from nurture.db.models import (
     Enrollment,
     EnrollmentStatus,
-    Event,
     Message,
+    MessageStats,
     MessageStatus,
-    Suppression,
 )
 from nurture.errors import Invalid
 
@@ -102,10 +101,9 @@ async def daily_series(
         # AT TIME ZONE turns the instant into the local wall time of that zone.
         return func.date(func.timezone(time_zone, column))
 
-    def counted(stamp: Any, *where: ColumnElement[bool], what: Any = None) -> Select[Any]:
-        counter = func.count(func.distinct(what)) if what is not None else func.count()
+    def counted(stamp: Any, *where: ColumnElement[bool]) -> Select[Any]:
         return (
-            select(day_of(stamp).label("day"), counter)
+            select(day_of(stamp).label("day"), func.count())
             .where(stamp >= since, stamp < until, *where)
             .group_by(literal_column("day"))
         )
@@ -116,28 +114,15 @@ async def daily_series(
         of_journey,
     )
 
-    def first_event(*kinds: str) -> Any:
-        """Each sent message of the journey with the time of its first human event of `kinds`
-        (an index probe per message, rather than grouping all the journey's events)."""
-        first = (
-            select(func.min(col(Event.occurred_at)))
-            .where(
-                col(Event.message_id) == col(Message.id),
-                col(Event.kind).in_(kinds),
-                col(Event.machine).is_(False),
-            )
-            .correlate(Message)
-            .scalar_subquery()
-        )
+    def first_time(column: Any) -> Select[Any]:
+        """Messages of the journey counted on the day something first happened to them
+        (`message_stats`, kept by triggers)."""
         return (
-            select(first.label("at"))
-            .select_from(Message)
+            counted(column)
+            .join(Message, col(Message.id) == col(MessageStats.message_id))
             .join(Enrollment, message_of_journey)
-            .where(col(Message.status) == MessageStatus.SENT)
-            .subquery()
         )
 
-    first_open, first_click = first_event("open", "click"), first_event("click")
     queries: dict[str, Select[Any]] = {
         "entered": counted(
             enrolled_at, of_journey, col(Enrollment.status) != EnrollmentStatus.NOT_ENROLLED
@@ -147,21 +132,13 @@ async def daily_series(
         "sent": counted(col(Message.sent_at), col(Message.status) == MessageStatus.SENT).join(
             Enrollment, message_of_journey
         ),
-        # An open is counted on the day of the message's first human open (or click: a
-        # click is an open too), a click on the day of its first click.
-        "opened": counted(first_open.c.at),
-        "clicked": counted(first_click.c.at),
+        # A message is counted on the day a person first opened it (a click is an open too),
+        # first clicked it, first complained or unsubscribed from it.
+        "opened": first_time(col(MessageStats.opened_at)),
+        "clicked": first_time(col(MessageStats.clicked_at)),
+        "complained": first_time(col(MessageStats.complained_at)),
+        "unsubscribed": first_time(col(MessageStats.unsubscribed_at)),
     }
-    for reason in ("complained", "unsubscribed"):
-        queries[reason] = (
-            counted(
-                col(Suppression.created_at),
-                col(Suppression.reason) == reason,
-                what=col(Suppression.contact_id),
-            )
-            .join(Message, col(Message.id) == col(Suppression.message_id))
-            .join(Enrollment, message_of_journey)
-        )
     for name in SERIES:
         counts = [0] * len(days)
         for day, count in await session.execute(queries[name]):

@@ -24,7 +24,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, distinct, func, literal, or_, select
+from sqlalchemy import and_, distinct, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col
@@ -35,13 +35,12 @@ from nurture.db.models import (
     Enrollment,
     EnrollmentStatus,
     EnrollmentStep,
-    Event,
     Journey,
     JourneyVersion,
     Message,
+    MessageLinkClick,
+    MessageStats,
     MessageStatus,
-    Suppression,
-    WebhookEvent,
 )
 from nurture.errors import NotFound
 from nurture.journeys.conversion import GoalConversion, goal_conversion
@@ -273,16 +272,6 @@ async def journey_analytics(
     )
 
 
-def _messages_of(of_journey: ColumnElement[bool]) -> Any:
-    """Messages sent by the journey's enrollments: (id, step_id)."""
-    query: Any = (
-        select(col(Message.id).label("message_id"), col(Message.step_id).label("step_id"))
-        .join(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
-        .where(of_journey)
-    )
-    return query
-
-
 async def _send_funnels(
     session: AsyncSession, of_journey: ColumnElement[bool], definition: JourneyDefinition | None
 ) -> list[SendFunnel]:
@@ -332,63 +321,27 @@ async def _send_funnels(
             bucket = f.failed if status == MessageStatus.FAILED else f.skipped
             bucket[code] = bucket.get(code, 0) + count
 
-    # One row per message that went out, with what became of it: each flag is an EXISTS
-    # probe of an index on message_id (events, webhook_events, suppressions), so the cost is
-    # one pass over the journey's sent messages, whatever the number of events.
-    message = col(Message.id)
-
-    def has_event(*where: ColumnElement[bool]) -> ColumnElement[bool]:
-        return (
-            select(literal(1))
-            .where(col(Event.message_id) == message, *where)
-            .correlate(Message)
-            .exists()
-        )
-
-    def has_report(*kinds: str, hard: bool = False) -> ColumnElement[bool]:
-        where = [col(WebhookEvent.message_id) == message, col(WebhookEvent.kind).in_(kinds)]
-        if hard:
-            where.append(col(WebhookEvent.payload)["permanent"].as_boolean().is_(True))
-        return select(literal(1)).where(*where).correlate(Message).exists()
-
-    def suppressed(reason: str) -> ColumnElement[bool]:
-        return (
-            select(literal(1))
-            .where(col(Suppression.message_id) == message, col(Suppression.reason) == reason)
-            .correlate(Message)
-            .exists()
-        )
-
-    human = col(Event.machine).is_(False)
-    flags = (
-        select(
-            col(Message.step_id).label("step_id"),
-            col(Message.contact_id).label("contact_id"),
-            has_event(col(Event.kind).in_(("open", "click")), human).label("opened"),
-            has_event(col(Event.kind) == "click", human).label("clicked"),
-            has_event(col(Event.kind) == "open", col(Event.machine).is_(True)).label("machine"),
-            has_report("delivered").label("delivered"),
-            has_report("bounced", hard=True).label("bounced"),
-            or_(has_report("complained"), suppressed("complained")).label("complained"),
-            or_(has_report("unsubscribed"), suppressed("unsubscribed")).label("unsubscribed"),
-        )
-        .join(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
-        .where(of_journey, col(Message.status) == MessageStatus.SENT)
-        .subquery()
-    )
+    # What became of each message, from `message_stats` (kept by triggers as events, reports
+    # and suppressions arrive): one hash join over the journey's sent messages.
+    human_open = col(MessageStats.opened_at).is_not(None)
+    human_click = col(MessageStats.clicked_at).is_not(None)
     rows = await session.execute(
         select(
-            flags.c.step_id,
-            func.count().filter(flags.c.opened),
-            func.count(distinct(flags.c.contact_id)).filter(flags.c.opened),
-            func.count().filter(flags.c.clicked),
-            func.count(distinct(flags.c.contact_id)).filter(flags.c.clicked),
-            func.count().filter(flags.c.machine),
-            func.count().filter(flags.c.delivered),
-            func.count().filter(flags.c.bounced),
-            func.count().filter(flags.c.complained),
-            func.count().filter(flags.c.unsubscribed),
-        ).group_by(flags.c.step_id)
+            col(Message.step_id),
+            func.count().filter(human_open),
+            func.count(distinct(col(Message.contact_id))).filter(human_open),
+            func.count().filter(human_click),
+            func.count(distinct(col(Message.contact_id))).filter(human_click),
+            func.count().filter(col(MessageStats.machine_opened_at).is_not(None)),
+            func.count().filter(col(MessageStats.delivered_at).is_not(None)),
+            func.count().filter(col(MessageStats.bounced_at).is_not(None)),
+            func.count().filter(col(MessageStats.complained_at).is_not(None)),
+            func.count().filter(col(MessageStats.unsubscribed_at).is_not(None)),
+        )
+        .join(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
+        .join(MessageStats, col(MessageStats.message_id) == col(Message.id))
+        .where(of_journey, col(Message.status) == MessageStatus.SENT)
+        .group_by(col(Message.step_id))
     )
     for row in rows:
         f = funnel(row[0])
@@ -406,22 +359,15 @@ async def _send_funnels(
         ) = (int(n or 0) for n in counts)
         f.delivered += reported
 
-    # Clicks per named link: only the journey's clicked messages, grouped by link.
-    sent = _messages_of(of_journey).subquery()
-    per_link = (
-        select(sent.c.step_id.label("step_id"), col(Event.link).label("link"))
-        .join(sent, sent.c.message_id == col(Event.message_id))
-        .where(col(Event.kind) == "click", human)
-        .group_by(sent.c.step_id, col(Event.link), col(Event.message_id))
-        .subquery()
-    )
     links = await session.execute(
-        select(per_link.c.step_id, per_link.c.link, func.count()).group_by(
-            per_link.c.step_id, per_link.c.link
-        )
+        select(col(Message.step_id), col(MessageLinkClick.link), func.count())
+        .join(Message, col(Message.id) == col(MessageLinkClick.message_id))
+        .join(Enrollment, col(Enrollment.id) == col(Message.enrollment_id))
+        .where(of_journey)
+        .group_by(col(Message.step_id), col(MessageLinkClick.link))
     )
-    for step_id, link, count in links:
-        funnel(step_id).links[link or "(unnamed)"] = count
+    for link_step, link, count in links:
+        funnel(link_step).links[link] = count
     for f in funnels.values():
         f.delivered = min(f.delivered, f.sent)
     return list(funnels.values())

@@ -14,23 +14,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from html import escape
-from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import and_, distinct, false, func, or_, select, union_all
+from sqlalchemy import false, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from nurture.db.models import (
     Enrollment,
     EnrollmentStatus,
-    Event,
     Journey,
     JourneyStatus,
     Message,
+    MessageStats,
     MessageStatus,
-    Suppression,
-    WebhookEvent,
 )
 
 WEEK = timedelta(days=7)
@@ -164,34 +161,18 @@ async def _window(
     ):
         put(journey_id, sent=count)
 
-    human = col(Event.machine).is_(False)
     engaged = await session.execute(
         select(
             sent.c.journey_id,
-            func.count(distinct(col(Event.message_id))),
-            func.count(distinct(col(Event.message_id))).filter(col(Event.kind) == "click"),
+            func.count().filter(col(MessageStats.opened_at).is_not(None)),
+            func.count().filter(col(MessageStats.clicked_at).is_not(None)),
+            func.count().filter(col(MessageStats.complained_at).is_not(None)),
         )
-        .join(sent, sent.c.message_id == col(Event.message_id))
-        .where(col(Event.kind).in_(("open", "click")), human)
+        .join(sent, sent.c.message_id == col(MessageStats.message_id))
         .group_by(sent.c.journey_id)
     )
-    for journey_id, opened, clicked in engaged:
-        put(journey_id, opened=opened, clicked=clicked)
-
-    complaints: Any = union_all(
-        select(col(WebhookEvent.message_id).label("message_id")).where(
-            col(WebhookEvent.kind) == "complained"
-        ),
-        select(col(Suppression.message_id).label("message_id")).where(
-            and_(col(Suppression.reason) == "complained", col(Suppression.message_id).is_not(None))
-        ),
-    ).subquery()
-    for journey_id, count in await session.execute(
-        select(sent.c.journey_id, func.count(distinct(complaints.c.message_id)))
-        .join(sent, sent.c.message_id == complaints.c.message_id)
-        .group_by(sent.c.journey_id)
-    ):
-        put(journey_id, complained=count)
+    for journey_id, opened, clicked, complained in engaged:
+        put(journey_id, opened=opened, clicked=clicked, complained=complained)
     return counts
 
 

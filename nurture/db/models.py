@@ -570,3 +570,34 @@ class TimelineNote(SQLModel, table=True):
     detail: str | None = Field(default=None, sa_type=Text)
     # What tried: "api", "list_joined:<list>", "segment_entered:<segment>", "event:<name>"...
     source: str | None = Field(default=None, max_length=160)
+
+
+class MessageStats(SQLModel, table=True):
+    """What became of a message after it went out, kept by database triggers (migration 0016)
+    as events, provider reports and suppressions are inserted: the first time of each, so
+    journey analytics read one row per message instead of every event."""
+
+    __tablename__ = "message_stats"
+
+    message_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    )
+    opened_at: datetime | None = _timestamp(nullable=True, default_now=False)  # a person
+    clicked_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    machine_opened_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    delivered_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    bounced_at: datetime | None = _timestamp(nullable=True, default_now=False)  # hard bounce
+    complained_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    unsubscribed_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class MessageLinkClick(SQLModel, table=True):
+    """The first click by a person on each named link of a message (trigger-kept, as above)."""
+
+    __tablename__ = "message_link_clicks"
+
+    message_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    )
+    link: str = Field(sa_column=Column(String(128), primary_key=True))
+    clicked_at: datetime = _timestamp()

@@ -161,7 +161,9 @@ async def run(enrollments: int, repeat: int) -> dict[str, float]:
 
             async def flowchart() -> None:
                 async with sessions() as session:
-                    result = await journey_analytics(session, "quickstart", with_goal=False)
+                    result = await journey_analytics(
+                        session, "quickstart", with_goal=False, with_sends=False
+                    )
                     journey = await find_journey(session, "quickstart")
                     parsed, _ = await journey_definition(session, journey, None)
                     assert parsed is not None
@@ -181,7 +183,7 @@ async def run(enrollments: int, repeat: int) -> dict[str, float]:
                 ("analytics (all versions, with goal)", analytics),
                 ("analytics (one version, no goal)", one_version),
                 ("daily series, 30 days", daily),
-                ("flowchart (counts + SVG)", flowchart),
+                ("flowchart (step counts + SVG)", flowchart),
                 ("weekly review (all journeys)", review),
             ):
                 timings = []

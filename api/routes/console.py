@@ -46,6 +46,7 @@ from nurture.db.models import (
     utcnow,
 )
 from nurture.errors import NotFound
+from nurture.journeys.conversion import goal_conversion
 
 MAX_LISTED = 200
 
@@ -154,8 +155,8 @@ async def journeys_page(request: Request, key: ConsoleKey, session: SessionDep) 
     for journey in journeys:
         by_status = counts.get(journey.id, {})
         entrants = sum(n for s, n in by_status.items() if s != EnrollmentStatus.NOT_ENROLLED)
-        analytics = await journey_analytics(session, journey.key) if journey.id in live else None
-        goal = analytics.goal if analytics and analytics.goal and analytics.goal.goal else None
+        conversion = await goal_conversion(session, journey.key) if journey.id in live else None
+        goal = conversion if conversion is not None and conversion.goal is not None else None
         rows.append(
             {
                 "journey": journey,
@@ -169,7 +170,7 @@ async def journeys_page(request: Request, key: ConsoleKey, session: SessionDep) 
 
 
 async def _flowchart(session: Any, key: str, version: int | None) -> tuple[Any, str]:
-    analytics = await journey_analytics(session, key, version, with_goal=False)
+    analytics = await journey_analytics(session, key, version, with_goal=False, with_sends=False)
     journey = await session.scalar(select(Journey).where(col(Journey.key) == key))
     definition, _ = await journey_definition(session, journey, version)
     if definition is None:

@@ -186,7 +186,10 @@ async def journey_analytics(
     version: int | None = None,
     *,
     with_goal: bool = True,
+    with_sends: bool = True,
 ) -> JourneyAnalytics:
+    """`with_goal`/`with_sends` False leave out the goal conversion and the send funnels (the
+    live flowchart needs only the step counts)."""
     journey = await find_journey(session, key)
     definition, versions = await journey_definition(session, journey, version)
     of_journey = enrollment_filter(journey.id, version)
@@ -255,7 +258,7 @@ async def journey_analytics(
             exits = stats(current_step).exits
             exits[reason] = exits.get(reason, 0) + count
 
-    sends = await _send_funnels(session, of_journey, definition)
+    sends = await _send_funnels(session, of_journey, definition) if with_sends else []
     goal = await goal_conversion(session, key) if with_goal else None
     return JourneyAnalytics(
         journey_id=journey.id,

@@ -26,11 +26,17 @@ async def test_a_session_lives_as_long_as_its_key(
     app = create_app(Resources(settings=settings, sessions=sessions, temporal=client))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://nurture.test") as http:
+        elsewhere = {**FORM, "Origin": "https://evil.example"}
+        cross = await http.post(
+            "/console/login", content=f"api_key={key.secret}", headers=elsewhere
+        )
+        assert cross.status_code == 403 and "nurture_session" not in cross.cookies
         refused = await http.post("/console/login", content="api_key=nrt_wrong", headers=FORM)
         assert refused.status_code == 401 and "not valid" in refused.text
         assert "nurture_session" not in refused.cookies
 
-        login = await http.post("/console/login", content=f"api_key={key.secret}", headers=FORM)
+        ours = {**FORM, "Origin": "http://nurture.test"}
+        login = await http.post("/console/login", content=f"api_key={key.secret}", headers=ours)
         assert (login.status_code, login.headers["location"]) == (303, "/console/")
         cookie = login.headers["set-cookie"]
         assert "HttpOnly" in cookie and "SameSite=strict" in cookie and key.secret not in cookie

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from html import escape
 from typing import Annotated, Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -98,8 +99,19 @@ async def login_page(request: Request) -> HTMLResponse:
     return _page(request, "login.html", error=None, mailbox=False)
 
 
+def _same_origin(request: Request) -> bool:
+    """A form posted from our own pages: browsers send Origin with every POST, and a page
+    elsewhere cannot make it ours (login CSRF would sign a victim in with someone's key)."""
+    origin = request.headers.get("origin")
+    if origin is None or origin == "null":
+        return origin is None  # no header: not a browser form; "null": a sandboxed frame
+    return urlsplit(origin).netloc == request.headers.get("host")
+
+
 @router.post("/login")
 async def login(request: Request, resources: ResourcesDep) -> Response:
+    if not _same_origin(request):
+        return Response("cross-origin form refused", status_code=403)
     # A plain urlencoded form, read without a multipart parser dependency.
     form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
     secret = (form.get("api_key") or [""])[0].strip()
@@ -123,7 +135,9 @@ async def login(request: Request, resources: ResourcesDep) -> Response:
 
 
 @router.post("/logout")
-async def logout() -> Response:
+async def logout(request: Request) -> Response:
+    if not _same_origin(request):
+        return Response("cross-origin form refused", status_code=403)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -341,8 +355,6 @@ async def mailbox_body(message_id: uuid.UUID, key: ConsoleKey, session: SessionD
     html = message.payload.get("html")
     if not html:
         text = message.payload.get("text") or ""
-        from html import escape
-
         html = f"<pre style='white-space:pre-wrap;font-family:sans-serif'>{escape(text)}</pre>"
     return HTMLResponse(
         '<base target="_blank">' + html,

@@ -26,8 +26,10 @@ from activities.messaging import MessagingActivities
 from activities.outbound import OutboundActivities
 from activities.owners import OwnerActivities
 from activities.push import PushActivities
+from activities.review import ReviewActivities
 from activities.segments import SegmentActivities
 from nurture import scoring
+from nurture.analytics.schedule import ensure_review_schedule
 from nurture.audience.changes import Announcer
 from nurture.audience.events import keep_redelivering
 from nurture.audience.segments.sweeps import start_segment_watch
@@ -45,6 +47,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.metrics import worker_runtime
 from nurture.sending.throttle import CHANNELS, send_task_queue
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
@@ -52,6 +55,7 @@ from nurture.tracing import ensure_search_attributes
 from workflows.bulk_enroll import BulkEnroll
 from workflows.enrollment import JourneyEnrollment
 from workflows.segment_watch import SegmentWatch
+from workflows.weekly_review import WeeklyReview
 
 logger = logging.getLogger("nurture.worker")
 
@@ -89,10 +93,11 @@ def build_worker(
     outbound = OutboundActivities(sessions, settings)
     owners = OwnerActivities(sessions)
     push = PushActivities(sessions, channels or default_channels(sessions))
+    review = ReviewActivities(sessions, channels or default_channels(sessions), settings)
     main = Worker(
         client,
         task_queue=task_queue,
-        workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch],
+        workflows=[JourneyEnrollment, BulkEnroll, SegmentWatch, WeeklyReview],
         activities=[
             enrollment.load_contact,
             enrollment.record_steps,
@@ -106,6 +111,7 @@ def build_worker(
             outbound.call_webhook,
             owners.assign_owner,
             push.send_push,
+            review.send_weekly_review,
         ],
         max_cached_workflows=max_cached_workflows,
         **worker_options,
@@ -197,7 +203,8 @@ def start_loops(
 async def run_worker(settings: Settings, database_url: str) -> None:
     engine = create_engine(database_url)
     try:
-        client = await connect(settings)
+        # With WORKER_METRICS_ADDRESS, Temporal's SDK metrics are served there for Prometheus.
+        client = await connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
         added = await ensure_search_attributes(client, settings.temporal_namespace)
         if added:
             logger.info("registered search attributes %s", ", ".join(added))
@@ -219,6 +226,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
             settings.temporal_namespace,
         )
         await start_segment_watch(client, settings.temporal_task_queue)
+        await ensure_review_schedule(client, settings.temporal_task_queue, settings.review_schedule)
         loops = start_loops(
             sessions,
             client,

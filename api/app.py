@@ -19,11 +19,13 @@ from api.hosts import TrustedHosts
 from api.input_guard import InputGuard, storable_path
 from api.openapi import install_openapi
 from api.resources import Resources
-from api.routes import PUBLIC_ROUTERS, ROUTERS
+from api.routes import PUBLIC_ROUTERS, ROUTERS, metrics
+from api.routes.console import install as install_console
 from nurture import scoring
 from nurture.boot import require_secret_key
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import create_engine, session_factory
+from nurture.metrics import RequestMetrics
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
 
@@ -69,6 +71,9 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
         version="1",
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served by api.routes.console from the package's own assets: these load from a CDN.
+        docs_url=None,
+        redoc_url=None,
         # Starlette would answer `/v1/contacts/` with a redirect to `/v1/contacts` built from
         # the Host header, i.e. to whatever host the request names. Off: such paths are 404.
         redirect_slashes=False,
@@ -91,6 +96,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     app.add_middleware(InputGuard)  # inside the size limit: reads bounded bodies only
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
+    app.add_middleware(RequestMetrics)  # API latency by route (nurture.metrics)
     app.add_middleware(TrustedHosts, allowed=settings.trusted_hosts())  # outermost: first
 
     @app.get("/health", tags=["health"], summary="Liveness check (no authentication)")
@@ -105,4 +111,6 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     for router in PUBLIC_ROUTERS:
         public.include_router(router)
     app.include_router(public)
+    app.include_router(metrics.router)
+    install_console(app)
     return app

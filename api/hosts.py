@@ -17,7 +17,9 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-UNCHECKED_PATHS = frozenset({"/health"})
+# /metrics builds no URL either and proves itself with METRICS_TOKEN (Prometheus addresses
+# each replica by its own name or IP).
+UNCHECKED_PATHS = frozenset({"/health", "/metrics"})
 
 
 def host_name(header: str) -> str:

@@ -60,6 +60,12 @@ def _link(label: str, url: str, name: str | None = None) -> str:
 
 # Keyed by (channel, template key) as the seed journeys name them.
 TEMPLATES: dict[tuple[str, str], Content] = {
+    # The README walk-through clicks this link in the console's mailbox.
+    ("email", "quickstart-welcome"): _email(
+        "Welcome, {{ fields.first_name | default('friend') }}",
+        "Thanks for joining! Our shop has something for you.",
+        f"{_link('Visit the shop', 'https://example.com/shop', 'shop')}",
+    ),
     ("email", "welcome"): _email(
         "Welcome aboard",
         "Thanks for signing up! Here is what to expect: a short note now and then, never spam.",
@@ -69,11 +75,6 @@ TEMPLATES: dict[tuple[str, str], Content] = {
         "Did you have a look around?",
         "A day in, a few ideas to get the most out of your account.",
         f"Questions? {_link('Our help centre', 'https://example.com/help')} has answers.",
-    ),
-    ("email", "quickstart-welcome"): _email(
-        "Welcome!",
-        "Thanks for joining. Have a look at what is new in the shop.",
-        f"{_link('Visit the shop', 'https://example.com/shop', 'shop')}.",
     ),
     ("email", "product-announcement"): _email(
         "Something new is coming",

@@ -389,6 +389,7 @@ class DevStack:
     async def _run(self) -> int:
         from api.app import create_app
         from api.resources import Resources
+        from nurture.analytics.schedule import ensure_review_schedule
         from nurture.audience.segments.sweeps import start_segment_watch
         from nurture.channels.registry import channels_from_settings, close_channels
         from nurture.db.engine import create_engine, session_factory
@@ -440,6 +441,9 @@ class DevStack:
             worker_task = asyncio.create_task(worker.run(), name="worker")
             stack.push_async_callback(_stop_worker, worker, worker_task)
             await start_segment_watch(client, settings.temporal_task_queue)
+            await ensure_review_schedule(
+                client, settings.temporal_task_queue, settings.review_schedule
+            )
             options = EnrollmentOptions(settings.temporal_task_queue, settings.max_steps_per_run)
             for loop in start_loops(sessions, client, options):
                 stack.callback(loop.cancel)

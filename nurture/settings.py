@@ -186,7 +186,25 @@ class Settings(BaseSettings):
     def _split_allowlist(cls, value: Any) -> Any:
         return cls._split_hosts(value)
 
-    @field_validator("allowed_hosts", mode="before")
+    # --- Metrics and the weekly review (docs/analytics.md) ------------------------------------
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="a bearer token for GET /metrics; unset: only loopback clients may scrape",
+    )
+    worker_metrics_address: str | None = Field(
+        default=None,
+        description="host:port where the worker serves Temporal's SDK metrics for Prometheus",
+    )
+    review_recipients: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="email addresses that get the weekly review (comma-separated), besides "
+        "each journey's owner",
+    )
+    review_schedule: str = Field(
+        default="0 8 * * MON", description="cron (UTC) of the weekly review email"
+    )
+
+    @field_validator("allowed_hosts", "review_recipients", mode="before")
     @classmethod
     def _split_hosts(cls, value: Any) -> Any:
         """`a.example.com, b.example.com` from the environment (a JSON list works too)."""

@@ -40,7 +40,8 @@ TABLES = (
     "journeys, list_memberships, lists, contacts, applied_operations, contact_imports, "
     "contact_changes, timeline_notes, send_rules, send_claims, send_holds, "
     "owner_assignments, team_owners, owner_teams, score_points, scoring_rules, device_tokens, "
-    "segment_sweeps"
+    "segment_sweeps, "
+    "message_stats, message_link_clicks"
 )
 
 

@@ -152,3 +152,18 @@ def test_dockerfile_runs_the_cli_as_a_user() -> None:
         "activities",
     ):
         assert needed in dockerfile and needed not in ignored
+
+
+def test_prometheus_scrapes_the_api_and_the_workers(services: dict[str, dict[str, Any]]) -> None:
+    prometheus = services["prometheus"]
+    assert ":" in prometheus["image"] and not prometheus["image"].endswith(":latest")
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api = jobs["nurture-api"]
+    assert api["dns_sd_configs"][0]["names"] == ["api"]
+    assert api["authorization"]["credentials_file"] == "/tmp/metrics_token"
+    assert "/tmp/metrics_token" in " ".join(prometheus["entrypoint"])
+    worker_env = _environment(services["worker"])
+    port = int(worker_env["WORKER_METRICS_ADDRESS"].rsplit(":", 1)[1])
+    assert jobs["nurture-worker"]["dns_sd_configs"][0]["port"] == port
+    assert "METRICS_TOKEN:?" in _environment(services["api"])["METRICS_TOKEN"]

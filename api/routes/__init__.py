@@ -3,6 +3,7 @@
 from fastapi import APIRouter
 
 from api.routes import (
+    analytics,
     api_keys,
     contacts,
     enrollments,
@@ -37,6 +38,7 @@ ROUTERS: list[APIRouter] = [
     steps.router,
     launch.router,
     simulation.router,
+    analytics.router,
 ]
 
 # Reached by recipients and providers: each request proves itself with a signature.

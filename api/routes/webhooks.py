@@ -15,6 +15,7 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request
 from api.deps import ResourcesDep
 from api.schemas.webhooks import WebhookReceipt
 from nurture.errors import BadRequest, NotFound, Unauthorized
+from nurture.metrics import webhook_refused
 from nurture.webhooks import PROVIDERS, SnsHttp, WebhookRequest, receive
 from nurture.webhooks.ingest import deliver, store
 
@@ -65,9 +66,11 @@ async def receive_webhook(
         events = await receive(provider, incoming, resources.settings, sns)
     except BadRequest as err:
         logger.warning("webhook %s: malformed request: %s", provider, err.message)
+        webhook_refused(provider, "malformed")
         raise
     except Unauthorized as err:
         logger.warning("webhook %s: refused: %s", provider, err.message)
+        webhook_refused(provider, "unauthorized")
         raise
     # Stored and acted on in one transaction, then answered: the opens and clicks are signalled
     # after the answer (a provider times out slow receivers and delivers the batch again). Until

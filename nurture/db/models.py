@@ -196,6 +196,9 @@ class Enrollment(SQLModel, table=True):
             unique=True,
             postgresql_where=text("status IN ('pending', 'active')"),
         ),
+        # Journey analytics: counts by status and step, and by day entered.
+        Index("ix_enrollments_journey_status_step", "journey_id", "status", "current_step"),
+        Index("ix_enrollments_journey_enrolled", "journey_id", "enrolled_at"),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -305,6 +308,13 @@ class Event(SQLModel, table=True):
         # and events a time window moved past.
         Index("ix_events_received_at", "received_at"),
         Index("ix_events_occurred_at", "occurred_at"),
+        # Journey analytics: the opens and clicks of a journey's messages.
+        Index(
+            "ix_events_message_kind",
+            "message_id",
+            "kind",
+            postgresql_where=text("message_id IS NOT NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -423,7 +433,13 @@ class Suppression(SQLModel, table=True):
     """A contact that must not receive messages on a channel, and why."""
 
     __tablename__ = "suppressions"
-    __table_args__ = (UniqueConstraint("contact_id", "channel"),)
+    __table_args__ = (
+        UniqueConstraint("contact_id", "channel"),
+        # Journey analytics: unsubscribes and complaints per message.
+        Index(
+            "ix_suppressions_message", "message_id", postgresql_where=text("message_id IS NOT NULL")
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     contact_id: uuid.UUID = Field(
@@ -783,3 +799,34 @@ class SegmentSweep(SQLModel, table=True):
     swept_at: datetime = _timestamp()
     full_swept_at: datetime = _timestamp()
     filter_digest: str = Field(max_length=64)
+
+
+class MessageStats(SQLModel, table=True):
+    """What became of a message after it went out, kept by database triggers (migration 0016)
+    as events, provider reports and suppressions are inserted: the first time of each, so
+    journey analytics read one row per message instead of every event."""
+
+    __tablename__ = "message_stats"
+
+    message_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    )
+    opened_at: datetime | None = _timestamp(nullable=True, default_now=False)  # a person
+    clicked_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    machine_opened_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    delivered_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    bounced_at: datetime | None = _timestamp(nullable=True, default_now=False)  # hard bounce
+    complained_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    unsubscribed_at: datetime | None = _timestamp(nullable=True, default_now=False)
+
+
+class MessageLinkClick(SQLModel, table=True):
+    """The first click by a person on each named link of a message (trigger-kept, as above)."""
+
+    __tablename__ = "message_link_clicks"
+
+    message_id: uuid.UUID = Field(
+        sa_column=Column(ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True)
+    )
+    link: str = Field(sa_column=Column(String(128), primary_key=True))
+    clicked_at: datetime = _timestamp()

@@ -49,7 +49,9 @@ from nurture.tracking import tracked_links
 
 # Activities the worker registers for its other workflows (BulkEnroll, SegmentWatch), which a
 # simulation never runs.
-OTHER_WORKFLOWS_ACTIVITIES = frozenset({"open_run", "enroll_page", "sweep_segments"})
+OTHER_WORKFLOWS_ACTIVITIES = frozenset(
+    {"open_run", "enroll_page", "sweep_segments", "send_weekly_review"}
+)
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from nurture.journeys.launch import readmittable
 # `python -m bench.broadcast --bulk-concurrency N` (docs/benchmarks.md, "Broadcasts"): the rate
 # rises up to where the worker and the server are saturated; past it, starts only queue longer.
 # NURTURE_BULK_CONCURRENCY overrides it, for such measurements.
-_CONCURRENCY = int(os.environ.get("NURTURE_BULK_CONCURRENCY", "32"))
+_CONCURRENCY = int(os.environ.get("NURTURE_BULK_CONCURRENCY", "20"))
 
 
 class BulkActivities:

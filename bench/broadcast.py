@@ -360,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--concurrency", type=int, default=64, help="bare starts in flight (64)")
     parser.add_argument(
-        "--bulk-concurrency", type=int, default=32, help="NURTURE_BULK_CONCURRENCY (32)"
+        "--bulk-concurrency", type=int, default=20, help="NURTURE_BULK_CONCURRENCY (20)"
     )
     parser.add_argument("--within", type=float, default=6 * 3600, help="give up after (s)")
     parser.add_argument(

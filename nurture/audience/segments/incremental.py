@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.dialects.postgresql import ARRAY, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -63,6 +64,7 @@ from nurture.db.models import (
 
 OVERLAP = timedelta(minutes=5)
 FULL_SWEEP_EVERY = timedelta(hours=24)
+MAX_CANDIDATES = 100_000
 
 FullCompare = Callable[[AsyncSession, Segment], Awaitable[tuple[int, int]]]
 
@@ -90,8 +92,16 @@ async def compare(
         entered, left = await full(session, segment)
         await _remember(session, segment, now, now, digest)
         return entered, left, True
-    candidates = sa.union(*changed_since(last.swept_at - OVERLAP), *windows).subquery()
-    entered, left = await _compare_among(session, segment, sa.select(candidates.c[0]))
+    # Read first, then re-checked by primary key: handed a subquery, the planner evaluated the
+    # filter over every contact before joining (slower than a full sweep at 1,000,000).
+    candidates = list(
+        await session.scalars(sa.union(*changed_since(last.swept_at - OVERLAP), *windows))
+    )
+    if len(candidates) > MAX_CANDIDATES:  # most of the audience moved: a full sweep is cheaper
+        entered, left = await full(session, segment)
+        await _remember(session, segment, now, now, digest)
+        return entered, left, True
+    entered, left = await _compare_among(session, segment, candidates)
     await _remember(session, segment, now, last.full_swept_at, digest)
     return entered, left, False
 
@@ -165,16 +175,20 @@ def _collect(f: Filter, last: datetime, now: datetime, out: list[sa.Select[Any]]
 
 
 async def _compare_among(
-    session: AsyncSession, segment: Segment, candidates: sa.Select[Any]
+    session: AsyncSession, segment: Segment, contact_ids: list[uuid.UUID]
 ) -> tuple[int, int]:
-    """The full sweep's two statements, restricted to the candidate contacts."""
+    """The full sweep's two statements, restricted to the candidate contacts (one array
+    parameter, looked up by primary key)."""
+    if not contact_ids:
+        return 0, 0
+    wanted = sa.select(sa.func.unnest(sa.literal(contact_ids, ARRAY(sa.Uuid()))))
     entered = await session.execute(
         insert(SegmentMember)
         .from_select(
             ["segment_id", "contact_id", "entered_at", "admitted_at"],
             select(
                 sa.literal(segment.id, sa.Uuid()), col(Contact.id), sa.func.now(), sa.null()
-            ).where(col(Contact.id).in_(candidates), condition(segment)),
+            ).where(col(Contact.id).in_(wanted), condition(segment)),
         )
         .on_conflict_do_nothing()
     )
@@ -186,7 +200,7 @@ async def _compare_among(
     left = await session.execute(
         sa.delete(SegmentMember).where(
             col(SegmentMember.segment_id) == segment.id,
-            col(SegmentMember.contact_id).in_(candidates),
+            col(SegmentMember.contact_id).in_(wanted),
             sa.not_(still_member),
         )
     )

@@ -188,7 +188,7 @@ class SendRequest(_Message):
 
 class SendResult(_Message):
     message_id: uuid.UUID
-    status: Literal["sent", "skipped", "failed"]
+    status: Literal["sent", "skipped", "failed", "unknown"]
     reason: str | None = None
 
 

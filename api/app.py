@@ -16,6 +16,7 @@ from api.contact_refs import ContactRefPaths
 from api.deps import require_api_key
 from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
+from api.outages import install_outage_handlers
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS
 from nurture.boot import require_secret_key
@@ -83,6 +84,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     if resources is not None:
         app.state.resources = resources  # also without a lifespan run (httpx ASGITransport)
     install_error_handlers(app)
+    install_outage_handlers(app)  # Postgres or Temporal away: 503 with Retry-After
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
     app.add_middleware(TrustedHosts, allowed=settings.trusted_hosts())  # outermost: first

@@ -33,7 +33,9 @@ def install_error_handlers(app: FastAPI) -> None:
         body = {"error": exc.error, "detail": detail}
         if exc.detail is not None:
             body["message"] = exc.message
-        return JSONResponse(body, status_code=exc.status_code)
+        # A 503 is a dependency away for a moment: say when to try again.
+        headers = {"Retry-After": "5"} if exc.status_code == 503 else None
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

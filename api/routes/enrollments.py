@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from api.deps import ResourcesDep, SessionDep
+from api.outages import saved_if_temporal_away
 from api.resources import Resources
 from api.schemas.enrollments import (
     BulkEnrollmentOut,
@@ -42,6 +43,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
     404: {"description": "unknown journey, contact, list or enrollment"},
     409: {"description": "the journey does not accept this contact (status, re-entry rules)"},
+    503: {"description": "Postgres or Temporal cannot be reached; retry after Retry-After"},
 }
 
 
@@ -137,13 +139,17 @@ async def create_enrollment(
     body: EnrollRequest, resources: ResourcesDep, session: SessionDep, response: Response
 ) -> EnrollmentOut:
     contact_id = await resolve_contact(resources.sessions, body)
-    enrollment, created = await enroll_or_get(
-        resources.sessions,
-        resources.temporal,
-        resources.enrollment_options,
-        body.journey_key,
-        contact_id,
-    )
+    with saved_if_temporal_away(
+        "the enrollment is saved (pending) and starts once Temporal is back; repeating the "
+        "request returns it"
+    ):
+        enrollment, created = await enroll_or_get(
+            resources.sessions,
+            resources.temporal,
+            resources.enrollment_options,
+            body.journey_key,
+            contact_id,
+        )
     if not created:
         response.status_code = status.HTTP_200_OK
     return await enrollment_out(session, resources, enrollment, with_path=False)
@@ -210,7 +216,8 @@ async def unenroll_enrollment(
     body: UnenrollRequest | None = None,
 ) -> EnrollmentOut:
     reason = body.reason if body else "unenrolled"
-    enrollment = await unenroll(resources.sessions, resources.temporal, enrollment_id, reason)
+    with saved_if_temporal_away("the enrollment was not told to stop; repeat the request"):
+        enrollment = await unenroll(resources.sessions, resources.temporal, enrollment_id, reason)
     return await enrollment_out(session, resources, enrollment, with_path=False)
 
 

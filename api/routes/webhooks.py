@@ -2,7 +2,9 @@
 not by an API key.
 
 The raw body is read before anything parses it, since signatures are over the exact bytes.
-A request that fails authentication is refused (401) before anything is stored.
+A request that fails authentication is refused (401) before anything is stored. While
+Postgres is away, verified events are kept in the local spool and stored once it is back
+(`nurture.engagement_spool`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from fastapi import APIRouter, Depends, Request
 
 from api.deps import ResourcesDep
 from api.schemas.webhooks import WebhookReceipt
+from nurture.db.engine import database_away
+from nurture.engagement_spool import engagement_spool, webhook_record
 from nurture.errors import BadRequest, NotFound, Unauthorized
 from nurture.webhooks import PROVIDERS, SnsHttp, WebhookRequest, receive
 from nurture.webhooks.ingest import ingest
@@ -65,9 +69,22 @@ async def receive_webhook(
     except Unauthorized as err:
         logger.warning("webhook %s: refused: %s", provider, err.message)
         raise
-    result = await ingest(
-        resources.sessions, resources.temporal, events, resources.enrollment_options
-    )
+    spool = engagement_spool(resources.settings.data_dir)
+    try:
+        result = await ingest(
+            resources.sessions, resources.temporal, events, resources.enrollment_options
+        )
+    except Exception as err:
+        if not database_away(err):
+            raise
+        # Verified, so worth keeping; not every provider retries for long (Twilio's status
+        # callbacks not at all by default): spooled, and stored once Postgres is back. A
+        # spool that cannot be written raises: 503, and the provider may retry.
+        spool.keep(webhook_record(events))
+        spool.kick(resources.sessions, resources.temporal, resources.enrollment_options)
+        logger.warning("webhook %s: database away, %d events spooled", provider, len(events))
+        return WebhookReceipt(received=len(events), duplicates=0, unmatched=0)
+    spool.kick(resources.sessions, resources.temporal, resources.enrollment_options)
     return WebhookReceipt(
         received=result.received, duplicates=result.duplicates, unmatched=result.unmatched
     )

@@ -149,6 +149,30 @@ async def record_engagement(
 
     With `options`, an open or click also re-checks the segments that start journeys ("opened
     an email in the last 7 days"); an entry that cannot be admitted now is left to the sweep."""
+    stored = await store_engagement(
+        sessions, message_id, kind, link, idempotency_key, occurred_at, machine
+    )
+    return await deliver_engagement(sessions, client, stored, options)
+
+
+@dataclass(frozen=True)
+class StoredEngagement:
+    event: Event
+    message: Message
+    duplicate: bool
+
+
+async def store_engagement(
+    sessions: SessionFactory,
+    message_id: uuid.UUID,
+    kind: Literal["open", "click"],
+    link: str | None = None,
+    idempotency_key: str | None = None,
+    occurred_at: datetime | None = None,
+    machine: bool = False,
+) -> StoredEngagement:
+    """The first half of `record_engagement`: the event stored (once per idempotency key),
+    not yet delivered. Tracked links store, answer, then deliver in the background."""
     async with sessions() as session:
         message = await session.get(Message, message_id)
         if message is None:
@@ -166,7 +190,19 @@ async def record_engagement(
             "occurred_at": occurred_at or utcnow(),
         },
     )
-    if machine:
+    return StoredEngagement(event, message, duplicate)
+
+
+async def deliver_engagement(
+    sessions: SessionFactory,
+    client: Client,
+    stored: StoredEngagement,
+    options: EnrollmentOptions | None = None,
+) -> RecordedEvent:
+    """The second half of `record_engagement`: signal the enrollment (Temporal away: left for
+    `redeliver_engagement`), then let the contact's change start journeys."""
+    event, message, duplicate = stored.event, stored.message, stored.duplicate
+    if event.machine:
         return RecordedEvent(event, duplicate, 0)
     try:
         async with asyncio.timeout(_SIGNAL_TIME_LIMIT):

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import exc as sa_exc
 from temporalio.service import RPCError
 
-from nurture.db.engine import database_away
+from nurture.db.engine import DatabaseUnreachable, database_away
 from nurture.errors import Unavailable
 from nurture.journeys.enrollments import SERVER_AWAY
 
@@ -55,12 +55,10 @@ def saved_if_temporal_away(what: str) -> Iterator[None]:
         raise
 
 
-def _internal(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return JSONResponse(
-        {"error": "internal_error", "detail": "an unexpected error occurred; see the logs"},
-        status_code=500,
-    )
+def _internal(exc: Exception) -> JSONResponse:
+    """Not an outage: a bug. Raised again, for the catch-all handler (500, logged with its
+    traceback) as any other unexpected error."""
+    raise exc
 
 
 def install_outage_handlers(app: FastAPI) -> None:
@@ -69,7 +67,7 @@ def install_outage_handlers(app: FastAPI) -> None:
         if exc.status in SERVER_AWAY:
             logger.warning("Temporal away on %s %s: %s", request.method, request.url.path, exc)
             return unavailable("Temporal", exc.message or "no answer")
-        return _internal(request, exc)
+        return _internal(exc)
 
     @app.exception_handler(TimeoutError)
     async def timed_out(request: Request, exc: TimeoutError) -> JSONResponse:
@@ -81,16 +79,16 @@ def install_outage_handlers(app: FastAPI) -> None:
     async def runtime_error(request: Request, exc: RuntimeError) -> JSONResponse:
         if temporal_away(exc):  # the SDK could not (re)connect to Temporal
             return unavailable("Temporal", str(exc)[:200])
-        return _internal(request, exc)
+        return _internal(exc)
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:
         if database_away(exc):
             logger.warning("database away on %s %s: %s", request.method, request.url.path, exc)
             return unavailable("the database", type(exc).__name__)
-        return _internal(request, exc)
+        return _internal(exc)
 
     for kind in (
-        OSError,
+        DatabaseUnreachable,
         asyncpg.PostgresConnectionError,
         asyncpg.InterfaceError,
         sa_exc.DBAPIError,

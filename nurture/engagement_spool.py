@@ -4,6 +4,8 @@
 Per path (docs/operations.md says why):
 - tracked clicks and the open pixel: spooled. The person gets the redirect (or the image)
   at once either way, and nobody would send the request again.
+- unsubscribes (the page's button, a mail client's one-click POST): spooled, and the person
+  told they are unsubscribed; applied once Postgres is back. Nobody would ask twice.
 - provider webhooks: verified, then spooled, and answered 200. Not every provider retries for
   long (Twilio's status callbacks are not retried by default, and at most for seconds with
   connection overrides), so the provider's retry is not the store we rely on.
@@ -29,8 +31,9 @@ from typing import Any, Literal
 from temporalio.client import Client
 
 from nurture.audience.events import record_engagement
+from nurture.audience.suppressions import suppress
 from nurture.db.engine import SessionFactory, database_away
-from nurture.db.models import utcnow
+from nurture.db.models import Message, SuppressionReason, utcnow
 from nurture.errors import NotFound
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.spool import Spool
@@ -55,6 +58,10 @@ def engagement_record(
         "machine": machine,
         "occurred_at": utcnow().isoformat(),
     }
+
+
+def unsubscribe_record(message_id: uuid.UUID, one_click: bool) -> dict[str, Any]:
+    return {"type": "unsubscribe", "message_id": str(message_id), "one_click": one_click}
 
 
 def webhook_record(events: list[ProviderEvent]) -> dict[str, Any]:
@@ -112,6 +119,9 @@ class EngagementSpool:
                 logger.exception("spooled record dropped: %s", record)
 
         async def _replay(record: dict[str, Any]) -> None:
+            if record.get("type") == "unsubscribe":
+                await _unsubscribe(sessions, uuid.UUID(record["message_id"]), record["one_click"])
+                return
             if record.get("type") == "webhook":
                 events = [_provider_event(values) for values in record["events"]]
                 await ingest(sessions, client, events, options)
@@ -138,6 +148,21 @@ class EngagementSpool:
             except Exception as err:  # Postgres still away: the files stay, try again soon
                 logger.warning("spool not drained yet: %s", err)
                 await asyncio.sleep(RETRY_SECONDS)
+
+
+async def _unsubscribe(sessions: SessionFactory, message_id: uuid.UUID, one_click: bool) -> None:
+    async with sessions.begin() as session:
+        message = await session.get(Message, message_id)
+        if message is None or message.contact_id is None:  # erased meanwhile
+            return
+        await suppress(
+            session,
+            message.contact_id,
+            message.channel,
+            SuppressionReason.UNSUBSCRIBED,
+            source="one_click" if one_click else "unsubscribe_link",
+            message_id=message.id,
+        )
 
 
 _SPOOLS: dict[Path, EngagementSpool] = {}

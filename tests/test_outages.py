@@ -32,7 +32,7 @@ from api.app import create_app
 from api.resources import Resources
 from nurture.apikeys import create_api_key
 from nurture.db.engine import SessionFactory, create_engine, session_factory
-from nurture.db.models import Enrollment, Event, Message, WebhookEvent
+from nurture.db.models import Enrollment, Event, Message, Suppression, WebhookEvent
 from nurture.devstack import TemporalDevServer
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.journeys.reconcile import PendingStarter
@@ -287,8 +287,16 @@ async def test_while_postgres_is_down_requests_get_503_and_no_click_is_lost(
                     "/v1/webhooks/postmark", json=opened, auth=("postmark-hook", "wrong")
                 )
                 assert response.status_code == 401  # still verified first
+                # A mail client's one-click unsubscribe (RFC 8058): nobody sends it twice.
+                response = await http.post(
+                    tracker.unsubscribe_url(waiting.message_id).removeprefix(BASE),
+                    content=b"List-Unsubscribe=One-Click",
+                    headers={"Content-Type": "application/x-www-form-urlencoded"},
+                )
+                assert response.status_code == 200
+                assert "Unsubscribed" in response.text
                 spooled = list((tmp_path / "spool").iterdir())
-                assert sum(len(p.read_bytes().splitlines()) for p in spooled) == 11
+                assert sum(len(p.read_bytes().splitlines()) for p in spooled) == 12
             finally:
                 await postgres.start()
 
@@ -303,13 +311,19 @@ async def test_while_postgres_is_down_requests_get_503_and_no_click_is_lost(
                                 )
                             ).all()
                         )
-                    if kept == {"click": 10, "open": 1}:
+                    drained = not list((tmp_path / "spool").iterdir())
+                    if kept == {"click": 10, "open": 1} and drained:
                         break
                     await asyncio.sleep(0.2)
-            assert not list((tmp_path / "spool").iterdir())
             async with sessions() as session:
                 report = (await session.scalars(select(WebhookEvent))).one()
+                unsubscribed = (await session.scalars(select(Suppression))).one()
             assert (report.kind, report.message_id) == ("opened", waiting.message_id)
+            assert (unsubscribed.contact_id, unsubscribed.reason, unsubscribed.source) == (
+                waiting.contact_id,
+                "unsubscribed",
+                "one_click",
+            )
             result = await finish(env, waiting.handle)
             assert [p.step for p in result.path][-2:] == ["mark_paid", "to_customers"]
     finally:

@@ -25,7 +25,7 @@ from nurture.audience.events import StoredEngagement, deliver_engagement, store_
 from nurture.audience.suppressions import suppress
 from nurture.db.engine import database_away
 from nurture.db.models import Message, SuppressionReason
-from nurture.engagement_spool import engagement_record, engagement_spool
+from nurture.engagement_spool import engagement_record, engagement_spool, unsubscribe_record
 from nurture.errors import NotFound
 from nurture.tracking import PIXEL_GIF, InvalidToken, Tracker, is_machine_open
 
@@ -160,20 +160,35 @@ async def unsubscribe_page(token: str, resources: ResourcesDep, tracker: Tracker
 async def unsubscribe(
     token: str, request: Request, resources: ResourcesDep, tracker: TrackerDep
 ) -> Response:
-    message = await _message(token, resources, tracker)
-    if message is None:
-        return HTMLResponse(_page("Link not found", "This link is not valid."), status_code=404)
-    if message.contact_id is not None:
-        one_click = "List-Unsubscribe=One-Click" in (await request.body()).decode(errors="replace")
-        async with resources.sessions.begin() as session:
-            await suppress(
-                session,
-                message.contact_id,
-                message.channel,
-                SuppressionReason.UNSUBSCRIBED,
-                source="one_click" if one_click else "unsubscribe_link",
-                message_id=message.id,
-            )
+    one_click = "List-Unsubscribe=One-Click" in (await request.body()).decode(errors="replace")
+    try:
+        message = await _message(token, resources, tracker)
+        if message is None:
+            return HTMLResponse(_page("Link not found", "This link is not valid."), status_code=404)
+        if message.contact_id is not None:
+            async with resources.sessions.begin() as session:
+                await suppress(
+                    session,
+                    message.contact_id,
+                    message.channel,
+                    SuppressionReason.UNSUBSCRIBED,
+                    source="one_click" if one_click else "unsubscribe_link",
+                    message_id=message.id,
+                )
+    except Exception as err:
+        if not database_away(err):
+            raise
+        # Nobody asks twice (a mail client's one-click POST least of all): kept in the spool
+        # and applied once Postgres is back. The token was checked by _message.
+        spool = engagement_spool(resources.settings.data_dir)
+        message_id = tracker.read_message_id("unsubscribe", token)
+        spool.keep(unsubscribe_record(message_id, one_click))
+        spool.kick(resources.sessions, resources.temporal, resources.enrollment_options)
+        logger.warning("database away: unsubscribe from message %s spooled", message_id)
+        return HTMLResponse(
+            _page("Unsubscribed", "You will not receive these messages any more."),
+            headers=_NO_STORE,
+        )
     return HTMLResponse(
         _page("Unsubscribed", f"You will not receive these {_what(message.channel)} any more."),
         headers=_NO_STORE,

@@ -1,5 +1,7 @@
 """The async engine and session factory, created once per process and injected."""
 
+from typing import Any
+
 import asyncpg
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import (
@@ -18,13 +20,28 @@ CONNECT_TIMEOUT_SECONDS = 3.0
 POOL_TIMEOUT_SECONDS = 10.0
 
 
+class DatabaseUnreachable(Exception):
+    """A new connection to Postgres could not be made (refused, no socket, no answer in time).
+
+    Not an OSError on purpose: asyncpg raises the socket's own error (ConnectionRefusedError,
+    FileNotFoundError for a Unix socket...), which cannot be told from any other OSError by the
+    time it reaches the API; this says where it came from."""
+
+
+async def _connect(*args: Any, **kwargs: Any) -> Any:
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as err:  # includes TimeoutError
+        raise DatabaseUnreachable(f"{type(err).__name__}: {err or 'no detail'}") from err
+
+
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
         database_url,
         pool_size=pool_size,
         pool_pre_ping=True,
         pool_timeout=POOL_TIMEOUT_SECONDS,
-        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS},
+        connect_args={"timeout": CONNECT_TIMEOUT_SECONDS, "async_creator_fn": _connect},
     )
 
 
@@ -33,12 +50,12 @@ def session_factory(engine: AsyncEngine) -> SessionFactory:
 
 
 # What a database that is away (stopped, restarting, failing over, unreachable) raises: a
-# connection that cannot be made (refused, no socket), one cut mid-request (asyncpg's
+# connection that cannot be made (DatabaseUnreachable), one cut mid-request (asyncpg's
 # connection errors, wrapped by SQLAlchemy or not), a pool with no connection to give in time.
 _CONNECTION_ERRORS = (
+    DatabaseUnreachable,
     asyncpg.PostgresConnectionError,  # includes "the database system is shutting down"
     asyncpg.InterfaceError,  # "connection is closed"
-    OSError,  # refused, reset, no such socket, timed out
 )
 
 
@@ -46,5 +63,8 @@ def database_away(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.TimeoutError):
         return True
     if isinstance(exc, sa_exc.DBAPIError):
-        return exc.connection_invalidated or isinstance(exc.orig, _CONNECTION_ERRORS)
+        orig = exc.orig  # SQLAlchemy's adapter of an asyncpg error, which it causes
+        return exc.connection_invalidated or any(
+            isinstance(e, _CONNECTION_ERRORS) for e in (orig, getattr(orig, "__cause__", None))
+        )
     return isinstance(exc, _CONNECTION_ERRORS)

@@ -608,6 +608,8 @@ def step_outcome_words(step_type: str, outcome: str | None) -> str:
             return f"{channel} sent"
         if outcome.startswith("skipped"):
             return f"{channel} not sent (see the message)"
+        if outcome.startswith("unknown"):
+            return f"{channel} may or may not have been sent (see the message)"
         return outcome
     if step_type == "wait":
         if outcome == "waited":
@@ -789,6 +791,11 @@ def word_message(row: Row) -> Entry:
     if status == "failed":
         return row.entry(
             _capital(f"{what} failed: {row.reason or 'no reason recorded'}"), reason="failed"
+        )
+    if status == "unknown":  # the worker died during the provider call (UNCERTAIN_SENDS)
+        return row.entry(
+            _capital(f"{what} may or may not have been sent: the provider cannot be asked"),
+            reason="unknown",
         )
     return row.entry(_capital(f"{what} being sent"))
 

@@ -47,6 +47,7 @@ from nurture.channels.outbox import OutboxChannel
 from nurture.channels.registry import channels_from_settings, close_channels
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.journeys.enrollments import EnrollmentOptions
+from nurture.journeys.reconcile import PendingStarter
 from nurture.metrics import worker_runtime
 from nurture.sending.throttle import CHANNELS, send_task_queue
 from nurture.settings import Settings, get_settings
@@ -190,13 +191,17 @@ def start_loops(
 ) -> list[asyncio.Task[None]]:
     """What a worker runs beside its pollers: opens and clicks that arrived while Temporal was
     unreachable are delivered once it is back, and contact changes whose announcement was cut
-    short (a process died, Temporal was away) are announced by the relay."""
+    short (a process died, Temporal was away) are announced by the relay; enrollments whose
+    workflow never started (Temporal was away when they were made) are started."""
     return [
         asyncio.create_task(keep_redelivering(sessions, client), name="redelivery"),
         asyncio.create_task(
             Announcer(sessions, client, options).keep_relaying(), name="change-relay"
         ),
         asyncio.create_task(scoring.keep_decaying(sessions), name="score-decay"),
+        asyncio.create_task(
+            PendingStarter(sessions, client, options).keep_starting(), name="pending-starter"
+        ),
     ]
 
 

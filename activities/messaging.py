@@ -1,8 +1,16 @@
 """The send activity: one message per idempotency key, whatever the retries.
 
-The message row is claimed first (UNIQUE idempotency key). A retry that finds it finished returns
-the recorded result; one that finds it still "sending" (the worker died mid-call) calls the
-channel again with the same key, which the channel passes to the provider to dedupe.
+The message row is claimed first (UNIQUE idempotency key) and marked `attempting` in the same
+committed transaction, just before the provider call; the provider's answer is committed at
+once after it. So a retry knows where the last attempt stopped:
+
+- `sent`, `skipped`, `failed`, `unknown`: finished, the recorded result is returned;
+- `sending`: no provider call happened (or the provider said no): send;
+- `attempting`: the provider may have the message (the worker died, or the call timed out after
+  the request went out). The channel decides: the outbox dedupes on the key (send again);
+  Postmark, Mailgun and Twilio are asked whether they have it (`find_sent`): if so it is
+  recorded as sent, if not it is sent; SMTP and SendGrid cannot be asked, and UNCERTAIN_SENDS
+  says what happens: `unknown` (recorded, never sent twice) or `resend`.
 
 Before a new send is claimed, the send rules decide in the same transaction
 (`nurture.sending.gate`): a send held by quiet hours or delayed by a frequency cap returns
@@ -14,6 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -24,7 +33,15 @@ from temporalio.client import Client
 
 from activities.enrollment import record_progress
 from nurture.audience.suppressions import suppression_reason
-from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
+from nurture.channels.base import (
+    ChannelSender,
+    DedupingChannel,
+    LookupUnavailable,
+    OutgoingMessage,
+    PermanentSendError,
+    SentLookup,
+    TemporarySendError,
+)
 from nurture.content.isolation import render_isolated
 from nurture.content.loading import TemplateNotFound, load_template
 from nurture.content.rendering import TemplateRenderError, message_context
@@ -38,7 +55,12 @@ from nurture.settings import Settings
 from nurture.tracking import Tracker
 from nurture.webhooks.ingest import match_pending
 
-_FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
+_FINISHED = {
+    MessageStatus.SENT,
+    MessageStatus.SKIPPED,
+    MessageStatus.FAILED,
+    MessageStatus.UNKNOWN,
+}
 
 
 def skip_reason(contact: Contact | None, channel: str) -> str | None:
@@ -140,6 +162,16 @@ class MessagingActivities:
                 return SendResult(message_id=message.id, status="failed", reason=message.reason)
             # Kept with the claim: a retry renders exactly the version the first attempt did.
             message.template_version = version
+            uncertain = message.status == MessageStatus.ATTEMPTING
+            since = message.attempted_at or utcnow()
+            # Committed before the provider is called: a worker that dies during the call
+            # leaves a row saying the provider may have the message.
+            message.status, message.attempted_at = MessageStatus.ATTEMPTING, since
+
+        if uncertain:
+            settled = await self._settle_uncertain(request, channel, outgoing, since)
+            if settled is not None:
+                return settled
 
         # The provider call happens outside the transaction: no row lock held over the network.
         try:
@@ -149,6 +181,10 @@ class MessagingActivities:
             return SendResult(
                 message_id=outgoing.message_id, status="failed", reason=str(err)[:255]
             )
+        except TemporarySendError as err:
+            if not err.maybe_accepted:  # the provider said no: the retry may simply send
+                await self._mark(request.idempotency_key, MessageStatus.SENDING)
+            raise
         await self._finish(
             request.idempotency_key,
             MessageStatus.SENT,
@@ -158,6 +194,51 @@ class MessagingActivities:
         if self._client is not None and receipt.provider_message_id:
             await self._match_early_webhooks(receipt.provider, receipt.provider_message_id)
         return SendResult(message_id=outgoing.message_id, status="sent")
+
+    async def _settle_uncertain(
+        self,
+        request: SendRequest,
+        channel: ChannelSender,
+        outgoing: OutgoingMessage,
+        since: datetime,
+    ) -> SendResult | None:
+        """An earlier attempt may have reached the provider: the result when that is settled
+        without sending (found at the provider, or recorded unknown), None to send (again)."""
+        key = request.idempotency_key
+        if isinstance(channel, DedupingChannel) and channel.dedupes_on_key:
+            return None
+        if isinstance(channel, SentLookup):
+            try:
+                receipt = await channel.find_sent(outgoing, since)
+            except LookupUnavailable as err:
+                activity.logger.warning("cannot look up %s: %s", outgoing.message_id, err)
+            else:
+                if receipt is None:
+                    return None  # the provider does not have it: send
+                activity.logger.info("%s was accepted before the worker stopped", key)
+                await self._finish(
+                    key,
+                    MessageStatus.SENT,
+                    provider=receipt.provider,
+                    provider_message_id=receipt.provider_message_id or None,
+                )
+                if self._client is not None and receipt.provider_message_id:
+                    await self._match_early_webhooks(receipt.provider, receipt.provider_message_id)
+                return SendResult(message_id=outgoing.message_id, status="sent")
+        if self._settings.uncertain_sends == "resend":
+            return None
+        reason = (
+            f"{request.channel} provider may or may not have it: an earlier attempt was cut "
+            "short during the provider call, which cannot be asked (UNCERTAIN_SENDS=unknown)"
+        )[:255]
+        await self._finish(key, MessageStatus.UNKNOWN, reason=reason)
+        return SendResult(message_id=outgoing.message_id, status="unknown", reason=reason)
+
+    async def _mark(self, key: str, status: MessageStatus) -> None:
+        async with self._sessions.begin() as session:
+            await session.execute(
+                update(Message).where(col(Message.idempotency_key) == key).values(status=status)
+            )
 
     async def _match_early_webhooks(self, provider: str, provider_message_id: str) -> None:
         """A provider can report (delivered, bounced, opened) before we stored its id: those

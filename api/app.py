@@ -18,6 +18,7 @@ from api.errors import BodySizeLimit, install_error_handlers
 from api.hosts import TrustedHosts
 from api.input_guard import InputGuard, storable_path
 from api.openapi import install_openapi
+from api.outages import install_outage_handlers
 from api.resources import Resources
 from api.routes import PUBLIC_ROUTERS, ROUTERS, metrics
 from api.routes.console import install as install_console
@@ -94,6 +95,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
     install_error_handlers(app)
     install_openapi(app)  # documents the error shapes the handlers answer with
     app.add_middleware(InputGuard)  # inside the size limit: reads bounded bodies only
+    install_outage_handlers(app)  # Postgres or Temporal away: 503 with Retry-After
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(ContactRefPaths)  # an encoded / in a contact reference stays in it
     app.add_middleware(RequestMetrics)  # API latency by route (nurture.metrics)

@@ -63,9 +63,11 @@ def install_error_handlers(app: FastAPI) -> None:
         body = {"error": exc.error, "detail": detail}
         if exc.detail is not None:
             body["message"] = exc.message
-        headers = None
+        headers: dict[str, str] | None = None
         if exc.status_code == 401:  # RFC 9110: a 401 says how to authenticate
             headers = {"WWW-Authenticate": getattr(exc, "challenge", BEARER_CHALLENGE)}
+        elif exc.status_code == 503:  # a dependency away for a moment: say when to try again
+            headers = {"Retry-After": "5"}
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RequestValidationError)

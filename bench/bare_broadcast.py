@@ -42,7 +42,7 @@ class BareBroadcast:
 
 
 async def serve(database_url: str, address: str, task_queue: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]  # only here, never in the workflow sandbox
+    import asyncpg  # only here, never in the workflow sandbox
 
     global _pool
     _pool = await asyncpg.create_pool(

@@ -204,7 +204,7 @@ class SendRequest(_Message):
 class SendResult(_Message):
     # None when a rule held or delayed the send ("held"): no message exists yet.
     message_id: uuid.UUID | None
-    status: Literal["sent", "skipped", "failed", "held"]
+    status: Literal["sent", "skipped", "failed", "held", "unknown"]
     reason: str | None = None
     until: datetime | None = None  # held: when to try again
     rule: str | None = None  # held or skipped by a send rule: quiet_hours | frequency_cap | ...

@@ -115,6 +115,13 @@ class Settings(BaseSettings):
     email_from: str = Field(default="Nurture <nurture@localhost>", description="From: of emails")
     email_reply_to: str | None = None
     provider_timeout_seconds: float = Field(default=20, gt=0)
+    uncertain_sends: Literal["unknown", "resend"] = Field(
+        default="unknown",
+        description="a send cut short during the provider call (worker killed, timeout after "
+        "the request went out) on a channel that can neither dedupe nor be asked (SMTP, "
+        "SendGrid): record it as `unknown` (never twice, maybe never) or send it again (never "
+        "lost, maybe twice); see docs/operations.md",
+    )
 
     smtp_host: str = "localhost"
     smtp_port: int = 25

@@ -170,6 +170,19 @@ async def _enroll(stack: Stack, client: Client, first_name: str) -> WorkflowHand
     return handle
 
 
+async def _delivered(sessions: SessionFactory, kind: str, within: float = 10) -> None:
+    """Wait until the open or click stored by the tracking route has been signalled."""
+    async with asyncio.timeout(within):
+        while True:
+            async with sessions() as session:
+                signalled = await session.scalar(
+                    select(col(Event.signalled_at)).where(col(Event.kind) == kind).limit(1)
+                )
+            if signalled is not None:
+                return
+            await asyncio.sleep(0.05)
+
+
 def _email_to(mailbox: Mailbox, first_name: str) -> EmailMessage:
     for index, envelope in enumerate(mailbox.envelopes):
         if any(rcpt.startswith(first_name.lower()) for rcpt in envelope.rcpt_tos):
@@ -203,6 +216,8 @@ async def test_click_in_a_real_email_takes_the_clicked_branch(
         followed = await browser.get(buy, headers={"User-Agent": "Mozilla/5.0 (X11) Firefox/140"})
     assert followed.status_code == 302
     assert followed.headers["location"] == "https://shop.test/buy?plan=pro"
+    # The redirect is answered first; the enrollment is told right after (in the background).
+    await _delivered(sessions, "click")
 
     result = await finish(env, handle)
     assert [p.step for p in result.path][-2:] == ["mark_paid", "to_customers"]

@@ -273,7 +273,11 @@ async def test_long_journey_continues_as_new_without_repeating_sends(
 
 
 class CrashAfterDelivery:
-    """A provider that accepts the message, then the worker "dies" before recording it."""
+    """A provider that accepts the message, then the worker "dies" before recording it. It
+    delivers through the outbox, which dedupes on the idempotency key: the uncertain attempt is
+    sent again, and the outbox keeps one."""
+
+    dedupes_on_key = True
 
     def __init__(self, outbox: OutboxChannel) -> None:
         self.outbox = outbox

@@ -2,7 +2,8 @@
 
     python -m tests.worker_process DATABASE_URL TEMPORAL_ADDRESS TASK_QUEUE
 
-It prints "ready" once it polls. It keeps no workflow cache, hence no sticky queue: the
+It prints "ready" once it polls. Its channels are the environment's (EMAIL_CHANNEL, SMTP_HOST,
+...: the outbox unless set), as `nurture worker` reads them. It keeps no workflow cache, hence no sticky queue: the
 time-skipping test server never hands a task left on a dead worker's sticky queue to another
 worker (a real server does, after its schedule-to-start timeout)."""
 
@@ -14,14 +15,25 @@ import sys
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 
+from nurture.channels.registry import channels_from_settings
 from nurture.db.engine import create_engine, session_factory
+from nurture.settings import Settings
 from worker import build_worker
 
 
 async def main(database_url: str, address: str, task_queue: str) -> None:
     client = await Client.connect(address, data_converter=pydantic_data_converter)
     engine = create_engine(database_url)
-    worker = build_worker(client, session_factory(engine), task_queue, max_cached_workflows=0)
+    sessions = session_factory(engine)
+    settings = Settings(temporal_task_queue=task_queue)
+    worker = build_worker(
+        client,
+        sessions,
+        task_queue,
+        channels=channels_from_settings(settings, sessions),
+        max_cached_workflows=0,
+        settings=settings,
+    )
     async with worker:
         print("ready", flush=True)
         await asyncio.Event().wait()  # until killed

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
 from api.deps import ResourcesDep, SessionDep
+from api.outages import saved_if_temporal_away
 from api.resources import Resources
 from api.schemas.common import Offset
 from api.schemas.enrollments import (
@@ -43,6 +44,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "missing or invalid API key"},
     404: {"description": "unknown journey, contact, list or enrollment"},
     409: {"description": "the journey does not accept this contact (status, re-entry rules)"},
+    503: {"description": "Postgres or Temporal cannot be reached; retry after Retry-After"},
 }
 
 
@@ -161,13 +163,17 @@ async def create_enrollment(
     # The contact is resolved in the claim's one read, and the answer is built from what the
     # claim returned: the request costs a few round trips on one pooled connection at a time
     # (tests/test_round_trips.py counts them).
-    enrollment, created = await enroll_or_get(
-        resources.sessions,
-        resources.temporal,
-        resources.enrollment_options,
-        body.journey_key,
-        body.contact_id if body.contact_id is not None else str(body.external_id),
-    )
+    with saved_if_temporal_away(
+        "the enrollment is saved (pending) and starts once Temporal is back; repeating the "
+        "request returns it"
+    ):
+        enrollment, created = await enroll_or_get(
+            resources.sessions,
+            resources.temporal,
+            resources.enrollment_options,
+            body.journey_key,
+            body.contact_id if body.contact_id is not None else str(body.external_id),
+        )
     if not created:
         response.status_code = status.HTTP_200_OK
     return enrollment_body(resources, enrollment, body.journey_key)
@@ -234,7 +240,8 @@ async def unenroll_enrollment(
     body: UnenrollRequest | None = None,
 ) -> EnrollmentOut:
     reason = body.reason if body else "unenrolled"
-    enrollment = await unenroll(resources.sessions, resources.temporal, enrollment_id, reason)
+    with saved_if_temporal_away("the enrollment was not told to stop; repeat the request"):
+        enrollment = await unenroll(resources.sessions, resources.temporal, enrollment_id, reason)
     return await enrollment_out(session, resources, enrollment, with_path=False)
 
 

@@ -2,7 +2,9 @@
 not by an API key.
 
 The raw body is read before anything parses it, since signatures are over the exact bytes.
-A request that fails authentication is refused (401) before anything is stored.
+A request that fails authentication is refused (401) before anything is stored. While
+Postgres is away, verified events are kept in the local spool and stored once it is back
+(`nurture.engagement_spool`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from fastapi import APIRouter, BackgroundTasks, Depends, Request
 
 from api.deps import ResourcesDep
 from api.schemas.webhooks import WebhookReceipt
+from nurture.db.engine import database_away
+from nurture.engagement_spool import engagement_spool, webhook_record
 from nurture.errors import BadRequest, NotFound, Unauthorized
 from nurture.metrics import webhook_refused
 from nurture.webhooks import PROVIDERS, SnsHttp, WebhookRequest, receive
@@ -75,10 +79,23 @@ async def receive_webhook(
     # Stored and acted on in one transaction, then answered: the opens and clicks are signalled
     # after the answer (a provider times out slow receivers and delivers the batch again). Until
     # they are, the stored rows are the record the worker's redelivery covers.
-    stored = await store(resources.sessions, events)
+    spool = engagement_spool(resources.settings.data_dir)
+    try:
+        stored = await store(resources.sessions, events)
+    except Exception as err:
+        if not database_away(err):
+            raise
+        # Verified, so worth keeping; not every provider retries for long (Twilio's status
+        # callbacks not at all by default): spooled, and stored once Postgres is back. A
+        # spool that cannot be written raises: 503, and the provider may retry.
+        spool.keep(webhook_record(events))
+        spool.kick(resources.sessions, resources.temporal, resources.enrollment_options)
+        logger.warning("webhook %s: database away, %d events spooled", provider, len(events))
+        return WebhookReceipt(received=len(events), duplicates=0, unmatched=0)
     background.add_task(
         deliver, resources.sessions, resources.temporal, stored, resources.enrollment_options
     )
+    spool.kick(resources.sessions, resources.temporal, resources.enrollment_options)
     result = stored.result
     return WebhookReceipt(
         received=result.received, duplicates=result.duplicates, unmatched=result.unmatched

@@ -49,7 +49,10 @@ class MessageSummary(BaseModel):
     step: str | None
     channel: str
     template: str
-    status: str = Field(description="sending | sent | skipped | failed")
+    status: str = Field(
+        description="sending | attempting | sent | skipped | failed | unknown (the worker "
+        "died during the provider call, which cannot be asked: see UNCERTAIN_SENDS)"
+    )
     reason: str | None
     created_at: datetime
 

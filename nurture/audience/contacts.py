@@ -213,9 +213,10 @@ async def delete_contact(sessions: SessionFactory, client: Client, contact_id: u
             raise NotFound(f"no contact {contact_id}")
     try:
         await erase_enrollments(sessions, client, contact_id)
-    except RPCError as err:
+    except (RPCError, TimeoutError) as err:
+        why = err.message if isinstance(err, RPCError) else "Temporal did not answer in time"
         raise Unavailable(
-            f"could not unenroll contact {contact_id} ({err.message}); nothing was deleted, "
+            f"could not unenroll contact {contact_id} ({why}); nothing was deleted, "
             "repeat the request"
         ) from err
     async with sessions.begin() as session:

@@ -285,6 +285,31 @@ async def record_engagement(
 
     With `options`, an open or click also re-checks the segments that start journeys ("opened
     an email in the last 7 days"); an entry that cannot be admitted now is left to the sweep."""
+    stored = await store_engagement(
+        sessions, message_id, kind, link, idempotency_key, occurred_at, machine
+    )
+    return await deliver_engagement(sessions, client, stored, options)
+
+
+@dataclass(frozen=True)
+class StoredEngagement:
+    event: Event
+    message: Message
+    duplicate: bool
+    score_change: int | None = None  # the change lead scoring recorded for it, to announce
+
+
+async def store_engagement(
+    sessions: SessionFactory,
+    message_id: uuid.UUID,
+    kind: Literal["open", "click"],
+    link: str | None = None,
+    idempotency_key: str | None = None,
+    occurred_at: datetime | None = None,
+    machine: bool = False,
+) -> StoredEngagement:
+    """The first half of `record_engagement`: the event stored (once per idempotency key),
+    not yet delivered. Tracked links store, answer, then deliver in the background."""
     async with sessions() as session:
         message = await session.get(Message, message_id)
         if message is None:
@@ -302,9 +327,22 @@ async def record_engagement(
             "occurred_at": occurred_at or utcnow(),
         },
     )
-    if score_change is not None and options is not None and client is not None:
-        await Announcer(sessions, client, options).announce_now([score_change])
-    if machine:
+    return StoredEngagement(event, message, duplicate, score_change)
+
+
+async def deliver_engagement(
+    sessions: SessionFactory,
+    client: Client,
+    stored: StoredEngagement,
+    options: EnrollmentOptions | None = None,
+) -> RecordedEvent:
+    """The second half of `record_engagement`: signal the enrollment (Temporal away: left for
+    `redeliver_engagement`), then let the contact's change start journeys."""
+    event, message, duplicate = stored.event, stored.message, stored.duplicate
+    if stored.score_change is not None and options is not None:
+        # Left to the relay if this fails: the change is recorded.
+        await Announcer(sessions, client, options).announce_now([stored.score_change])
+    if event.machine:
         return RecordedEvent(event, duplicate, 0)
     try:
         async with asyncio.timeout(_SIGNAL_TIME_LIMIT):

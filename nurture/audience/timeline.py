@@ -621,6 +621,8 @@ def step_outcome_words(step_type: str, outcome: str | None) -> str:
             return f"{channel} {outcome}"
         if outcome.startswith("skipped"):
             return f"{channel} not sent (see the message)"
+        if outcome.startswith("unknown"):
+            return f"{channel} may or may not have been sent (see the message)"
         return outcome
     if step_type == "wait":
         if outcome == "waited":
@@ -821,6 +823,11 @@ def word_message(row: Row) -> Entry:
     if status == "failed":
         return row.entry(
             _capital(f"{what} failed: {row.reason or 'no reason recorded'}"), reason="failed"
+        )
+    if status == "unknown":  # the worker died during the provider call (UNCERTAIN_SENDS)
+        return row.entry(
+            _capital(f"{what} may or may not have been sent: the provider cannot be asked"),
+            reason="unknown",
         )
     return row.entry(_capital(f"{what} being sent"))
 

@@ -8,7 +8,8 @@ raises anything else for a temporary problem (Temporal retries the send with bac
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,40 @@ class PermanentSendError(Exception):
 
 
 class TemporarySendError(Exception):
-    """The provider could not take the message now (rate limit, outage): retry with backoff."""
+    """The provider could not take the message now (rate limit, outage): retry with backoff.
+
+    `maybe_accepted` is True when the request went out and no answer came back (a timeout or a
+    connection lost after sending): the provider may have the message, so the retry must find
+    out before sending again. False when the provider answered "no" or was never reached."""
+
+    def __init__(self, message: str, *, maybe_accepted: bool = False) -> None:
+        super().__init__(message)
+        self.maybe_accepted = maybe_accepted
+
+
+class LookupUnavailable(Exception):
+    """The provider cannot say whether it has a message (the lookup API is not part of the
+    account's plan, or refuses our key): the uncertain send follows UNCERTAIN_SENDS."""
 
 
 class ChannelSender(Protocol):
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         """Hand the message to the provider; raise PermanentSendError or any retryable error."""
+        ...
+
+
+@runtime_checkable
+class DedupingChannel(Protocol):
+    """A channel whose provider dedupes on our idempotency key: sending again is safe."""
+
+    dedupes_on_key: bool
+
+
+@runtime_checkable
+class SentLookup(Protocol):
+    """A channel whose provider can be asked whether it accepted one of our messages."""
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> DeliveryReceipt | None:
+        """The receipt of `message` if the provider accepted it (at or after `since`), None if
+        it did not; LookupUnavailable when it cannot tell, anything else to retry later."""
         ...

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from nurture.channels.base import (
     DeliveryReceipt,
+    LookupUnavailable,
     OutgoingMessage,
     PermanentSendError,
     TemporarySendError,
@@ -33,6 +34,10 @@ RETRYABLE_CLIENT_STATUSES = frozenset({401, 403, 408, 409, 425, 429})
 # The provider's error text goes into the exception message, which ends up in Temporal's history
 # and (cut to 255 characters) in the message row: enough to diagnose, never a whole HTML page.
 MAX_ERROR_TEXT = 500
+
+
+# Failures before the request left: the provider cannot have the message.
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
 
 def is_permanent_status(status_code: int) -> bool:
@@ -102,14 +107,35 @@ class HttpChannel(ABC):
 
     async def _post(self, path: str, **request: Any) -> httpx.Response:
         """POST and return the response whatever its status; a network failure becomes a
-        `TemporarySendError`. A timeout after the request went out may hide a message the
-        provider did accept, which is why every provider also gets our idempotency key."""
+        `TemporarySendError`. A failure after the request went out (a read timeout, a lost
+        connection) may hide a message the provider did accept: it says so
+        (`maybe_accepted`), and the retry asks the provider before sending again."""
         try:
             return await self._client.post(path, **request)
         except httpx.TransportError as err:
             raise TemporarySendError(
-                f"{self.provider}: {type(err).__name__}: {err or 'no detail'}"
+                f"{self.provider}: {type(err).__name__}: {err or 'no detail'}",
+                maybe_accepted=not isinstance(err, _NOT_SENT),
             ) from err
+
+    async def _get(self, path: str, **request: Any) -> httpx.Response:
+        """GET for a lookup: a 2xx response, or LookupUnavailable when the provider refuses the
+        lookup for good (not on the plan, key without the permission), or TemporarySendError."""
+        try:
+            response = await self._client.get(path, **request)
+        except httpx.TransportError as err:
+            raise TemporarySendError(
+                f"{self.provider} lookup: {type(err).__name__}: {err or 'no detail'}"
+            ) from err
+        if response.is_success:
+            return response
+        if 400 <= response.status_code < 500 and response.status_code not in (408, 425, 429):
+            raise LookupUnavailable(
+                f"{self.provider} lookup answered {response.status_code}: {error_text(response)}"
+            )
+        raise TemporarySendError(
+            f"{self.provider} lookup answered {response.status_code}: {error_text(response)}"
+        )
 
     def _receipt_id(self, value: object, what: str) -> str:
         """The provider's id for an accepted message. Accepted without one should not happen;

@@ -4,12 +4,18 @@ Mailgun answers 200 with {"id": "<...@domain>", "message": "Queued. Thank you."}
 with a status and {"message": ...}. Our message id travels as the user variable
 `v:nurture_message_id`, which Mailgun puts into every webhook's `user-variables`. Tracking is off
 (`o:tracking`, and clicks and opens one by one, which outrank the domain's settings): we track.
+A retry that does not know whether Mailgun took the message (the worker died during the call)
+reads Mailgun's Events API (`accepted` events for the recipient) for our message id.
 For EU domains set MAILGUN_BASE_URL=https://api.eu.mailgun.net.
 """
 
-from nurture.channels.base import DeliveryReceipt, OutgoingMessage
+from datetime import datetime
+
+from nurture.channels.base import DeliveryReceipt, LookupUnavailable, OutgoingMessage
 from nurture.channels.http import HttpChannel, json_body, require, send_error
 from nurture.settings import Settings
+
+_LOOKUP_PAGES = 5
 
 
 class MailgunChannel(HttpChannel):
@@ -24,6 +30,7 @@ class MailgunChannel(HttpChannel):
             auth=("api", api_key),
         )
         self._path = f"/v3/{domain}/messages"
+        self._events = f"/v3/{domain}/events"
         self._from = settings.email_from
         self._reply_to = settings.email_reply_to
 
@@ -51,6 +58,36 @@ class MailgunChannel(HttpChannel):
             fields["h:Reply-To"] = self._reply_to
         fields.update({f"h:{name}": value for name, value in message.headers.items()})
         return fields
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> DeliveryReceipt | None:
+        """Mailgun's Events API cannot filter on user variables, but returns them: the
+        `accepted` events for this recipient since the first attempt (less a minute for clock
+        skew) are read, oldest first, for ours. A few pages at most: one recipient gets few
+        messages a minute."""
+        params: dict[str, str | int] | None = {
+            "event": "accepted",
+            "recipient": message.to_address,
+            "begin": int(since.timestamp()) - 60,
+            "ascending": "yes",
+            "limit": 300,
+        }
+        url = self._events
+        for _ in range(_LOOKUP_PAGES):
+            answer = json_body(await self._get(url, params=params))
+            items = answer.get("items") or []
+            for item in items:
+                variables = item.get("user-variables") if isinstance(item, dict) else None
+                if isinstance(variables, dict) and variables.get("nurture_message_id") == str(
+                    message.message_id
+                ):
+                    headers = (item.get("message") or {}).get("headers") or {}
+                    found = headers.get("message-id") if isinstance(headers, dict) else None
+                    return DeliveryReceipt(self.provider, str(found or "").strip("<>"))
+            next_page = (answer.get("paging") or {}).get("next")
+            if not items or not isinstance(next_page, str):
+                return None
+            url, params = next_page, None  # the next page's URL carries the query
+        raise LookupUnavailable(f"mailgun: more than {_LOOKUP_PAGES} pages of events to read")
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         response = await self._post(self._path, data=self.form(message))

@@ -11,6 +11,7 @@ from nurture.db.models import OutboxMessage
 
 class OutboxChannel:
     provider = "outbox"
+    dedupes_on_key = True  # one row per idempotency key: a second send finds the first
 
     def __init__(self, sessions: SessionFactory) -> None:
         self._sessions = sessions

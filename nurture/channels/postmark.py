@@ -1,10 +1,14 @@
 """Email through Postmark's Email API (POST /email).
 
+A retry that does not know whether Postmark took the message (the worker died during the call)
+asks its Messages API, searching on our message id in `Metadata`.
+
 Postmark answers 200 with {"MessageID", "ErrorCode": 0, ...}, and refuses with an HTTP status
 (422 mostly) and {"ErrorCode", "Message"}. Our message id travels in `Metadata`, which Postmark
 copies into its webhooks. Open tracking and link tracking are off: we do both ourselves.
 """
 
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -69,6 +73,24 @@ class PostmarkChannel(HttpChannel):
             provider=self.provider,
             provider_message_id=self._receipt_id(answer.get("MessageID"), "MessageID"),
         )
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> DeliveryReceipt | None:
+        """Postmark's outbound message search filters on one metadata field
+        (`metadata_<name>=<value>`): ours names the message. (`since` is not needed: our
+        message id is unique.)"""
+        response = await self._get(
+            "/messages/outbound",
+            params={
+                "count": 1,
+                "offset": 0,
+                "recipient": message.to_address,
+                "metadata_nurture_message_id": str(message.message_id),
+            },
+        )
+        for found in json_body(response).get("Messages") or []:
+            if isinstance(found, dict) and isinstance(found.get("MessageID"), str):
+                return DeliveryReceipt(self.provider, found["MessageID"])
+        return None
 
 
 def _permanent(response: httpx.Response, error_code: object) -> bool | None:

@@ -2,8 +2,11 @@
 
 Each send opens one connection (plain, STARTTLS or implicit TLS, as SMTP_SECURITY says),
 authenticates when SMTP_USERNAME is set, and hands over one message. SMTP has no idempotency
-key, so the Message-ID is derived from our message id: a retried send carries the same
-Message-ID, and a relay or a mailbox that dedupes on it drops the second copy. The same id is in
+key and no way to ask a relay what it took, so the Message-ID is derived from our message id: a
+send that is tried again carries the same Message-ID, and a relay or a mailbox that dedupes on it
+drops the second copy. Whether a send cut short during the call (worker killed after the relay
+took the message, before we recorded it) is tried again at all is UNCERTAIN_SENDS' choice:
+`unknown` (the default: recorded as unknown, never sent twice) or `resend`. The same id is in
 `X-Nurture-Message-Id`, which bounce reports (DSNs) quote, so a bounce maps back to the message.
 
 A 5xx reply (to MAIL, RCPT or DATA) is the server's final word: `PermanentSendError`. A 4xx
@@ -102,7 +105,14 @@ class SmtpChannel:
         except (aiosmtplib.SMTPException, OSError) as err:
             # No reply to judge by: connection refused or lost, timeout, TLS failure, or a
             # server lacking STARTTLS/AUTH (a configuration problem someone will fix).
-            raise TemporarySendError(f"smtp: {type(err).__name__}: {err}") from err
+            # A timeout or a lost connection once connected may have come after the server
+            # took the message (its "250" never reached us): the retry must not assume not.
+            maybe = isinstance(
+                err, (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError)
+            ) and not isinstance(err, (aiosmtplib.SMTPConnectError, ConnectionRefusedError))
+            raise TemporarySendError(
+                f"smtp: {type(err).__name__}: {err}", maybe_accepted=maybe
+            ) from err
         return DeliveryReceipt(
             provider=self.provider,
             provider_message_id=self.message_id_header(message).strip("<>"),

@@ -4,8 +4,12 @@
 Twilio answers 201 with the Message resource, whose `sid` (SM...) its status callbacks carry;
 it refuses with a status and {"code", "message", "more_info", "status"}. The sender is the
 Messaging Service when one is configured (Twilio then picks a number from its pool), else the
-From number.
+From number. A retry that does not know whether Twilio took the message (the worker died
+during the call) reads the newest messages to the number for ours (see `find_sent`).
 """
+
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 from nurture.channels.base import DeliveryReceipt, OutgoingMessage, PermanentSendError
 from nurture.channels.http import HttpChannel, json_body, require, send_error
@@ -48,6 +52,24 @@ class TwilioChannel(HttpChannel):
         )
         self._path = f"/2010-04-01/Accounts/{account_sid}/Messages.json"
         self._callback = f"{settings.public_base_url.rstrip('/')}/v1/webhooks/twilio"
+
+    async def find_sent(self, message: OutgoingMessage, since: datetime) -> DeliveryReceipt | None:
+        """Twilio keeps no metadata of ours on a Message, and its list filters on To, From and
+        the day sent only: the newest messages to this number are read for one with our body,
+        created since the first attempt (less a minute for clock skew). Same recipient, same
+        text, same minute: ours, or one the contact could not tell from ours."""
+        response = await self._get(self._path, params={"To": message.to_address, "PageSize": 50})
+        earliest = since - timedelta(minutes=1)
+        for found in json_body(response).get("messages") or []:
+            if not isinstance(found, dict) or found.get("body") != message.text:
+                continue
+            try:
+                created = parsedate_to_datetime(str(found.get("date_created")))
+            except (TypeError, ValueError):
+                continue
+            if created >= earliest and isinstance(found.get("sid"), str):
+                return DeliveryReceipt(self.provider, found["sid"])
+        return None
 
     async def send(self, message: OutgoingMessage) -> DeliveryReceipt:
         if not message.text:

@@ -75,6 +75,12 @@ class MessageStatus(StrEnum):
     SENT = "sent"
     SKIPPED = "skipped"  # never reached a provider; see reason
     FAILED = "failed"  # a provider refused it for good
+    # Handed to the provider, answer not recorded yet: a retry that finds this does not know
+    # whether the provider has the message (see activities/messaging.py).
+    ATTEMPTING = "attempting"
+    # The worker died during the provider call and the channel cannot be asked: recorded, not
+    # sent again (UNCERTAIN_SENDS=unknown). See docs/operations.md.
+    UNKNOWN = "unknown"
 
 
 class Contact(SQLModel, table=True):
@@ -255,7 +261,8 @@ class Message(SQLModel, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         CheckConstraint(
-            "status IN ('sending', 'sent', 'skipped', 'failed')", name="message_status"
+            "status IN ('sending', 'attempting', 'sent', 'skipped', 'failed', 'unknown')",
+            name="message_status",
         ),
         Index("ix_messages_contact_created", "contact_id", "created_at"),
     )
@@ -283,6 +290,8 @@ class Message(SQLModel, table=True):
     provider_message_id: str | None = Field(default=None, max_length=255, index=True)
     created_at: datetime = _timestamp()
     sent_at: datetime | None = _timestamp(nullable=True, default_now=False)
+    # When the first provider call began: a retry looks the message up from then on.
+    attempted_at: datetime | None = _timestamp(nullable=True, default_now=False)
 
 
 class OutboxMessage(SQLModel, table=True):

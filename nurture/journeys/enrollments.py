@@ -7,6 +7,7 @@ ask, and Temporal's "use existing" conflict policy makes that start safe to repe
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,6 +53,12 @@ from nurture.tracing import initial_search_attributes
 TEMPORAL_UNREACHABLE = (RPCError, RuntimeError, TimeoutError)
 # RPC statuses that mean the server is away, not that one workflow refused.
 SERVER_AWAY = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED)
+# How long one start or signal may take. The SDK retries an unreachable server for about 10 s
+# (its `rpc_timeout` bounds each try, not the retries), so a caller waiting on it (an API
+# request, a person following a link) would wait that long for a 503: this cuts it short. A
+# healthy server answers in milliseconds; what is cut short is safe to repeat (starts use
+# "use existing", enrollments ignore an event they have seen).
+CALL_TIME_LIMIT = 2.0
 
 
 @dataclass(frozen=True)
@@ -337,6 +344,19 @@ async def start_workflow(
     paused: bool = False,
 ) -> None:
     definition = parsed_definition(version)
+    async with asyncio.timeout(CALL_TIME_LIMIT):
+        await _start(client, options, enrollment, journey_key, version, definition, paused)
+
+
+async def _start(
+    client: Client,
+    options: EnrollmentOptions,
+    enrollment: Enrollment,
+    journey_key: str,
+    version: JourneyVersion,
+    definition: JourneyDefinition,
+    paused: bool,
+) -> None:
     await client.start_workflow(
         ENROLLMENT_WORKFLOW,
         EnrollmentInput(
@@ -425,7 +445,8 @@ async def unenroll(
         raise NotFound(f"no enrollment {enrollment_id}")
     if enrollment.status in ACTIVE_ENROLLMENT_STATUSES:
         handle = client.get_workflow_handle(enrollment.workflow_id)
-        await handle.signal("unenroll", reason)
+        async with asyncio.timeout(CALL_TIME_LIMIT):
+            await handle.signal("unenroll", reason)
     return enrollment
 
 
@@ -520,10 +541,11 @@ async def signal_workflow(
     """Signal a running enrollment; False if it has already ended (nothing left to tell)."""
     handle = client.get_workflow_handle(workflow_id)
     try:
-        if arg is None:
-            await handle.signal(signal)
-        else:
-            await handle.signal(signal, arg)
+        async with asyncio.timeout(CALL_TIME_LIMIT):
+            if arg is None:
+                await handle.signal(signal)
+            else:
+                await handle.signal(signal, arg)
     except RPCError as err:
         if err.status != RPCStatusCode.NOT_FOUND:
             raise

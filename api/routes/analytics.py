@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 
 from api.deps import SessionDep
 from api.schemas.analytics import DailyOut, JourneyAnalyticsOut
+from api.schemas.common import PG_INT_MAX
 from nurture.analytics.daily import daily_series
 from nurture.analytics.journey import journey_analytics
 from nurture.db.models import utcnow
@@ -28,7 +29,7 @@ router = APIRouter(prefix="/journeys", tags=["journeys"])
 async def get_analytics(
     key: str,
     session: SessionDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=PG_INT_MAX)] = None,
 ) -> JourneyAnalyticsOut:
     return JourneyAnalyticsOut.of(await journey_analytics(session, key, version))
 
@@ -47,7 +48,7 @@ async def get_daily(
     start: Annotated[date | None, Query(alias="from")] = None,
     end: Annotated[date | None, Query(alias="to")] = None,
     time_zone: str = "UTC",
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=PG_INT_MAX)] = None,
 ) -> DailyOut:
     end = end or utcnow().date()
     start = start or end - timedelta(days=29)

@@ -21,6 +21,7 @@ from sqlmodel import col
 from api.deps import ResourcesDep, SessionDep
 from api.resources import Resources
 from api.routes.contacts import contact_out
+from api.schemas.common import PG_INT_MAX
 from nurture.analytics.daily import SERIES, daily_series
 from nurture.analytics.journey import graph_order, journey_analytics, journey_definition
 from nurture.analytics.review import weekly_review
@@ -205,7 +206,7 @@ async def journey_page(
     journey_key: str,
     key: ConsoleKey,
     session: SessionDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=PG_INT_MAX)] = None,
     time_zone: str = "UTC",
 ) -> HTMLResponse:
     analytics = await journey_analytics(session, journey_key, version)
@@ -234,7 +235,7 @@ async def flowchart(
     journey_key: str,
     key: ConsoleKey,
     session: SessionDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=PG_INT_MAX)] = None,
 ) -> HTMLResponse:
     """The flowchart alone, fetched by the page every few seconds to stay live."""
     _, svg = await _flowchart(session, journey_key, version)
@@ -249,7 +250,7 @@ async def step_page(
     key: ConsoleKey,
     session: SessionDep,
     resources: ResourcesDep,
-    version: Annotated[int | None, Query(ge=1)] = None,
+    version: Annotated[int | None, Query(ge=1, le=PG_INT_MAX)] = None,
 ) -> HTMLResponse:
     journey = await session.scalar(select(Journey).where(col(Journey.key) == journey_key))
     if journey is None:

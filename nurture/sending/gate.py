@@ -14,20 +14,19 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from nurture.contracts import SendRequest
 from nurture.db.models import EnrollmentStep, SendClaim, SendHold, utcnow
 from nurture.journeys.definition import check_time_zone
 from nurture.journeys.durations import format_duration
 from nurture.sending.caps import cap_verdict, longest_window
 from nurture.sending.rules import SendRules, load_send_rules
-from nurture.sending.windows import quiet_until
+from nurture.sending.windows import QuietHours, quiet_until
 
 Action = Literal["send", "held", "delayed", "skipped"]
 
@@ -43,6 +42,39 @@ class Verdict:
 SEND = Verdict("send")
 
 
+class GatedSend(Protocol):
+    """What the gate reads of a send: a `SendRequest` (email, SMS) or a `PushRequest`."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def enrollment_id(self) -> uuid.UUID: ...
+    @property
+    def contact_id(self) -> uuid.UUID: ...
+    @property
+    def journey_key(self) -> str: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def visit(self) -> int: ...
+    @property
+    def at(self) -> datetime | None: ...
+    @property
+    def transactional(self) -> bool: ...
+    @property
+    def on_cap(self) -> Literal["delay", "skip"]: ...
+    @property
+    def quiet_hours(self) -> list[QuietHours] | None: ...
+    @property
+    def time_zone(self) -> str | None: ...
+    @property
+    def held_since(self) -> datetime | None: ...
+    @property
+    def expires_after(self) -> timedelta | None: ...
+
+
 def contact_zone(contact_zone: str | None, journey_zone: str | None, rules: SendRules) -> str:
     """The contact's time zone (an IANA name), else the journey's, else the workspace's."""
     for name in (contact_zone, journey_zone):
@@ -54,7 +86,7 @@ def contact_zone(contact_zone: str | None, journey_zone: str | None, rules: Send
     return rules.time_zone
 
 
-def expired(request: SendRequest, at: datetime) -> Verdict | None:
+def expired(request: GatedSend, at: datetime) -> Verdict | None:
     if request.expires_after is None or request.held_since is None:
         return None
     if at < request.held_since + request.expires_after:
@@ -64,7 +96,7 @@ def expired(request: SendRequest, at: datetime) -> Verdict | None:
 
 
 async def decide_and_claim(
-    session: AsyncSession, request: SendRequest, contact_time_zone: str | None
+    session: AsyncSession, request: GatedSend, contact_time_zone: str | None
 ) -> Verdict:
     at = request.at or utcnow()
     too_late = expired(request, at)
@@ -122,7 +154,7 @@ async def _lock(session: AsyncSession, contact_id: uuid.UUID, channel: str) -> N
 
 
 async def record_hold(
-    session: AsyncSession, request: SendRequest, verdict: Verdict, enrollment_exists: bool
+    session: AsyncSession, request: GatedSend, verdict: Verdict, enrollment_exists: bool
 ) -> None:
     """Count it (`send_holds`) and, for a hold, show it on the step of the stored path."""
     assert verdict.rule is not None and verdict.words is not None

@@ -5,8 +5,9 @@ frequency cap on channel "push" is delayed, one in quiet hours is held, each cou
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -136,7 +137,7 @@ async def test_a_push_in_quiet_hours_is_held_until_they_end(
         "sent to 1 device(s) (held: quiet hours until 08:00 Europe/Warsaw)"
     )
     (claim,) = await claims(sessions, contact)
-    eight = datetime.fromisoformat(f"{day + timedelta(days=1)}T08:00:00+01:00")
+    eight = datetime.combine(day + timedelta(days=1), time(8), tzinfo=ZoneInfo("Europe/Warsaw"))
     assert eight <= claim.at < eight + timedelta(minutes=1), claim.at
     (hold,) = await holds(sessions, contact)
     assert (hold.channel, hold.rule, hold.action) == ("push", "quiet_hours", "held")

@@ -6,12 +6,14 @@ read and claimed under a transaction-scoped advisory lock per contact and channe
 skip it (the journey's or step's `on_cap`). Two sends racing for a cap's last slot on
 different workers serialize on that lock: the second counts the first's claim once the first
 commits. A claim is keyed by the send's idempotency key, so a retried send never counts twice.
-Without caps or quiet hours this is one read of the rules and one insert.
+Without caps or quiet hours this is one read of the rules and one insert. The decision
+itself (`before_caps`, `capped`) is pure: the simulation makes it over its in-memory claims.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -95,6 +97,42 @@ def expired(request: GatedSend, at: datetime) -> Verdict | None:
     return Verdict("skipped", "expired", f"expired: not sent within {limit} (expires_after)")
 
 
+def before_caps(
+    request: GatedSend, at: datetime, contact_time_zone: str | None, rules: SendRules
+) -> Verdict | None:
+    """Expiry and quiet hours, for the instant `at` (pure): a verdict, or None to go on to the
+    caps."""
+    too_late = expired(request, at)
+    if too_late is not None:
+        return too_late
+    if not request.transactional:
+        windows = request.quiet_hours if request.quiet_hours is not None else rules.quiet_hours
+        if windows:
+            zone = contact_zone(contact_time_zone, request.time_zone, rules)
+            hold = quiet_until(at, zone, windows, request.channel)
+            if hold is not None:
+                return Verdict("held", "quiet_hours", hold.words(at), hold.until)
+    return None
+
+
+def capped(
+    request: GatedSend, at: datetime, rules: SendRules, claims: Sequence[datetime]
+) -> Verdict | None:
+    """The frequency caps over the times of the claims already made on the send's channel
+    (pure): a delay or a skip, or None when the send fits (or is transactional)."""
+    verdict = cap_verdict(rules.frequency_caps, request.channel, at, claims)
+    if verdict is None or request.transactional:
+        return None
+    if request.on_cap == "skip":
+        return Verdict("skipped", "frequency_cap", verdict.words())
+    # Rounded up to the minute: the words never name a time before the release.
+    shown = verdict.allowed_at.astimezone(UTC) + timedelta(seconds=59)
+    when = f"{shown:%Y-%m-%d %H:%M} UTC"
+    return Verdict(
+        "delayed", "frequency_cap", f"{verdict.words()} until {when}", verdict.allowed_at
+    )
+
+
 async def decide_and_claim(
     session: AsyncSession, request: GatedSend, contact_time_zone: str | None
 ) -> Verdict:
@@ -103,13 +141,9 @@ async def decide_and_claim(
     if too_late is not None:
         return too_late
     rules = await load_send_rules(session)
-    if not request.transactional:
-        windows = request.quiet_hours if request.quiet_hours is not None else rules.quiet_hours
-        if windows:
-            zone = contact_zone(contact_time_zone, request.time_zone, rules)
-            hold = quiet_until(at, zone, windows, request.channel)
-            if hold is not None:
-                return Verdict("held", "quiet_hours", hold.words(at), hold.until)
+    held = before_caps(request, at, contact_time_zone, rules)
+    if held is not None:
+        return held
     window = longest_window(rules.frequency_caps, request.channel)
     if window is not None:
         await _lock(session, request.contact_id, request.channel)
@@ -121,16 +155,9 @@ async def decide_and_claim(
                 col(SendClaim.idempotency_key) != request.idempotency_key,
             )
         )
-        capped = cap_verdict(rules.frequency_caps, request.channel, at, list(claims))
-        if capped is not None and not request.transactional:
-            if request.on_cap == "skip":
-                return Verdict("skipped", "frequency_cap", capped.words())
-            # Rounded up to the minute: the words never name a time before the release.
-            shown = capped.allowed_at.astimezone(UTC) + timedelta(seconds=59)
-            when = f"{shown:%Y-%m-%d %H:%M} UTC"
-            return Verdict(
-                "delayed", "frequency_cap", f"{capped.words()} until {when}", capped.allowed_at
-            )
+        over = capped(request, at, rules, list(claims))
+        if over is not None:
+            return over
     await session.execute(
         insert(SendClaim)
         .values(

@@ -156,3 +156,26 @@ async def test_a_push_step_takes_the_send_rule_keys(api: httpx.AsyncClient) -> N
     del journey["steps"]["p0"]["on_cap"]
     ok(await api.put("/v1/journeys/keys/draft", json=journey))
     ok(await api.post("/v1/journeys/keys/validate"))
+
+
+def test_pushes_go_through_a_throttled_queue_of_their_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The push send queue is polled by a worker of its own at SEND_RATE_PUSH, with the push
+    activity (email and SMS keep theirs)."""
+    import worker as worker_module
+    from nurture.settings import Settings
+    from nurture.simulation.standins import activity_name
+
+    built: dict[str, dict[str, Any]] = {}
+
+    def capture(*args: Any, **kwargs: Any) -> None:
+        built[kwargs["task_queue"]] = kwargs
+
+    monkeypatch.setattr(worker_module, "Worker", capture)
+    settings = Settings(temporal_task_queue="q", send_rate_push=3.5, send_rate_sms=1.0)
+    worker_module.build_worker(object(), object(), "q", settings=settings)  # type: ignore[arg-type]
+
+    push = built["q-send-push"]
+    assert [activity_name(fn) for fn in push["activities"]] == ["send_push"]
+    assert push["max_task_queue_activities_per_second"] == 3.5
+    assert [activity_name(fn) for fn in built["q-send-sms"]["activities"]] == ["send_message"]
+    assert built["q-send-email"]["max_task_queue_activities_per_second"] is None

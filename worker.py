@@ -117,7 +117,9 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
         **worker_options,
     )
-    return Workers([main, *send_workers(client, task_queue, messaging, settings, worker_options)])
+    return Workers(
+        [main, *send_workers(client, task_queue, messaging, settings, worker_options, push)]
+    )
 
 
 def send_workers(
@@ -126,11 +128,23 @@ def send_workers(
     messaging: MessagingActivities,
     settings: Settings,
     worker_options: Mapping[str, Any],
+    push: PushActivities | None = None,
 ) -> list[Worker]:
     """One worker per channel on that channel's send queue, which the enrollments send
     through: `max_task_queue_activities_per_second` is the channel's rate, kept by the
     Temporal server over every worker polling the queue (docs/send-rules.md)."""
-    rates = {"email": settings.send_rate_email, "sms": settings.send_rate_sms}
+    rates = {
+        "email": settings.send_rate_email,
+        "sms": settings.send_rate_sms,
+        "push": settings.send_rate_push,
+    }
+    # Push has an activity of its own (one notification per device token).
+    sends: dict[str, list[Any]] = {
+        "email": [messaging.send_message],
+        "sms": [messaging.send_message],
+    }
+    if push is not None:
+        sends["push"] = [push.send_push]
     options = {
         k: v for k, v in worker_options.items() if k in ("graceful_shutdown_timeout", "identity")
     }
@@ -138,11 +152,12 @@ def send_workers(
         Worker(
             client,
             task_queue=send_task_queue(task_queue, channel),
-            activities=[messaging.send_message],
+            activities=sends[channel],
             max_task_queue_activities_per_second=rates[channel],
             **options,
         )
         for channel in CHANNELS
+        if channel in sends
     ]
 
 

@@ -1,7 +1,9 @@
 """The send_push step's activity: one push per device token of the contact.
 
-Like `send_message`, the step claims a message row (channel "push") by its idempotency key,
-so a finished send is never repeated. Each token's delivery is remembered in
+Like `send_message`, a new push first meets the send rules (`nurture.sending.gate`: quiet
+hours, frequency caps on channel "push", expiry; a held push returns "held" and leaves no
+message row), then claims a message row (channel "push") by its idempotency key, so a
+finished send is never repeated. Each token's delivery is remembered in
 `applied_operations` (`<key>:<token id>`) as soon as the provider took it, so a retry after
 a crash or a temporary error reaches only the tokens not reached yet (FCM has no idempotency
 key: a crash between FCM's answer and that write can repeat one notification, no more).
@@ -36,6 +38,7 @@ from nurture.db.models import (
     utcnow,
 )
 from nurture.outbound.webhooks import render_value
+from nurture.sending.gate import decide_and_claim, record_hold
 
 _FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
 
@@ -53,25 +56,8 @@ class PushActivities:
             enrollment_exists = await session.get(Enrollment, request.enrollment_id) is not None
             if enrollment_exists:
                 await record_progress(session, request.enrollment_id, request.progress)
-            await session.execute(
-                insert(Message)
-                .values(
-                    idempotency_key=key,
-                    enrollment_id=request.enrollment_id if enrollment_exists else None,
-                    contact_id=request.contact_id if contact is not None else None,
-                    step_id=request.step,
-                    channel="push",
-                    template=f"push:{request.step}",
-                    status=MessageStatus.SENDING,
-                )
-                .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            )
-            message = (
-                await session.scalars(
-                    select(Message).where(col(Message.idempotency_key) == key).with_for_update()
-                )
-            ).one()
-            if message.status in _FINISHED:
+            message = await _claimed(session, key)
+            if message is not None and message.status in _FINISHED:
                 return PushResult(status=message.status, reason=message.reason)
             reason = await self._skip_reason(session, contact)
             devices: list[DeviceToken] = []
@@ -85,9 +71,41 @@ class PushActivities:
                 )
                 if not devices:
                     reason = "no_device_token"
+            rule: str | None = None
+            if reason is None and message is None and contact is not None:
+                # The same send rules as email and SMS, decided and claimed in this transaction.
+                verdict = await decide_and_claim(session, request, contact.time_zone)
+                if verdict.action != "send":
+                    await record_hold(session, request, verdict, enrollment_exists)
+                    rule = verdict.rule
+                if verdict.action in ("held", "delayed"):
+                    return PushResult(
+                        status="held",
+                        reason=f"{verdict.action}: {verdict.words}",
+                        until=verdict.until,
+                        rule=verdict.rule,
+                    )
+                if verdict.action == "skipped":
+                    reason = verdict.words
+            if message is None:
+                await session.execute(
+                    insert(Message)
+                    .values(
+                        idempotency_key=key,
+                        enrollment_id=request.enrollment_id if enrollment_exists else None,
+                        contact_id=request.contact_id if contact is not None else None,
+                        step_id=request.step,
+                        channel="push",
+                        template=f"push:{request.step}",
+                        status=MessageStatus.SENDING,
+                    )
+                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                )
+                message = await _claimed(session, key)
+                assert message is not None
             if reason is not None:
-                message.status, message.reason = MessageStatus.SKIPPED, reason
-                return PushResult(status="skipped", reason=reason)
+                message.status, message.reason = MessageStatus.SKIPPED, reason[:255]
+                return PushResult(status="skipped", reason=reason, rule=rule)
             assert contact is not None and self._channel is not None
             context = message_context(contact, message_id=message.id, journey=request.journey_key)
             template_key = f"{request.journey_key}.{request.step}"
@@ -182,3 +200,13 @@ class PushActivities:
             await session.execute(
                 insert(AppliedOperation).values(key=done_key).on_conflict_do_nothing()
             )
+
+
+async def _claimed(session: AsyncSession, key: str) -> Message | None:
+    """The message row of this idempotency key, locked, if an attempt made it."""
+    found: Message | None = (
+        await session.scalars(
+            select(Message).where(col(Message.idempotency_key) == key).with_for_update()
+        )
+    ).one_or_none()
+    return found

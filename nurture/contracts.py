@@ -361,10 +361,22 @@ class PushRequest(_Message):
     step: str
     push: SendPushStep
     progress: list[StepEntered] = Field(default_factory=list)
+    # The send rules, as for a SendRequest (nurture.sending.gate decides a push the same way).
+    channel: Literal["push"] = "push"
+    visit: int = 0
+    at: datetime | None = None
+    transactional: bool = False
+    on_cap: Literal["delay", "skip"] = "delay"
+    quiet_hours: list[QuietHours] | None = None
+    time_zone: str | None = None
+    held_since: datetime | None = None
+    expires_after: timedelta | None = None
 
 
 class PushResult(_Message):
-    status: Literal["sent", "skipped", "failed"]
+    status: Literal["sent", "skipped", "failed", "held"]
     reason: str | None = None
+    until: datetime | None = None  # held: when to try again
+    rule: str | None = None  # held or skipped by a send rule
     devices: int = 0  # tokens it reached
     removed: int = 0  # tokens dropped as no longer valid

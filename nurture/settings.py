@@ -87,6 +87,12 @@ class Settings(BaseSettings):
         description="at most this many SMS per second over all workers; unset: no limit. "
         "A Twilio long code sends 1 per second",
     )
+    send_rate_push: float | None = Field(
+        default=None,
+        gt=0,
+        description="at most this many push notifications (send_push steps) per second over "
+        "all workers; unset: no limit",
+    )
 
     # --- Engagement: links in messages, tracking, unsubscribe -------------------------------
     public_base_url: str = Field(

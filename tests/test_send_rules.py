@@ -23,6 +23,7 @@ from activities.messaging import MessagingActivities
 from nurture.contracts import EnrollmentResult, SendRequest, SendResult
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Message, OutboxMessage, SendClaim, SendHold, Template
+from nurture.journeys.schedule import WAKE_SPREAD
 from nurture.sending.rules import SendRules, save_send_rules
 from nurture.settings import Settings
 from tests.support import (
@@ -364,7 +365,8 @@ async def test_a_contact_whose_time_zone_changes_while_held_is_planned_again(
     contact = await make_contact(sessions, phone="+48500100205", time_zone="Europe/Warsaw")
     _, handle = await start(sessions, client, task_queue, "night", contact)
     evening = datetime.fromisoformat(f"{day}T22:00:00+01:00")
-    await env.sleep(evening - await env.get_current_time() + timedelta(minutes=1))
+    # Past 22:00 and the wait's wake spread (up to WAKE_SPREAD after it, by enrollment id).
+    await env.sleep(evening - await env.get_current_time() + WAKE_SPREAD + timedelta(minutes=1))
     async with asyncio.timeout(15):
         while not ((await progress(handle)).path[-1].outcome or "").startswith("held"):  # noqa: ASYNC110
             await asyncio.sleep(0.05)

@@ -18,7 +18,7 @@ wait whose history grows (signals pile up) continues as new in the middle of the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         OwnerRequest,
         PathEntry,
         PushRequest,
+        PushResult,
         ReceivedEvent,
         ResumeWait,
         SendRequest,
@@ -371,36 +372,62 @@ class JourneyEnrollment:
         return f"journey:{self._input.journey_key}:{step_id}"
 
     async def _send(self, step_id: str, step: SendEmailStep | SendSmsStep, visit: int) -> str:
-        """The one gate every send passes through. The send rules (docs/send-rules.md) are
-        decided by the send activity itself, for this instant: a send held by quiet hours or
-        delayed by a frequency cap sleeps (a timer named for the rule) until the rule allows
-        it, or until its step's expires_after, and is tried again; a journey whose sends no
-        rule holds costs what it always did, one activity per send."""
-        await self._hold_while_paused(step_id)
         channel: Channel = "email" if isinstance(step, SendEmailStep) else "sms"
+        result, holds = await self._through_gate(
+            step_id,
+            step,
+            visit,
+            channel,
+            lambda entered: self._send_request(step_id, step, visit, channel, entered),
+            MessagingActivities.send_message,
+            f"{step_id}: send {channel} '{step.template}'",
+        )
+        if isinstance(result, str):
+            return result
+        outcome = result.status if result.reason is None else f"{result.status}: {result.reason}"
+        return _with_holds(outcome, holds)
+
+    async def _through_gate(
+        self,
+        step_id: str,
+        step: GatedStep,
+        visit: int,
+        channel: str,
+        request_for: Callable[[datetime], SendRequest | PushRequest],
+        method: Callable[[Any, Any], Awaitable[SendResult | PushResult]],
+        summary: str,
+    ) -> tuple[SendResult | PushResult | str, list[str]]:
+        """The one gate every send (email, SMS, push) passes through. The send rules
+        (docs/send-rules.md) are decided by the send activity itself, for this instant: a send
+        held by quiet hours or delayed by a frequency cap sleeps (a timer named for the rule)
+        until the rule allows it, or until its step's expires_after, and is tried again; a
+        journey whose sends no rule holds costs what it always did, one activity per send.
+        Returns the activity's last result (a string: the outcome of a failed send) and the
+        holds met on the way."""
+        await self._hold_while_paused(step_id)
         entered = self._path[-1].entered_at
         # A hold cut by continue-as-new left its note on the path: keep it in the outcome.
         earlier = self._path[-1].outcome
         holds = [earlier] if earlier and earlier.startswith(_HOLD_PREFIXES) else []
         while True:
-            request = self._send_request(step_id, step, visit, channel, entered)
+            request = request_for(entered)
             try:
                 result = await workflow.execute_activity_method(
-                    MessagingActivities.send_message,
+                    method,
                     request,
                     task_queue=send_task_queue(workflow.info().task_queue, channel),
                     start_to_close_timeout=_SEND_TIMEOUT,
                     retry_policy=_PATIENT,
-                    summary=f"{step_id}: send {channel} '{step.template}'",
+                    summary=summary,
                     schedule_to_start_timeout=self._expiry_timeout(step, entered),
                 )
             except ActivityError as err:
                 if _waited_too_long(err) and step.expires_after is not None:
                     # Throttled past its expiry: the send is recorded as skipped, off the
                     # throttled queue.
-                    result = await self._record_expired(request, step_id)
+                    result = await self._record_expired(method, request, step_id)
                 else:
-                    return f"failed: {_cause(err)}"  # the path is written by the next write
+                    return f"failed: {_cause(err)}", holds  # the path is written by the next write
             self._saved(request.progress)
             if result.status == "held":
                 assert result.until is not None and result.reason is not None
@@ -410,12 +437,7 @@ class JourneyEnrollment:
             break
         if result.reason == "contact_deleted":
             self._contact_dirty = True  # the next checkpoint reloads it and ends the enrollment
-        outcome = result.status if result.reason is None else f"{result.status}: {result.reason}"
-        if not holds:
-            return outcome
-        # Each hold once, in order; within the stored path's 255 characters.
-        text = f"{outcome} ({'; '.join(dict.fromkeys(holds))})"
-        return text if len(text) <= _OUTCOME_MAX else text[: _OUTCOME_MAX - 1] + "…"
+        return result, holds
 
     def _send_request(
         self,
@@ -447,22 +469,25 @@ class JourneyEnrollment:
             expires_after=step.expires_after,
         )
 
-    def _expiry_timeout(
-        self, step: SendEmailStep | SendSmsStep, entered: datetime
-    ) -> timedelta | None:
+    def _expiry_timeout(self, step: GatedStep, entered: datetime) -> timedelta | None:
         """A send with an expiry may wait in its (throttled) queue only until it expires."""
         if step.expires_after is None:
             return None
         left = entered + step.expires_after - workflow.now()
         return left if left > timedelta(0) else None
 
-    async def _record_expired(self, request: SendRequest, step_id: str) -> SendResult:
+    async def _record_expired(
+        self,
+        method: Callable[[Any, Any], Awaitable[SendResult | PushResult]],
+        request: SendRequest | PushRequest,
+        step_id: str,
+    ) -> SendResult | PushResult:
         """Past its expiry now: the activity, on the workflow's own (unthrottled) queue,
         records the send as skipped."""
         # With its progress: the throttled attempt never started, so never wrote the path.
         request = request.model_copy(update={"at": workflow.now()})
         return await workflow.execute_activity_method(
-            MessagingActivities.send_message,
+            method,
             request,
             start_to_close_timeout=_SEND_TIMEOUT,
             retry_policy=_PATIENT,
@@ -472,7 +497,7 @@ class JourneyEnrollment:
     async def _hold_send(
         self,
         step_id: str,
-        step: SendEmailStep | SendSmsStep,
+        step: GatedStep,
         visit: int,
         entered: datetime,
         reason: str,
@@ -741,8 +766,31 @@ class JourneyEnrollment:
         return f"assigned {owner.name} (turn {owner.turn})" if done == "done" else done
 
     async def _send_push(self, step_id: str, step: SendPushStep, visit: int) -> str:
-        await self._hold_while_paused(step_id)
-        request = PushRequest(
+        result, holds = await self._through_gate(
+            step_id,
+            step,
+            visit,
+            "push",
+            lambda entered: self._push_request(step_id, step, visit, entered),
+            PushActivities.send_push,
+            f"{step_id}: send push",
+        )
+        if isinstance(result, str):
+            return result
+        if isinstance(result, PushResult) and result.status == "sent":
+            removed = f", {result.removed} invalid token(s) removed" if result.removed else ""
+            outcome = f"sent to {result.devices} device(s){removed}"
+        else:
+            outcome = (
+                result.status if result.reason is None else f"{result.status}: {result.reason}"
+            )
+        return _with_holds(outcome, holds)
+
+    def _push_request(
+        self, step_id: str, step: SendPushStep, visit: int, entered: datetime
+    ) -> PushRequest:
+        definition = self._input.definition
+        return PushRequest(
             idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
             enrollment_id=self._input.enrollment_id,
             contact_id=self._input.contact_id,
@@ -750,28 +798,28 @@ class JourneyEnrollment:
             step=step_id,
             push=step,
             progress=self._unsaved,
+            visit=visit,
+            at=workflow.now(),
+            transactional=step.transactional,
+            on_cap=step.on_cap or definition.on_cap,
+            quiet_hours=definition.quiet_hours,
+            time_zone=definition.time_zone if definition.time_zone != "UTC" else None,
+            held_since=entered,
+            expires_after=step.expires_after,
         )
-        try:
-            result = await workflow.execute_activity_method(
-                PushActivities.send_push,
-                request,
-                start_to_close_timeout=_SEND_TIMEOUT,
-                retry_policy=_PATIENT,
-                summary=f"{step_id}: send push",
-            )
-        except ActivityError as err:
-            return f"failed: {_cause(err)}"
-        self._saved(request.progress)
-        if result.reason == "contact_deleted":
-            self._contact_dirty = True
-        if result.status == "sent":
-            removed = f", {result.removed} invalid token(s) removed" if result.removed else ""
-            return f"sent to {result.devices} device(s){removed}"
-        return result.status if result.reason is None else f"{result.status}: {result.reason}"
 
 
 _HOLD_PREFIXES = ("held: ", "delayed: ")
 _OUTCOME_MAX = 255  # enrollment_steps.outcome
+GatedStep = SendEmailStep | SendSmsStep | SendPushStep
+
+
+def _with_holds(outcome: str, holds: list[str]) -> str:
+    """The outcome with each hold once, in order; within the stored path's 255 characters."""
+    if not holds:
+        return outcome
+    text = f"{outcome} ({'; '.join(dict.fromkeys(holds))})"
+    return text if len(text) <= _OUTCOME_MAX else text[: _OUTCOME_MAX - 1] + "…"
 
 
 def _waited_too_long(err: ActivityError) -> bool:

@@ -470,7 +470,7 @@ class AssignOwnerStep(_Step):
     next: StepId | None = None
 
 
-class SendPushStep(_Step):
+class SendPushStep(_SendStep):
     """A push notification to every device token of the contact; title, body and data
     values are templates."""
 

@@ -6,28 +6,29 @@ read and claimed under a transaction-scoped advisory lock per contact and channe
 skip it (the journey's or step's `on_cap`). Two sends racing for a cap's last slot on
 different workers serialize on that lock: the second counts the first's claim once the first
 commits. A claim is keyed by the send's idempotency key, so a retried send never counts twice.
-Without caps or quiet hours this is one read of the rules and one insert.
+Without caps or quiet hours this is one read of the rules and one insert. The decision
+itself (`before_caps`, `capped`) is pure: the simulation makes it over its in-memory claims.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import Literal, Protocol
 
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from nurture.contracts import SendRequest
 from nurture.db.models import EnrollmentStep, SendClaim, SendHold, utcnow
 from nurture.journeys.definition import check_time_zone
 from nurture.journeys.durations import format_duration
 from nurture.sending.caps import cap_verdict, longest_window
 from nurture.sending.rules import SendRules, load_send_rules
-from nurture.sending.windows import quiet_until
+from nurture.sending.windows import QuietHours, quiet_until
 
 Action = Literal["send", "held", "delayed", "skipped"]
 
@@ -43,6 +44,39 @@ class Verdict:
 SEND = Verdict("send")
 
 
+class GatedSend(Protocol):
+    """What the gate reads of a send: a `SendRequest` (email, SMS) or a `PushRequest`."""
+
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def enrollment_id(self) -> uuid.UUID: ...
+    @property
+    def contact_id(self) -> uuid.UUID: ...
+    @property
+    def journey_key(self) -> str: ...
+    @property
+    def step(self) -> str: ...
+    @property
+    def channel(self) -> str: ...
+    @property
+    def visit(self) -> int: ...
+    @property
+    def at(self) -> datetime | None: ...
+    @property
+    def transactional(self) -> bool: ...
+    @property
+    def on_cap(self) -> Literal["delay", "skip"]: ...
+    @property
+    def quiet_hours(self) -> list[QuietHours] | None: ...
+    @property
+    def time_zone(self) -> str | None: ...
+    @property
+    def held_since(self) -> datetime | None: ...
+    @property
+    def expires_after(self) -> timedelta | None: ...
+
+
 def contact_zone(contact_zone: str | None, journey_zone: str | None, rules: SendRules) -> str:
     """The contact's time zone (an IANA name), else the journey's, else the workspace's."""
     for name in (contact_zone, journey_zone):
@@ -54,7 +88,7 @@ def contact_zone(contact_zone: str | None, journey_zone: str | None, rules: Send
     return rules.time_zone
 
 
-def expired(request: SendRequest, at: datetime) -> Verdict | None:
+def expired(request: GatedSend, at: datetime) -> Verdict | None:
     if request.expires_after is None or request.held_since is None:
         return None
     if at < request.held_since + request.expires_after:
@@ -63,14 +97,14 @@ def expired(request: SendRequest, at: datetime) -> Verdict | None:
     return Verdict("skipped", "expired", f"expired: not sent within {limit} (expires_after)")
 
 
-async def decide_and_claim(
-    session: AsyncSession, request: SendRequest, contact_time_zone: str | None
-) -> Verdict:
-    at = request.at or utcnow()
+def before_caps(
+    request: GatedSend, at: datetime, contact_time_zone: str | None, rules: SendRules
+) -> Verdict | None:
+    """Expiry and quiet hours, for the instant `at` (pure): a verdict, or None to go on to the
+    caps."""
     too_late = expired(request, at)
     if too_late is not None:
         return too_late
-    rules = await load_send_rules(session)
     if not request.transactional:
         windows = request.quiet_hours if request.quiet_hours is not None else rules.quiet_hours
         if windows:
@@ -78,6 +112,38 @@ async def decide_and_claim(
             hold = quiet_until(at, zone, windows, request.channel)
             if hold is not None:
                 return Verdict("held", "quiet_hours", hold.words(at), hold.until)
+    return None
+
+
+def capped(
+    request: GatedSend, at: datetime, rules: SendRules, claims: Sequence[datetime]
+) -> Verdict | None:
+    """The frequency caps over the times of the claims already made on the send's channel
+    (pure): a delay or a skip, or None when the send fits (or is transactional)."""
+    verdict = cap_verdict(rules.frequency_caps, request.channel, at, claims)
+    if verdict is None or request.transactional:
+        return None
+    if request.on_cap == "skip":
+        return Verdict("skipped", "frequency_cap", verdict.words())
+    # Rounded up to the minute: the words never name a time before the release.
+    shown = verdict.allowed_at.astimezone(UTC) + timedelta(seconds=59)
+    when = f"{shown:%Y-%m-%d %H:%M} UTC"
+    return Verdict(
+        "delayed", "frequency_cap", f"{verdict.words()} until {when}", verdict.allowed_at
+    )
+
+
+async def decide_and_claim(
+    session: AsyncSession, request: GatedSend, contact_time_zone: str | None
+) -> Verdict:
+    at = request.at or utcnow()
+    too_late = expired(request, at)
+    if too_late is not None:
+        return too_late
+    rules = await load_send_rules(session)
+    held = before_caps(request, at, contact_time_zone, rules)
+    if held is not None:
+        return held
     window = longest_window(rules.frequency_caps, request.channel)
     if window is not None:
         await _lock(session, request.contact_id, request.channel)
@@ -89,16 +155,9 @@ async def decide_and_claim(
                 col(SendClaim.idempotency_key) != request.idempotency_key,
             )
         )
-        capped = cap_verdict(rules.frequency_caps, request.channel, at, list(claims))
-        if capped is not None and not request.transactional:
-            if request.on_cap == "skip":
-                return Verdict("skipped", "frequency_cap", capped.words())
-            # Rounded up to the minute: the words never name a time before the release.
-            shown = capped.allowed_at.astimezone(UTC) + timedelta(seconds=59)
-            when = f"{shown:%Y-%m-%d %H:%M} UTC"
-            return Verdict(
-                "delayed", "frequency_cap", f"{capped.words()} until {when}", capped.allowed_at
-            )
+        over = capped(request, at, rules, list(claims))
+        if over is not None:
+            return over
     await session.execute(
         insert(SendClaim)
         .values(
@@ -122,7 +181,7 @@ async def _lock(session: AsyncSession, contact_id: uuid.UUID, channel: str) -> N
 
 
 async def record_hold(
-    session: AsyncSession, request: SendRequest, verdict: Verdict, enrollment_exists: bool
+    session: AsyncSession, request: GatedSend, verdict: Verdict, enrollment_exists: bool
 ) -> None:
     """Count it (`send_holds`) and, for a hold, show it on the step of the stored path."""
     assert verdict.rule is not None and verdict.words is not None

@@ -5,7 +5,7 @@ Temporal server for the whole queue, so it holds however many workers there are
 
 from __future__ import annotations
 
-CHANNELS = ("email", "sms")
+CHANNELS = ("email", "sms", "push")
 
 
 def send_task_queue(task_queue: str, channel: str) -> str:

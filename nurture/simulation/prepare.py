@@ -1,7 +1,8 @@
 """Read (never write) what a simulation needs from the database, before it runs: the journey
 version or draft, validated as publishing validates it; the templates it sends; the existing
-contacts it copies, with their lists, suppressions and exclusion-segment membership; the list
-keys. The run itself touches no database at all.
+contacts it copies, with their lists, suppressions, device tokens and exclusion-segment
+membership; the list keys; the workspace's send rules; the owner teams its assign_owner steps
+name. The run itself touches no database at all.
 """
 
 from __future__ import annotations
@@ -18,11 +19,21 @@ from nurture.audience.suppressions import suppression_reason
 from nurture.content.loading import TemplateNotFound, load_template
 from nurture.content.rendering import TemplateContent
 from nurture.db.engine import SessionFactory
-from nurture.db.models import Contact, ContactList, Journey, JourneyVersion, ListMembership, Segment
+from nurture.db.models import (
+    Contact,
+    ContactList,
+    DeviceToken,
+    Journey,
+    JourneyVersion,
+    ListMembership,
+    Segment,
+)
 from nurture.errors import Invalid, NotFound
-from nurture.journeys.definition import JourneyDefinition, template_references
+from nurture.journeys.definition import AssignOwnerStep, JourneyDefinition, template_references
 from nurture.journeys.exclusion import in_exclusion_segment
 from nurture.journeys.publishing import latest_version, publishable
+from nurture.owners import Team, get_team
+from nurture.sending.rules import load_send_rules
 from nurture.simulation.report import SimulationReport
 from nurture.simulation.runner import Plan, PreparedContact, run_simulation
 from nurture.simulation.script import SimulationContact, SimulationRequest, script_problems
@@ -113,7 +124,21 @@ async def prepare(
         horizon=request.horizon,
         public_base_url=public_base_url,
         include_html=request.include_html,
+        send_rules=await load_send_rules(session),
+        teams=await _teams(session, definition),
+        webhooks={step: (r.status, r.json_body) for step, r in request.webhooks.items()},
     )
+
+
+async def _teams(session: AsyncSession, definition: JourneyDefinition) -> dict[str, Team]:
+    """The owner teams the journey's assign_owner steps name, as they are now (their turn
+    counter too); a missing one is left out, and its step fails as it would in production."""
+    teams = {}
+    for step in definition.steps.values():
+        if isinstance(step, AssignOwnerStep) and step.team not in teams:
+            with contextlib.suppress(NotFound):
+                teams[step.team] = await get_team(session, step.team)
+    return teams
 
 
 async def _templates(
@@ -140,6 +165,7 @@ async def _prepared_contact(
 ) -> PreparedContact | None:
     where = f"contacts.{index}.contact"
     lists: list[str] = []
+    push_tokens: list[str] = []
     suppressed: dict[str, str] = {}
     segments: set[str] = set()
     if given.contact is not None:
@@ -165,7 +191,14 @@ async def _prepared_contact(
                 .where(col(ListMembership.contact_id) == stored.id)
             )
         )
-        for channel in ("email", "sms"):
+        push_tokens = list(
+            await session.scalars(
+                select(col(DeviceToken.token))
+                .where(col(DeviceToken.contact_id) == stored.id)
+                .order_by(col(DeviceToken.created_at))
+            )
+        )
+        for channel in ("email", "sms", "push"):
             reason = await suppression_reason(session, stored.id, channel)
             if reason is not None:
                 suppressed[channel] = reason
@@ -182,6 +215,7 @@ async def _prepared_contact(
     contact.tags = [*contact.tags, *(t for t in dict.fromkeys(given.tags) if t not in contact.tags)]
     contact.consent = {**contact.consent, **given.consent}
     lists = sorted({*lists, *given.lists})
+    push_tokens = list(dict.fromkeys([*push_tokens, *given.push_tokens]))
     segments |= set(given.segments)
     refused = None
     if exclusion is not None:
@@ -198,4 +232,5 @@ async def _prepared_contact(
         suppressed=suppressed,
         segments=segments,
         refused=refused,
+        push_tokens=push_tokens,
     )

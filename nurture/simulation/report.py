@@ -47,6 +47,30 @@ class SimulatedMessage(BaseModel):
     text: str | None = None
     html: str | None = None
     links: list[SimulatedLink] = []
+    data: dict[str, JsonValue] | None = None  # push: the rendered data
+
+
+class SimulatedHold(BaseModel):
+    """A send rule that held, delayed or skipped the step's send (docs/send-rules.md)."""
+
+    at: datetime
+    offset: str
+    rule: str  # quiet_hours | frequency_cap | expired
+    action: str  # held | delayed | skipped
+    detail: str
+    until: datetime | None = None
+
+
+class SimulatedWebhook(BaseModel):
+    """The call a webhook step would make (never made in a simulation), and the answer the
+    script gave it."""
+
+    would_call: str  # "POST https://crm.example.com/leads"
+    headers: dict[str, str]
+    body: JsonValue = None
+    response_status: int
+    attempts: int
+    saved: dict[str, JsonValue] = {}
 
 
 class DecisionCheck(BaseModel):
@@ -80,6 +104,8 @@ class SimulatedStep(BaseModel):
     message: SimulatedMessage | None = None
     decision: BranchDecision | None = None
     changed: dict[str, Any] | None = None
+    holds: list[SimulatedHold] = []
+    webhook: SimulatedWebhook | None = None
 
 
 class SimulatedBehaviourOutcome(BaseModel):
@@ -120,6 +146,7 @@ class SimulatedContactReport(BaseModel):
     duration: str | None
     path: list[SimulatedStep]
     sends: int  # messages that would have been sent
+    send_holds: dict[str, int] = {}  # held / delayed / skipped by a send rule: how many
     goal: SimulatedGoal | None
     behaviour: list[SimulatedBehaviourOutcome]
     changes: list[SimulatedChange]
@@ -246,6 +273,8 @@ def as_text(report: SimulationReport) -> str:
         width = max((len(step.step) for step in contact.path), default=0)
         for step in contact.path:
             lines.append(f"  +{step.offset:<10} {step.step:<{width}}  {_step_text(step)}")
+            for hold in step.holds:
+                lines.append(f"  +{hold.offset:<10} {'':<{width}}    {hold.action}: {hold.detail}")
         if contact.goal is not None and contact.goal.met:
             lines.append(f"  goal {contact.goal.name or ''} met at +{contact.goal.offset}")
         for done in contact.behaviour:
@@ -256,6 +285,11 @@ def as_text(report: SimulationReport) -> str:
 
 
 def _step_text(step: SimulatedStep) -> str:
+    if step.webhook is not None:
+        hook = step.webhook
+        return (
+            f"would call {hook.would_call}: {step.outcome} (scripted HTTP {hook.response_status})"
+        )
     if step.message is not None:
         message = step.message
         if message.status != "sent":

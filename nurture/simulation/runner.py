@@ -12,14 +12,17 @@ until every enrollment has ended or reached the horizon.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import JsonValue
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
@@ -40,6 +43,9 @@ from nurture.contracts import (
 from nurture.db.models import Contact
 from nurture.errors import Invalid
 from nurture.journeys.definition import BranchStep, JourneyDefinition
+from nurture.owners import Team
+from nurture.sending.rules import SendRules
+from nurture.sending.throttle import CHANNELS, send_task_queue
 from nurture.simulation.behaviour import (
     BEHAVIOUR_WORKFLOW,
     HORIZON_REASON,
@@ -56,15 +62,23 @@ from nurture.simulation.report import (
     SimulatedContactReport,
     SimulatedContactState,
     SimulatedGoal,
+    SimulatedHold,
     SimulatedLink,
     SimulatedMessage,
     SimulatedStep,
+    SimulatedWebhook,
     SimulationReport,
     decision_of,
     offset,
 )
 from nurture.simulation.script import SimulationBehaviour
-from nurture.simulation.standins import SimulatedContact, World, stand_in_activities
+from nurture.simulation.standins import (
+    SEND_ACTIVITIES,
+    SimulatedContact,
+    World,
+    activity_name,
+    stand_in_activities,
+)
 from nurture.tracing import ensure_search_attributes
 from workflows.enrollment import JourneyEnrollment
 
@@ -91,6 +105,7 @@ class PreparedContact:
     suppressed: dict[str, str] = field(default_factory=dict)
     segments: set[str] = field(default_factory=set)
     refused: str | None = None  # entry refused before any workflow (exclusion segment)
+    push_tokens: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -106,6 +121,9 @@ class Plan:
     horizon: timedelta
     public_base_url: str
     include_html: bool = False
+    send_rules: SendRules = field(default_factory=SendRules)
+    teams: dict[str, Team] = field(default_factory=dict)  # those assign_owner steps name
+    webhooks: dict[str, tuple[int, JsonValue]] = field(default_factory=dict)  # step: answer
 
 
 class SimulationTooLong(Invalid):
@@ -184,6 +202,10 @@ async def _run(
         public_base_url=plan.public_base_url,
         client=client,
         clock=env.get_current_time,
+        send_rules=plan.send_rules,
+        teams=plan.teams,
+        webhook_responses=plan.webhooks,
+        contact_count=len(plan.contacts),
     )
     for i, prepared in enumerate(plan.contacts):
         enrollment_id = uuid.uuid4()
@@ -199,19 +221,45 @@ async def _run(
             reference=prepared.reference,
             suppressed=prepared.suppressed,
             segments=prepared.segments,
+            push_tokens=prepared.push_tokens,
+            index=i,
         )
     entering = [
         simulated
         for simulated, prepared in zip(world.contacts.values(), plan.contacts, strict=True)
         if prepared.refused is None
     ]
+    activities = stand_in_activities(world)
+    # The sends go through each channel's send queue, as in production (unthrottled here:
+    # a simulated send costs no provider anything).
+    sends = [fn for fn in activities if activity_name(fn) in SEND_ACTIVITIES]
+    send_workers = [
+        Worker(client, task_queue=send_task_queue(task_queue, channel), activities=sends)
+        for channel in CHANNELS
+    ]
+    async with contextlib.AsyncExitStack() as stack:
+        for send_worker in send_workers:
+            await stack.enter_async_context(send_worker)
+        return await _run_on(env, plan, wall_seconds, world, task_queue, entering, activities)
+
+
+async def _run_on(
+    env: WorkflowEnvironment,
+    plan: Plan,
+    wall_seconds: float,
+    world: World,
+    task_queue: str,
+    entering: list[SimulatedContact],
+    activities: list[Any],
+) -> tuple[World, datetime, dict[str, EnrollmentResult], dict[str, BehaviourResult]]:
+    client = env.client
     results: dict[str, EnrollmentResult] = {}
     deliveries: dict[str, BehaviourResult] = {}
     async with Worker(
         client,
         task_queue=task_queue,
         workflows=[JourneyEnrollment, SimulatedBehaviour],
-        activities=stand_in_activities(world),
+        activities=activities,
         # The workflow code runs as the production worker runs it, minus the sandbox: it only
         # refuses non-deterministic calls (which the replay test and production catch), and it
         # costs half the CPU of a simulation (re-importing modules for each workflow: 50
@@ -385,6 +433,7 @@ def _contact_report(
         duration=offset(start, ended_at) if ended_at else None,
         path=path,
         sends=sum(1 for s in simulated.sends.values() if s.status == "sent"),
+        send_holds=dict(Counter(hold.action for hold in simulated.holds)),
         goal=goal,
         behaviour=behaviour,
         changes=changes,
@@ -434,6 +483,7 @@ def _path(
     deliveries: Sequence[Delivery],
 ) -> list[SimulatedStep]:
     sends = {f"{s.step}:{s.visit}": s for s in simulated.sends.values()}
+    hooks = {f"{h.step}:{h.visit}": h for h in simulated.webhooks.values()}
     changes = {(c.by, c.at): c for c in simulated.changes}
     visits: dict[str, int] = {}
     steps: list[SimulatedStep] = []
@@ -463,6 +513,29 @@ def _path(
                 text=send.text,
                 html=send.html if plan.include_html else None,
                 links=[SimulatedLink(name=link.name, url=link.url) for link in send.links],
+                data=send.data,
+            )
+        out.holds = [
+            SimulatedHold(
+                at=hold.at,
+                offset=offset(start, hold.at),
+                rule=hold.rule,
+                action=hold.action,
+                detail=hold.detail,
+                until=hold.until,
+            )
+            for hold in simulated.holds
+            if (hold.step, hold.visit) == (entry.step, entry.visit)
+        ]
+        hook = hooks.get(f"{entry.step}:{entry.visit}")
+        if hook is not None:
+            out.webhook = SimulatedWebhook(
+                would_call=f"{hook.method} {hook.url}",
+                headers=hook.headers,
+                body=hook.body,
+                response_status=hook.status,
+                attempts=hook.attempts,
+                saved=hook.saved,
             )
         change = changes.get((f"step {entry.step}", entry.entered_at))
         if change is not None:

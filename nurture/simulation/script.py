@@ -28,6 +28,7 @@ from nurture.journeys.definition import (
     SendEmailStep,
     StepId,
     TimeZone,
+    WebhookStep,
 )
 from nurture.journeys.definition import SendSmsStep as _SendSms
 from nurture.journeys.durations import Duration, format_duration
@@ -171,7 +172,20 @@ class SimulationContact(_Strict):
         description="segments this test contact counts as a member of (the journey's "
         "exclusion segment); an existing contact's memberships are read from the database",
     )
+    push_tokens: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=20,
+        description="device tokens of this test contact, for send_push steps (an existing "
+        "contact's are read from the database)",
+    )
     behaviour: list[SimulationBehaviour] = Field(default_factory=list, max_length=MAX_BEHAVIOURS)
+
+
+class ScriptedResponse(_Strict):
+    """What a webhook step's endpoint answers in a simulation (it is never called)."""
+
+    status: int = Field(default=200, ge=200, le=599)
+    json_body: JsonValue = Field(default_factory=dict, alias="json")
 
 
 class SimulationRequest(_Strict):
@@ -192,6 +206,11 @@ class SimulationRequest(_Strict):
         "as still running",
     )
     include_html: bool = Field(default=False, description="also return each send's HTML")
+    webhooks: dict[StepId, ScriptedResponse] = Field(
+        default_factory=dict,
+        description='the answer of each webhook step\'s endpoint, e.g. {"crm": {"status": 200, '
+        '"json": {"owner": {"id": 7}}}}; unset: 200 with {}',
+    )
 
     @model_validator(mode="after")
     def _horizon_bounded(self) -> SimulationRequest:
@@ -226,5 +245,12 @@ def script_problems(
         elif behaviour.opens and isinstance(step, _SendSms):
             problems.append(
                 {"path": path, "message": f'step "{ref}" sends an SMS: opens are not tracked'}
+            )
+    for step_id in request.webhooks:
+        target = definition.steps.get(step_id)
+        if not isinstance(target, WebhookStep):
+            what = f"is a {target.type} step" if target is not None else "is not a step"
+            problems.append(
+                {"path": f"webhooks.{step_id}", "message": f'"{step_id}" {what}, not a webhook'}
             )
     return problems

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import JsonValue
 from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -28,6 +29,7 @@ from temporalio.service import RPCError
 
 from activities.contacts import apply_change
 from activities.messaging import skip_reason
+from activities.outbound import WEBHOOK_REFUSED
 from nurture.audience.changes import diff, tag_changes
 from nurture.content.isolation import render_isolated
 from nurture.content.rendering import TemplateContent, TemplateRenderError, message_context
@@ -37,12 +39,22 @@ from nurture.contracts import (
     EnrollmentFinished,
     ListChange,
     LoadContact,
+    OwnerChosen,
+    OwnerRequest,
+    PushRequest,
+    PushResult,
     SendRequest,
     SendResult,
     StepEntered,
+    WebhookCall,
+    WebhookResult,
 )
 from nurture.db.models import Contact
 from nurture.journeys.facts import facts_of
+from nurture.outbound.webhooks import _RETRYABLE_4XX, IDEMPOTENCY_HEADER, pick, render_value
+from nurture.owners import NoOwners, Team, owner_for_turn
+from nurture.sending.gate import SEND, GatedSend, Verdict, before_caps, capped
+from nurture.sending.rules import SendRules
 from nurture.simulation.behaviour import APPLY_BEHAVIOUR, AppliedBehaviour, SentNotice
 from nurture.simulation.script import SimulationBehaviour
 from nurture.tracking import tracked_links
@@ -52,6 +64,8 @@ from nurture.tracking import tracked_links
 OTHER_WORKFLOWS_ACTIVITIES = frozenset(
     {"open_run", "enroll_page", "sweep_segments", "send_weekly_review"}
 )
+# The activities the workflow runs on the per-channel send queues (`send_task_queue`).
+SEND_ACTIVITIES = frozenset({"send_message", "send_push"})
 
 
 @dataclass(frozen=True)
@@ -77,6 +91,37 @@ class SendRecord:
     text: str | None = None
     html: str | None = None
     links: list[TrackedLink] = field(default_factory=list)
+    data: dict[str, Any] | None = None  # push
+
+
+@dataclass
+class HoldRecord:
+    """A send rule's verdict on a simulated send other than "send"."""
+
+    at: datetime
+    step: str
+    visit: int
+    channel: str
+    rule: str
+    action: str  # held | delayed | skipped
+    detail: str
+    until: datetime | None = None
+
+
+@dataclass
+class WebhookRecord:
+    """The call a webhook step would have made, never made."""
+
+    at: datetime
+    step: str
+    visit: int
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: Any
+    status: int  # the scripted answer
+    attempts: int = 1
+    saved: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -109,6 +154,12 @@ class SimulatedContact:
     applied_operations: set[str] = field(default_factory=set)
     recorded: list[StepEntered] = field(default_factory=list)
     finished: EnrollmentFinished | None = None
+    push_tokens: list[str] = field(default_factory=list)
+    index: int = 0  # its place in the request (owner turns are taken in that order)
+    claims: dict[str, tuple[str, datetime]] = field(default_factory=dict)  # key: channel, at
+    holds: list[HoldRecord] = field(default_factory=list)
+    webhooks: dict[str, WebhookRecord] = field(default_factory=dict)  # by idempotency key
+    owners: dict[str, OwnerChosen] = field(default_factory=dict)  # by operation key
 
     @property
     def watched_steps(self) -> set[str]:
@@ -155,6 +206,10 @@ class World:
     contacts: dict[uuid.UUID, SimulatedContact] = field(default_factory=dict)  # by enrollment
     client: Client | None = None  # to tell behaviour workflows of sends
     clock: Callable[[], Awaitable[datetime]] | None = None  # the server's virtual time
+    send_rules: SendRules = field(default_factory=SendRules)  # the workspace's, read at start
+    teams: dict[str, Team] = field(default_factory=dict)  # read at start
+    webhook_responses: dict[str, tuple[int, JsonValue]] = field(default_factory=dict)
+    contact_count: int = 1
     _keys: dict[str, SimulatedContact] = field(default_factory=dict)
 
     def of(self, enrollment_id: uuid.UUID | None) -> SimulatedContact:
@@ -178,6 +233,39 @@ def _step_time(progress: Sequence[StepEntered], step: str) -> datetime:
         if entered.step == step:
             return entered.at
     return activity.info().current_attempt_scheduled_time
+
+
+def apply_send_rules(world: World, simulated: SimulatedContact, request: GatedSend) -> Verdict:
+    """The send rules for one simulated send, as `nurture.sending.gate` decides them, over the
+    workspace's rules read at start and this contact's own simulated sends (other journeys'
+    sends are not simulated); a send that goes is claimed."""
+    at = request.at or activity.info().current_attempt_scheduled_time
+    rules = world.send_rules
+    verdict = before_caps(request, at, simulated.contact.time_zone, rules)
+    if verdict is None:
+        claims = [
+            when
+            for key, (channel, when) in simulated.claims.items()
+            if channel == request.channel and key != request.idempotency_key
+        ]
+        verdict = capped(request, at, rules, claims) or SEND
+    if verdict.action == "send":
+        simulated.claims[request.idempotency_key] = (request.channel, at)
+    else:
+        assert verdict.rule is not None and verdict.words is not None
+        simulated.holds.append(
+            HoldRecord(
+                at=at,
+                step=request.step,
+                visit=request.visit,
+                channel=request.channel,
+                rule=verdict.rule,
+                action=verdict.action,
+                detail=verdict.words,
+                until=verdict.until,
+            )
+        )
+    return verdict
 
 
 class SimulatedEnrollmentActivities:
@@ -230,17 +318,30 @@ class SimulatedMessagingActivities:
         simulated.recorded.extend(request.progress)
         visit = int(request.idempotency_key.rsplit(":", 1)[1])
         contact = simulated.contact
+        reason = self._gate(simulated, request)
+        if reason is None:  # a new send meets the send rules, as in production
+            verdict = apply_send_rules(self._world, simulated, request)
+            if verdict.action in ("held", "delayed"):
+                return SendResult(
+                    message_id=None,
+                    status="held",
+                    reason=f"{verdict.action}: {verdict.words}",
+                    until=verdict.until,
+                    rule=verdict.rule,
+                )
+            if verdict.action == "skipped":
+                reason = verdict.words
         record = SendRecord(
-            at=_step_time(request.progress, request.step),
+            at=request.at or _step_time(request.progress, request.step),
             step=request.step,
             visit=visit,
             channel=request.channel,
             template=request.template,
             status="skipped",
+            reason=reason,
             to=contact.email if request.channel == "email" else contact.phone,
         )
         simulated.sends[request.idempotency_key] = record
-        record.reason = self._gate(simulated, request)
         if record.reason is None:
             await self._render(simulated, request, message_id, record)
         if record.status == "sent" and request.step in simulated.watched_steps:
@@ -288,6 +389,7 @@ class SimulatedMessagingActivities:
             journey=request.journey_key,
             # Not a working link: a simulated message has no token to unsubscribe with.
             unsubscribe_url=f"{base}/v1/u/simulated" if email else None,
+            sent_at=request.at,
         )
         try:
             rendered = await render_isolated(content, context)
@@ -349,6 +451,172 @@ class SimulatedContactActivities:
         return facts
 
 
+class SimulatedPushActivities:
+    """Mirrors `activities.push.PushActivities`: the checks, the send rules and the render of
+    a push, recorded like a send; nothing reaches a device."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    @activity.defn
+    async def send_push(self, request: PushRequest) -> PushResult:
+        simulated = self._world.of(request.enrollment_id)
+        key = request.idempotency_key
+        devices = len(simulated.push_tokens)
+        recorded = simulated.sends.get(key)
+        if recorded is not None:  # a retry: the first attempt's result
+            sent = recorded.status == "sent"
+            return PushResult(
+                status=recorded.status,
+                reason=recorded.reason,
+                devices=devices if sent else 0,
+            )
+        simulated.recorded.extend(request.progress)
+        contact = simulated.contact
+        reason: str | None = None
+        if contact.consent.get("push") == "revoked":
+            reason = "push_consent_revoked"
+        elif "push" in simulated.suppressed:
+            reason = f"push_{simulated.suppressed['push']}"
+        elif not devices:
+            reason = "no_device_token"
+        if reason is None:
+            verdict = apply_send_rules(self._world, simulated, request)
+            if verdict.action in ("held", "delayed"):
+                return PushResult(
+                    status="held",
+                    reason=f"{verdict.action}: {verdict.words}",
+                    until=verdict.until,
+                    rule=verdict.rule,
+                )
+            if verdict.action == "skipped":
+                reason = verdict.words
+        record = SendRecord(
+            at=request.at or _step_time(request.progress, request.step),
+            step=request.step,
+            visit=int(key.rsplit(":", 1)[1]),
+            channel="push",
+            template=f"push:{request.step}",
+            status="skipped",
+            reason=reason,
+            to=f"{devices} device(s)",
+        )
+        simulated.sends[key] = record
+        if reason is not None:
+            return PushResult(status="skipped", reason=reason)
+        message_id = uuid.uuid5(simulated.enrollment_id, key)
+        context = message_context(contact, message_id=message_id, journey=request.journey_key)
+        template_key = f"{request.journey_key}.{request.step}"
+        try:
+            title = await render_value(request.push.title, context, template_key, "title")
+            body = await render_value(request.push.body, context, template_key, "body")
+            data = await render_value(request.push.data, context, template_key, "data")
+        except TemplateRenderError as err:
+            record.status, record.reason = "failed", str(err)[:255]
+            return PushResult(status="failed", reason=record.reason)
+        record.status, record.subject, record.text, record.data = "sent", title, body, data
+        return PushResult(status="sent", devices=devices)
+
+
+class SimulatedOutboundActivities:
+    """Mirrors `activities.outbound.OutboundActivities`: the call is rendered as it would be
+    made (URL, headers, body) and recorded, never made; its answer is the script's (`webhooks`
+    in the request; by default 200 with `{}`), judged as a real answer is (a 5xx is retried,
+    a 4xx or a redirect fails the step) and its saved fields picked the same way."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    @activity.defn
+    async def call_webhook(self, call: WebhookCall) -> WebhookResult:
+        simulated = self._world.of(call.enrollment_id)
+        step = call.webhook
+        key = f"{call.journey_key}.{call.step}"
+        context = message_context(
+            simulated.contact, message_id=call.idempotency_key, journey=call.journey_key
+        )
+        try:
+            url = await render_value(step.url, context, key, "url")
+            headers = {
+                name: str(await render_value(value, context, key, f"headers.{name}"))
+                for name, value in step.headers.items()
+            }
+            body = None
+            if step.body is not None and step.method != "GET":
+                body = await render_value(step.body, context, key, "body")
+                headers["Content-Type"] = "application/json"
+        except TemplateRenderError as err:
+            raise ApplicationError(
+                str(err)[:250], type=WEBHOOK_REFUSED, non_retryable=True
+            ) from err
+        headers[IDEMPOTENCY_HEADER] = call.idempotency_key
+        status, document = self._world.webhook_responses.get(call.step, (200, {}))
+        record = simulated.webhooks.get(call.idempotency_key)
+        if record is None:
+            assert self._world.clock is not None
+            record = WebhookRecord(
+                at=await self._world.clock(),
+                step=call.step,
+                visit=int(call.idempotency_key.rsplit(":", 1)[1]),
+                method=step.method,
+                url=str(url),
+                headers=headers,
+                body=body,
+                status=status,
+                attempts=0,
+            )
+            simulated.webhooks[call.idempotency_key] = record
+        record.attempts += 1
+        reason = f"HTTP {status} (scripted)"
+        if status >= 500 or status in _RETRYABLE_4XX:
+            raise ApplicationError(reason, type="WebhookUnavailable")
+        if 300 <= status < 400:
+            raise ApplicationError(
+                f"{reason}: redirects are not followed", type=WEBHOOK_REFUSED, non_retryable=True
+            )
+        if status >= 400:
+            raise ApplicationError(reason, type=WEBHOOK_REFUSED, non_retryable=True)
+        saved = {name: pick(document, pointer) for name, pointer in step.save.items()}
+        record.saved = {name: value for name, value in saved.items() if value is not None}
+        return WebhookResult(status=status, saved=record.saved)
+
+
+class SimulatedOwnerActivities:
+    """Mirrors `activities.owners.OwnerActivities`: the owner of the team read at start, with
+    no turn taken in Postgres. Turns follow on from the team's next one, as if the contacts
+    reached the step in the order the request lists them: contact i's n-th assignment (from 0)
+    takes turn `team turn + 1 + i + n * contacts`, the same on every run."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    @activity.defn
+    async def assign_owner(self, request: OwnerRequest) -> OwnerChosen:
+        # The operation key is "<enrollment id>:<step>:<visit>" (a copied contact may be
+        # simulated twice: its contact id does not name the simulated enrollment).
+        simulated = self._world.of(uuid.UUID(request.operation_key.split(":", 1)[0]))
+        done = simulated.owners.get(request.operation_key)
+        if done is not None:
+            return done
+        team = self._world.teams.get(request.team)
+        if team is None:
+            raise ApplicationError(
+                f"no owner team {request.team!r}", type="NoOwners", non_retryable=True
+            )
+        if not team.owners:
+            raise ApplicationError(
+                f"owner team {request.team!r} has no owners", type="NoOwners", non_retryable=True
+            )
+        turn = team.turn + 1 + simulated.index + len(simulated.owners) * self._world.contact_count
+        try:
+            owner = owner_for_turn(team.owners, team.strategy, turn)
+        except NoOwners as err:
+            raise ApplicationError(str(err), type="NoOwners", non_retryable=True) from err
+        chosen = OwnerChosen(team=request.team, name=owner.name, email=owner.email, turn=turn)
+        simulated.owners[request.operation_key] = chosen
+        return chosen
+
+
 class BehaviourActivities:
     """The script's own activity (not a stand-in): a scripted change of the in-memory contact."""
 
@@ -384,6 +652,9 @@ STAND_INS: dict[str, type] = {
     "activities.enrollment.EnrollmentActivities": SimulatedEnrollmentActivities,
     "activities.messaging.MessagingActivities": SimulatedMessagingActivities,
     "activities.contacts.ContactActivities": SimulatedContactActivities,
+    "activities.push.PushActivities": SimulatedPushActivities,
+    "activities.outbound.OutboundActivities": SimulatedOutboundActivities,
+    "activities.owners.OwnerActivities": SimulatedOwnerActivities,
 }
 
 

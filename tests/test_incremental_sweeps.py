@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlmodel import col, select
 
@@ -16,6 +17,10 @@ from nurture.audience.segments.membership import sweep
 from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, SegmentMember, utcnow
 from tests.support import exits_at_once, ok, publish_journey
+
+# The journeys these segments start run on a worker, and end before the next test: left
+# waiting for one, they would stall the time-skipping server for the tests after.
+pytestmark = pytest.mark.usefixtures("worker")
 
 VIPS: dict[str, Any] = {"name": "VIPs", "filter": {"type": "tag", "tag": "vip", "op": "has"}}
 NO_LOGIN_IN_3_DAYS: dict[str, Any] = {

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api.deps import SessionDep
 from api.schemas.analytics import DailyOut, JourneyAnalyticsOut
-from api.schemas.common import PG_INT_MAX
+from api.schemas.common import PG_INT_MAX, IsoDate
 from nurture.analytics.daily import daily_series
 from nurture.analytics.journey import journey_analytics
 from nurture.db.models import utcnow
@@ -45,8 +45,8 @@ async def get_analytics(
 async def get_daily(
     key: str,
     session: SessionDep,
-    start: Annotated[date | None, Query(alias="from")] = None,
-    end: Annotated[date | None, Query(alias="to")] = None,
+    start: Annotated[IsoDate | None, Query(alias="from")] = None,
+    end: Annotated[IsoDate | None, Query(alias="to")] = None,
     time_zone: str = "UTC",
     version: Annotated[int | None, Query(ge=1, le=PG_INT_MAX)] = None,
 ) -> DailyOut:

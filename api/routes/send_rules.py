@@ -3,13 +3,12 @@ many sends the rules held, delayed or skipped (docs/send-rules.md)."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
 
 from api.deps import ResourcesDep, SessionDep
-from api.schemas.common import BODY_TOO_LARGE, error_responses
+from api.schemas.common import BODY_TOO_LARGE, IsoDateTime, error_responses
 from api.schemas.send_rules import HoldCount, HoldCounts
 from nurture.errors import Invalid
 from nurture.sending.gate import hold_counts
@@ -54,8 +53,8 @@ async def put_send_rules(rules: SendRules, resources: ResourcesDep) -> SendRules
 )
 async def get_hold_counts(
     session: SessionDep,
-    since: Annotated[datetime | None, Query(description="from this instant (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="before this instant")] = None,
+    since: Annotated[IsoDateTime | None, Query(description="from this instant (ISO 8601)")] = None,
+    until: Annotated[IsoDateTime | None, Query(description="before this instant")] = None,
     journey: Annotated[str | None, Query(max_length=64, description="one journey's")] = None,
 ) -> HoldCounts:
     for name, value in (("since", since), ("until", until)):

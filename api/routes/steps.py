@@ -52,7 +52,7 @@ def _team_out(team: Team) -> TeamOut:
     summary="Create or replace an owner team",
     description="`assign_owner` steps hand contacts to its owners in turn (round_robin) or "
     "by weight (weighted). Replacing the owners keeps the turn counter.",
-    responses=error_responses({201: "created"}),
+    responses={**error_responses(), 201: {"model": TeamOut, "description": "created"}},
 )
 async def put_team(key: Key, body: TeamIn, resources: ResourcesDep, response: Response) -> TeamOut:
     team, created = await save_team(
@@ -114,7 +114,7 @@ def _rule_out(rule: ScoringRule) -> ScoringRuleOut:
     description="Events, opens and clicks earn points when they happen (from then on); a "
     "`condition` rule is applied to every contact at once (their scores are recomputed and "
     "recorded as changes).",
-    responses=error_responses({201: "created"}),
+    responses={**error_responses(), 201: {"model": ScoringRuleOut, "description": "created"}},
 )
 async def put_rule(
     key: Key, body: ScoringRuleIn, resources: ResourcesDep, response: Response

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from datetime import date, datetime
 from typing import Annotated, Any
 
 from fastapi import Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Problem(BaseModel):
@@ -58,3 +60,18 @@ def error_responses(described: Mapping[int, str] | None = None) -> dict[int | st
 # PostgreSQL integer it is compared with: a larger one was a 500 (asyncpg cannot send it).
 PG_INT_MAX = 2_147_483_647
 Offset = Annotated[int, Query(ge=0, le=PG_INT_MAX, description="items to skip")]
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_text(value: Any) -> Any:
+    """A date in a query string is written as one: pydantic would also read a number ("0",
+    "0.5") as seconds since 1970, which no one means."""
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("an ISO 8601 date (2026-12-01) or date and time (2026-12-01T09:00Z)")
+    return value
+
+
+IsoDate = Annotated[date, BeforeValidator(_iso_text)]
+IsoDateTime = Annotated[datetime, BeforeValidator(_iso_text)]

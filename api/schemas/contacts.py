@@ -13,6 +13,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    StrictBool,
     StringConstraints,
     field_validator,
     model_validator,
@@ -58,7 +59,7 @@ class _ContactWrite(BaseModel):
         description="merged channel by channel: a channel left out keeps its recorded choice",
     )
 
-    test: bool | None = Field(
+    test: StrictBool | None = Field(
         default=None,
         description="a test contact: enters journeys open to test contacts only, is always in "
         "a canary, and is left out of goal conversion (docs/launching.md); left out: unchanged",

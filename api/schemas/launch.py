@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StrictFloat
 
 from nurture.journeys.definition import Email, JourneyTag, Key
 
@@ -20,7 +20,7 @@ class LaunchIn(BaseModel):
     audience: Literal["everyone", "test_only"] | None = Field(
         default=None, description="test_only: only test contacts enter, for real"
     )
-    rollout_percent: float | None = Field(
+    rollout_percent: StrictFloat | None = Field(
         default=None,
         ge=0,
         le=100,

@@ -6,7 +6,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    TypeAdapter,
+    model_validator,
+)
 
 from nurture.journeys.definition import Condition
 
@@ -18,7 +26,7 @@ class _In(BaseModel):
 class OwnerIn(_In):
     name: str = Field(min_length=1, max_length=200)
     email: Annotated[str, Field(min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$")]
-    weight: int = Field(default=1, ge=0, le=100, description="weighted teams only")
+    weight: StrictInt = Field(default=1, ge=0, le=100, description="weighted teams only")
 
 
 class TeamIn(_In):
@@ -67,8 +75,8 @@ class ScoringRuleIn(_In):
 
     kind: Literal["event", "open", "click", "condition"]
     match: dict[str, JsonValue] = Field(default_factory=dict)
-    points: int = Field(ge=-1000, le=1000)
-    decay_days: int | None = Field(default=None, ge=1, le=3650)
+    points: StrictInt = Field(ge=-1000, le=1000)
+    decay_days: StrictInt | None = Field(default=None, ge=1, le=3650)
 
     @model_validator(mode="after")
     def _match_fits_kind(self) -> ScoringRuleIn:

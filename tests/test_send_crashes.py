@@ -472,8 +472,13 @@ async def test_a_worker_killed_mid_send_sends_nothing_twice_where_the_provider_c
             # Cannot be asked: the held messages are recorded unknown, none sent twice (the
             # provider does have them).
             assert twice == [], channel
-            assert Counter(statuses.values()) == {"unknown": HELD, "sent": CONTACTS - HELD}
-            assert set(unknown) <= set(received), channel
+            counts = Counter(statuses.values())
+            # The held ones at least; a send whose call had begun when the worker died (more
+            # are in flight at once on a busy machine) is as uncertain, and recorded so too.
+            assert counts["unknown"] >= HELD, (channel, counts)
+            assert counts["unknown"] + counts["sent"] == CONTACTS, (channel, counts)
+            sent = [m for m, status in statuses.items() if status == "sent"]
+            assert set(sent) <= set(received), channel  # nothing recorded sent that was not
         else:
             # Sent again: none lost, the held ones twice (a relay that dedupes on Message-ID
             # drops the second copy).

@@ -56,7 +56,7 @@ def create_app(resources: Resources | None = None, settings: Settings | None = N
             return
         if not settings.database_url:
             raise RuntimeError("DATABASE_URL is not set (nurture dev sets it for you)")
-        engine = create_engine(settings.database_url)
+        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
         sessions = session_factory(engine)
         channels = channels_from_settings(settings, sessions)  # for test sends
         try:

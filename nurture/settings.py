@@ -35,6 +35,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="larger request bodies are refused with 413"
     )
+    database_pool_size: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="Postgres connections a process keeps open (10 more are opened for bursts)",
+    )
     worker_max_cached_workflows: int = Field(
         default=500,
         ge=0,

@@ -135,6 +135,7 @@ async def mark_announced(sessions: SessionFactory, change_ids: Sequence[int]) ->
                 sa.update(ContactChangeRecord)
                 .where(col(ContactChangeRecord.id).in_(change_ids[start : start + 10_000]))
                 .values(announced_at=sa.func.now(), lease_until=None)
+                .execution_options(synchronize_session=False)
             )
 
 
@@ -252,6 +253,7 @@ class Announcer:
                 sa.update(ContactChangeRecord)
                 .where(col(ContactChangeRecord.id) == row.id)
                 .values(announced_at=sa.func.now(), lease_until=None)
+                .execution_options(synchronize_session=False)
             )
         return result
 
@@ -380,7 +382,7 @@ class Announcer:
                 .returning(col(ContactChangeRecord.id))
             )
             ids = sorted(int(change_id) for change_id in taken if change_id is not None)
-        # sorted: a contact's changes in the order they were made  # a contact's changes in the order they were made
+        # sorted: a contact's changes in the order they were made
 
         async def one(change_id: int) -> bool:
             try:

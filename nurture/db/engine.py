@@ -44,10 +44,19 @@ async def _connect(*args: Any, **kwargs: Any) -> Any:
         raise DatabaseUnreachable(f"{type(err).__name__}: {err or 'no detail'}") from err
 
 
-def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+# Connections a pool opens past `pool_size` for a burst, and closes again when they are handed
+# back. Kept small: a connection opened for one request costs a Postgres backend start and
+# the re-preparing of every statement (asyncpg caches them per connection); at 32 requests in
+# flight with a pool of 10 that churn was a tenth of the API's CPU per event and most of
+# Postgres's (docs/benchmarks.md). Size the pool (DATABASE_POOL_SIZE) for the load instead.
+POOL_OVERFLOW = 10
+
+
+def create_engine(database_url: str, *, pool_size: int = 20) -> AsyncEngine:
     engine = create_async_engine(
         database_url,
         pool_size=pool_size,
+        max_overflow=POOL_OVERFLOW,
         pool_timeout=POOL_TIMEOUT_SECONDS,
         connect_args={"timeout": CONNECT_TIMEOUT_SECONDS, "async_creator_fn": _connect},
     )

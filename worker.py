@@ -14,11 +14,13 @@ import logging
 import sys
 import traceback
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+import workflows
 from activities.bulk import BulkActivities
 from activities.contacts import ContactActivities
 from activities.enrollment import EnrollmentActivities
@@ -49,6 +51,7 @@ from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.journeys.reconcile import PendingStarter
 from nurture.metrics import worker_runtime
+from nurture.sandbox import cache_bytecode
 from nurture.sending.throttle import CHANNELS, send_task_queue
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
@@ -83,6 +86,7 @@ def build_worker(
     is replayed from its short history when it wakes."""
     settings = settings or Settings()
     scoring.configure(settings.score_field)
+    cache_bytecode(Path(workflows.__path__[0]))  # each workflow run imports its module anew
     options = EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     enrollment = EnrollmentActivities(sessions)
     bulk = BulkActivities(sessions, client, options)
@@ -221,7 +225,7 @@ def start_loops(
 
 
 async def run_worker(settings: Settings, database_url: str) -> None:
-    engine = create_engine(database_url)
+    engine = create_engine(database_url, pool_size=settings.database_pool_size)
     try:
         # With WORKER_METRICS_ADDRESS, Temporal's SDK metrics are served there for Prometheus.
         client = await connect(settings, runtime=worker_runtime(settings.worker_metrics_address))

@@ -94,6 +94,7 @@ class BulkActivities:
                     page.journey_key,
                     contact_id,
                     cause=f"audience:{page.list_key or page.segment_key}",
+                    eager=True,  # this worker runs the enrollment's first task itself
                 )
             except Conflict:  # refused by the journey's entry rules
                 return False

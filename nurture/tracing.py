@@ -42,12 +42,14 @@ BATCHER_RPS = 2000
 
 
 def dev_server_flags() -> list[str]:
-    """`temporal server start-dev` arguments that register the search attributes and let
-    batch operations signal at `BATCHER_RPS`."""
+    """`temporal server start-dev` arguments that register the search attributes, let
+    batch operations signal at `BATCHER_RPS`, and allow eager workflow start (the bulk
+    activity's enrollments run their first task in the worker that started them)."""
     flags = []
     for name, kind in SEARCH_ATTRIBUTES.items():
         flags += ["--search-attribute", f"{name}={kind}"]
     flags += ["--dynamic-config-value", f"worker.batcherRPS={BATCHER_RPS}"]
+    flags += ["--dynamic-config-value", "system.enableEagerWorkflowStart=true"]
     return flags
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -295,10 +296,15 @@ WEEKLY: dict[str, Any] = {
 
 
 async def test_a_recurring_segment_journey_runs_on_its_schedule(
-    live_api: httpx.AsyncClient, dev_server: WorkflowEnvironment, sessions: SessionFactory
+    live_api: httpx.AsyncClient,
+    dev_server: WorkflowEnvironment,
+    sessions: SessionFactory,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Temporal Schedules exist only on the real server: created at publish, in the journey's
-    time zone, one progress row per run, re-entry rules per run, deleted at archive."""
+    time zone, one progress row per run, re-entry rules per run, deleted at archive. The run's
+    enrollments start eagerly: their first task goes straight to the worker that started them."""
+    caplog.set_level(logging.DEBUG, logger="nurture.journeys.enrollments")
     ok(
         await live_api.put(
             "/v1/segments/trials",
@@ -335,6 +341,8 @@ async def test_a_recurring_segment_journey_runs_on_its_schedule(
             c.external_id: c.fields.get("digests") for c in await session.scalars(select(Contact))
         }
     assert digests == {"t0": 2, "t1": 2, "t2": 2, "paid": None}
+    eager = [r.getMessage() for r in caplog.records if "started eagerly" in r.getMessage()]
+    assert len(eager) == 6 and all(m.endswith("started eagerly: True") for m in eager), eager
     ok(await live_api.post("/v1/journeys/weekly-digest/archive"))
     with pytest.raises(RPCError):
         await schedule.describe()

@@ -8,6 +8,7 @@ ask, and Temporal's "use existing" conflict policy makes that start safe to repe
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +61,8 @@ SERVER_AWAY = (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCSt
 # "use existing", enrollments ignore an event they have seen).
 CALL_TIME_LIMIT = 2.0
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class EnrollmentOptions:
@@ -104,9 +107,14 @@ async def enroll_or_get(
     contact_id: uuid.UUID | str,
     cause: str = "api",
     change_id: int | None = None,
+    eager: bool = False,
 ) -> tuple[Enrollment, bool]:
     """Like `enroll`, also saying whether this call created the enrollment. `contact_id` may
     be the contact's external id (a str), resolved in the same read as the rest.
+
+    `eager` asks Temporal to hand the workflow's first task straight back to this process's
+    worker (eager workflow start): only for a caller running inside the worker with the
+    worker's own client, such as the bulk activity.
 
     `cause` says what asked ("api", "list_joined:<list>", "segment_entered:<segment>",
     "event:<name>", "audience:<list or segment>") and is kept on the enrollment; a refusal is
@@ -139,7 +147,7 @@ async def enroll_or_get(
     if enrollment.status == EnrollmentStatus.PENDING:
         # New, or created earlier by a call whose start never reached Temporal: (re)start it.
         # "Use existing" makes a repeated start return the running workflow.
-        await start_workflow(client, options, enrollment, journey_key, version, paused)
+        await start_workflow(client, options, enrollment, journey_key, version, paused, eager)
         await _catch_up_pause(sessions, client, enrollment, paused)
     return enrollment, created
 
@@ -342,10 +350,11 @@ async def start_workflow(
     journey_key: str,
     version: JourneyVersion,
     paused: bool = False,
+    eager: bool = False,
 ) -> None:
     definition = parsed_definition(version)
     async with asyncio.timeout(CALL_TIME_LIMIT):
-        await _start(client, options, enrollment, journey_key, version, definition, paused)
+        await _start(client, options, enrollment, journey_key, version, definition, paused, eager)
 
 
 async def _start(
@@ -356,8 +365,9 @@ async def _start(
     version: JourneyVersion,
     definition: JourneyDefinition,
     paused: bool,
+    eager: bool = False,
 ) -> None:
-    await client.start_workflow(
+    handle = await client.start_workflow(
         ENROLLMENT_WORKFLOW,
         EnrollmentInput(
             enrollment_id=enrollment.id,
@@ -379,7 +389,14 @@ async def _start(
         search_attributes=initial_search_attributes(
             str(enrollment.contact_id), journey_key, version.version
         ),
+        # The server skips matching and returns the first workflow task in its answer when this
+        # process's worker has a free slot; otherwise it starts the workflow as usual.
+        request_eager_start=eager,
     )
+    if eager:
+        # The SDK keeps the server's answer on the handle; logged so that it can be checked.
+        started = getattr(handle, "__temporal_eagerly_started", False)
+        logger.debug("enrollment %s started eagerly: %s", enrollment.id, started)
 
 
 # Parsed definitions by version id. Versions never change once published, so a process can keep

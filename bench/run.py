@@ -35,7 +35,6 @@ from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any, TypeVar
 
-import httpx
 import psutil
 from sqlalchemy import text
 from temporalio.client import Client
@@ -56,6 +55,7 @@ from bench.stack import (
 from bench.workload import (
     EVENT_JOURNEY,
     SLEEP_JOURNEY,
+    ApiClient,
     Published,
     api_enroll,
     api_event,
@@ -96,6 +96,7 @@ class Options:
     output: Path
     check: bool
     also: tuple[str, ...] = ()  # other modes run after this one (ALSO)
+    client: str = "aiohttp"  # the load generator's HTTP client for the API side
 
     @property
     def judged_mode(self) -> str:
@@ -115,6 +116,8 @@ class Round:
     latencies: list[float] = field(repr=False)
     cpu_seconds: dict[str, float]  # per process, over seconds + drain_seconds
     errors: list[str] = field(repr=False)  # calls that failed (not counted in `count`)
+    # per process, over the calls alone: in mode "paused" this is the request path by itself
+    calls_cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,7 @@ class Side:
     end_to_end_per_second: float  # counting until the worker is done with them too
     latency_ms: dict[str, float]
     cpu_ms_per_op: dict[str, float]
+    calls_cpu_ms_per_op: dict[str, float]  # over the calls alone, without the drain
 
     @classmethod
     def of(cls, side: str, rounds: Sequence[Round]) -> Side:
@@ -136,9 +140,12 @@ class Side:
         e2e = sum(r.seconds + r.drain_seconds for r in mine)
         latencies = sorted(x for r in mine for x in r.latencies)
         cpu: dict[str, float] = {}
+        calls_cpu: dict[str, float] = {}
         for r in mine:
             for name, spent in r.cpu_seconds.items():
                 cpu[name] = cpu.get(name, 0.0) + spent
+            for name, spent in r.calls_cpu_seconds.items():
+                calls_cpu[name] = calls_cpu.get(name, 0.0) + spent
         return cls(
             side=side,
             count=count,
@@ -152,6 +159,9 @@ class Side:
                 "p99": _ms(_quantile(latencies, 0.99)),
             },
             cpu_ms_per_op={name: _ms(spent / max(count, 1)) for name, spent in cpu.items()},
+            calls_cpu_ms_per_op={
+                name: _ms(spent / max(count, 1)) for name, spent in calls_cpu.items()
+            },
         )
 
 
@@ -234,7 +244,7 @@ class Bench:
     options: Options
     sessions: SessionFactory
     client: Client
-    http: httpx.AsyncClient
+    http: ApiClient
     meter: CpuMeter
     worker: psutil.Process
     sleep: Published
@@ -305,6 +315,7 @@ class Bench:
                     self.worker.suspend()
                 try:
                     timed = await run_pool(items, c, call)
+                    calls_spent = CpuMeter.spent(before, self.meter.snapshot())
                 finally:
                     if mode == "paused":
                         self.worker.resume()
@@ -319,6 +330,7 @@ class Bench:
                         timed.latencies,
                         spent,
                         timed.errors,
+                        calls_spent,
                     )
                 )
                 log(
@@ -526,14 +538,7 @@ async def _with_processes(
             root, database_url, address, TASK_QUEUE, options.max_cached_workflows
         ) as worker_pid,
         api_process(root, environment, free_port()) as (api_url, api_pid),
-        httpx.AsyncClient(
-            base_url=api_url,
-            headers={"Authorization": f"Bearer {key.secret}"},
-            limits=httpx.Limits(
-                max_connections=options.concurrency, max_keepalive_connections=options.concurrency
-            ),
-            timeout=120,
-        ) as http,
+        ApiClient(api_url, key.secret, options.concurrency, options.client) as http,
     ):
         log(f"worker pid {worker_pid}, API pid {api_pid} at {api_url}")
         meter = CpuMeter(
@@ -639,7 +644,8 @@ def report(result: dict[str, Any]) -> str:
     )
     lines += [
         "",
-        "details (CPU: ms per call, all processes, over the calls and the worker's drain):",
+        "details (CPU: ms per call, all processes, over the calls and the worker's drain;",
+        "         calls only: over the calls alone, i.e. the request path where the worker is paused):",
     ]
     for _, c in comparisons:
         for side in ("api", "bare"):
@@ -652,6 +658,8 @@ def report(result: dict[str, Any]) -> str:
                 f" latency p50/p95/p99 {s['latency_ms']['p50']:.0f}/{s['latency_ms']['p95']:.0f}/"
                 f"{s['latency_ms']['p99']:.0f} ms; CPU {cpu}"
             )
+            calls = ", ".join(f"{k} {v:.1f}" for k, v in s["calls_cpu_ms_per_op"].items())
+            lines.append(f"  {'':11} {'':7} {'':4} calls only: CPU {calls}")
         for error, times in c["errors"].items():
             lines.append(f"  {c['name']:11} {c['mode']:7} FAILED {times} times: {error}")
     lines.append(
@@ -693,6 +701,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         + ", ".join(ALSO)
         + " (each at its full size; see docs/benchmarks.md)",
     )
+    parser.add_argument(
+        "--client",
+        choices=("aiohttp", "httpx"),
+        default="aiohttp",
+        help="the load generator's HTTP client for the API side (aiohttp)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument(
@@ -730,6 +744,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         output=args.output,
         check=args.check,
         also=also,
+        client=args.client,
     )
 
 

@@ -167,3 +167,24 @@ def test_prometheus_scrapes_the_api_and_the_workers(services: dict[str, dict[str
     port = int(worker_env["WORKER_METRICS_ADDRESS"].rsplit(":", 1)[1])
     assert jobs["nurture-worker"]["dns_sd_configs"][0]["port"] == port
     assert "METRICS_TOKEN:?" in _environment(services["api"])["METRICS_TOKEN"]
+
+
+def test_compose_temporal_has_the_dynamic_config_of_nurture_dev(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    """The compose server gets, from a mounted file, every --dynamic-config-value that `nurture
+    dev` gives its dev server (batch signal rate, eager workflow start)."""
+    from nurture.tracing import dev_server_flags
+
+    temporal = services["temporal"]
+    path = _environment(temporal)["DYNAMIC_CONFIG_FILE_PATH"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in temporal["volumes"]}  # target: source
+    source = mounts[f"/etc/temporal/{path}"]
+    config = yaml.safe_load((ROOT / source).read_text())
+    flags = dev_server_flags()
+    wanted = [flags[i + 1] for i, flag in enumerate(flags) if flag == "--dynamic-config-value"]
+    assert wanted, "nurture dev sets no dynamic config"
+    for setting in wanted:
+        name, value = setting.split("=", 1)
+        assert name in config, f"{name} missing from {source}"
+        assert [str(v["value"]).lower() for v in config[name]] == [value.lower()], name

@@ -24,14 +24,14 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
 from temporalio.client import Client
 
 from activities.enrollment import record_progress
+from activities.message_rows import claim_message, claimed_message, finish_message
 from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import (
     ChannelSender,
@@ -50,7 +50,7 @@ from nurture.db.engine import SessionFactory
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
-from nurture.sending.gate import decide_and_claim, record_hold
+from nurture.sending.gate import meet_send_rules
 from nurture.settings import Settings
 from nurture.tracking import Tracker
 from nurture.webhooks.ingest import match_pending
@@ -102,7 +102,7 @@ class MessagingActivities:
             enrollment_exists = await session.get(Enrollment, request.enrollment_id) is not None
             if enrollment_exists:  # the path up to this send, recorded with it
                 await record_progress(session, request.enrollment_id, request.progress)
-            message = await _claimed(session, request.idempotency_key)
+            message = await claimed_message(session, request.idempotency_key)
             if message is not None and message.status in _FINISHED:
                 return SendResult(
                     message_id=message.id, status=message.status, reason=message.reason
@@ -119,36 +119,26 @@ class MessagingActivities:
             rule: str | None = None
             if reason is None and message is None and contact is not None:
                 # A new send meets the send rules (a claimed one was decided and counted).
-                verdict = await decide_and_claim(session, request, contact.time_zone)
-                if verdict.action != "send":
-                    await record_hold(session, request, verdict, enrollment_exists)
-                    rule = verdict.rule
-                if verdict.action in ("held", "delayed"):
+                met = await meet_send_rules(session, request, contact.time_zone, enrollment_exists)
+                if met.held:
                     return SendResult(
                         message_id=None,
                         status="held",
-                        reason=f"{verdict.action}: {verdict.words}",
-                        until=verdict.until,
-                        rule=verdict.rule,
+                        reason=met.reason,
+                        until=met.until,
+                        rule=met.rule,
                     )
-                if verdict.action == "skipped":
-                    reason = verdict.words
+                reason, rule = met.reason, met.rule
             if message is None:
-                await session.execute(
-                    insert(Message)
-                    .values(
-                        idempotency_key=request.idempotency_key,
-                        enrollment_id=request.enrollment_id if enrollment_exists else None,
-                        contact_id=request.contact_id if contact is not None else None,
-                        step_id=request.step,
-                        channel=request.channel,
-                        template=request.template,
-                        status=MessageStatus.SENDING,
-                    )
-                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                message = await claim_message(
+                    session,
+                    key=request.idempotency_key,
+                    enrollment_id=request.enrollment_id if enrollment_exists else None,
+                    contact_id=request.contact_id if contact is not None else None,
+                    step=request.step,
+                    channel=request.channel,
+                    template=request.template,
                 )
-                message = await _claimed(session, request.idempotency_key)
-                assert message is not None
             if reason is not None:
                 message.status, message.reason = MessageStatus.SKIPPED, reason[:255]
                 return SendResult(message_id=message.id, status="skipped", reason=reason, rule=rule)
@@ -300,25 +290,7 @@ class MessagingActivities:
 
     async def _finish(self, key: str, status: MessageStatus, **values: object) -> None:
         async with self._sessions.begin() as session:
-            await session.execute(
-                update(Message)
-                .where(col(Message.idempotency_key) == key)
-                .values(
-                    status=status,
-                    sent_at=utcnow() if status == MessageStatus.SENT else None,
-                    **values,
-                )
-            )
-
-
-async def _claimed(session: AsyncSession, key: str) -> Message | None:
-    """The message row of this idempotency key, locked, if an attempt made it."""
-    found: Message | None = (
-        await session.scalars(
-            select(Message).where(col(Message.idempotency_key) == key).with_for_update()
-        )
-    ).one_or_none()
-    return found
+            await finish_message(session, key, status, **values)
 
 
 async def _exclusion_reason(

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
 
 from activities.enrollment import record_progress
+from activities.message_rows import claim_message, claimed_message, finish_message
 from nurture.audience.devices import remove_devices
 from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError
@@ -33,12 +34,10 @@ from nurture.db.models import (
     Contact,
     DeviceToken,
     Enrollment,
-    Message,
     MessageStatus,
-    utcnow,
 )
 from nurture.outbound.webhooks import render_value
-from nurture.sending.gate import decide_and_claim, record_hold
+from nurture.sending.gate import meet_send_rules
 
 _FINISHED = {MessageStatus.SENT, MessageStatus.SKIPPED, MessageStatus.FAILED}
 
@@ -56,7 +55,7 @@ class PushActivities:
             enrollment_exists = await session.get(Enrollment, request.enrollment_id) is not None
             if enrollment_exists:
                 await record_progress(session, request.enrollment_id, request.progress)
-            message = await _claimed(session, key)
+            message = await claimed_message(session, key)
             if message is not None and message.status in _FINISHED:
                 return PushResult(status=message.status, reason=message.reason)
             reason = await self._skip_reason(session, contact)
@@ -74,35 +73,22 @@ class PushActivities:
             rule: str | None = None
             if reason is None and message is None and contact is not None:
                 # The same send rules as email and SMS, decided and claimed in this transaction.
-                verdict = await decide_and_claim(session, request, contact.time_zone)
-                if verdict.action != "send":
-                    await record_hold(session, request, verdict, enrollment_exists)
-                    rule = verdict.rule
-                if verdict.action in ("held", "delayed"):
+                met = await meet_send_rules(session, request, contact.time_zone, enrollment_exists)
+                if met.held:
                     return PushResult(
-                        status="held",
-                        reason=f"{verdict.action}: {verdict.words}",
-                        until=verdict.until,
-                        rule=verdict.rule,
+                        status="held", reason=met.reason, until=met.until, rule=met.rule
                     )
-                if verdict.action == "skipped":
-                    reason = verdict.words
+                reason, rule = met.reason, met.rule
             if message is None:
-                await session.execute(
-                    insert(Message)
-                    .values(
-                        idempotency_key=key,
-                        enrollment_id=request.enrollment_id if enrollment_exists else None,
-                        contact_id=request.contact_id if contact is not None else None,
-                        step_id=request.step,
-                        channel="push",
-                        template=f"push:{request.step}",
-                        status=MessageStatus.SENDING,
-                    )
-                    .on_conflict_do_nothing(index_elements=["idempotency_key"])
+                message = await claim_message(
+                    session,
+                    key=key,
+                    enrollment_id=request.enrollment_id if enrollment_exists else None,
+                    contact_id=request.contact_id if contact is not None else None,
+                    step=request.step,
+                    channel="push",
+                    template=f"push:{request.step}",
                 )
-                message = await _claimed(session, key)
-                assert message is not None
             if reason is not None:
                 message.status, message.reason = MessageStatus.SKIPPED, reason[:255]
                 return PushResult(status="skipped", reason=reason, rule=rule)
@@ -161,16 +147,7 @@ class PushActivities:
         elif removed:
             reason = f"{removed} invalid device token(s) removed"
         async with self._sessions.begin() as session:
-            await session.execute(
-                update(Message)
-                .where(col(Message.idempotency_key) == key)
-                .values(
-                    status=status,
-                    reason=reason,
-                    provider=self._provider(),
-                    sent_at=utcnow() if reached else None,
-                )
-            )
+            await finish_message(session, key, status, reason=reason, provider=self._provider())
         return PushResult(
             status="sent" if reached else "failed",
             reason=reason,
@@ -200,13 +177,3 @@ class PushActivities:
             await session.execute(
                 insert(AppliedOperation).values(key=done_key).on_conflict_do_nothing()
             )
-
-
-async def _claimed(session: AsyncSession, key: str) -> Message | None:
-    """The message row of this idempotency key, locked, if an attempt made it."""
-    found: Message | None = (
-        await session.scalars(
-            select(Message).where(col(Message.idempotency_key) == key).with_for_update()
-        )
-    ).one_or_none()
-    return found

@@ -447,27 +447,36 @@ class JourneyEnrollment:
         channel: Channel,
         entered: datetime,
     ) -> SendRequest:
-        definition = self._input.definition
         return SendRequest(
-            idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
-            enrollment_id=self._input.enrollment_id,
-            contact_id=self._input.contact_id,
-            journey_key=self._input.journey_key,
-            step=step_id,
             channel=channel,
             template=step.template,
-            exclusion_segment=definition.entry.exclusion_segment,
-            progress=self._unsaved,
-            visit=visit,
-            at=workflow.now(),
-            transactional=step.transactional,
-            on_cap=step.on_cap or definition.on_cap,
-            quiet_hours=definition.quiet_hours,
-            # A journey left at UTC (the default) defers to the workspace's time zone.
-            time_zone=definition.time_zone if definition.time_zone != "UTC" else None,
-            held_since=entered,
-            expires_after=step.expires_after,
+            exclusion_segment=self._input.definition.entry.exclusion_segment,
+            **self._gated_send(step_id, step, visit, entered),
         )
+
+    def _gated_send(
+        self, step_id: str, step: GatedStep, visit: int, entered: datetime
+    ) -> dict[str, Any]:
+        """The fields a send request (email, SMS or push) shares: who, which attempt, and what
+        the send rules decide by (`nurture.sending.gate.GatedSend`)."""
+        definition = self._input.definition
+        return {
+            "idempotency_key": f"{self._input.enrollment_id}:{step_id}:{visit}",
+            "enrollment_id": self._input.enrollment_id,
+            "contact_id": self._input.contact_id,
+            "journey_key": self._input.journey_key,
+            "step": step_id,
+            "progress": self._unsaved,
+            "visit": visit,
+            "at": workflow.now(),
+            "transactional": step.transactional,
+            "on_cap": step.on_cap or definition.on_cap,
+            "quiet_hours": definition.quiet_hours,
+            # A journey left at UTC (the default) defers to the workspace's time zone.
+            "time_zone": definition.time_zone if definition.time_zone != "UTC" else None,
+            "held_since": entered,
+            "expires_after": step.expires_after,
+        }
 
     def _expiry_timeout(self, step: GatedStep, entered: datetime) -> timedelta | None:
         """A send with an expiry may wait in its (throttled) queue only until it expires."""
@@ -789,24 +798,7 @@ class JourneyEnrollment:
     def _push_request(
         self, step_id: str, step: SendPushStep, visit: int, entered: datetime
     ) -> PushRequest:
-        definition = self._input.definition
-        return PushRequest(
-            idempotency_key=f"{self._input.enrollment_id}:{step_id}:{visit}",
-            enrollment_id=self._input.enrollment_id,
-            contact_id=self._input.contact_id,
-            journey_key=self._input.journey_key,
-            step=step_id,
-            push=step,
-            progress=self._unsaved,
-            visit=visit,
-            at=workflow.now(),
-            transactional=step.transactional,
-            on_cap=step.on_cap or definition.on_cap,
-            quiet_hours=definition.quiet_hours,
-            time_zone=definition.time_zone if definition.time_zone != "UTC" else None,
-            held_since=entered,
-            expires_after=step.expires_after,
-        )
+        return PushRequest(push=step, **self._gated_send(step_id, step, visit, entered))
 
 
 _HOLD_PREFIXES = ("held: ", "delayed: ")

@@ -215,6 +215,35 @@ async def record_hold(
         )
 
 
+@dataclass(frozen=True)
+class RulesMet:
+    """What the send rules leave a send activity to do. `held` (held or delayed): return
+    "held" now, with `reason`, `until` and `rule`. Otherwise go on: skipped by `rule` for
+    `reason` when `reason` is set, else send."""
+
+    held: bool = False
+    reason: str | None = None
+    until: datetime | None = None
+    rule: str | None = None
+
+
+async def meet_send_rules(
+    session: AsyncSession,
+    request: GatedSend,
+    contact_time_zone: str | None,
+    enrollment_exists: bool,
+) -> RulesMet:
+    """A new send (email, SMS, push) decided, claimed and, unless it goes, recorded
+    (`record_hold`), in the send activity's transaction."""
+    verdict = await decide_and_claim(session, request, contact_time_zone)
+    if verdict.action == "send":
+        return RulesMet()
+    await record_hold(session, request, verdict, enrollment_exists)
+    if verdict.action in ("held", "delayed"):
+        return RulesMet(True, f"{verdict.action}: {verdict.words}", verdict.until, verdict.rule)
+    return RulesMet(reason=verdict.words, rule=verdict.rule)
+
+
 async def hold_counts(
     session: AsyncSession,
     since: datetime | None = None,

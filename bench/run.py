@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import secrets
+import shlex
 import shutil
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -97,6 +98,7 @@ class Options:
     check: bool
     also: tuple[str, ...] = ()  # other modes run after this one (ALSO)
     client: str = "aiohttp"  # the load generator's HTTP client for the API side
+    also_args: dict[str, list[str]] = field(default_factory=dict)  # per mode of `also`
 
     @property
     def judged_mode(self) -> str:
@@ -702,6 +704,14 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         + " (each at its full size; see docs/benchmarks.md)",
     )
     parser.add_argument(
+        "--also-args",
+        action="append",
+        default=[],
+        metavar="MODE=ARGS",
+        help="more arguments for a mode run by --also, e.g. --also-args 'broadcast=--contacts "
+        "20000' (repeatable)",
+    )
+    parser.add_argument(
         "--client",
         choices=("aiohttp", "httpx"),
         default="aiohttp",
@@ -723,6 +733,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
     also = tuple(m.strip() for m in args.also.split(",") if m.strip())
     if set(also) - set(ALSO):
         parser.error(f"--also takes {', '.join(ALSO)}, comma-separated")
+    also_args: dict[str, list[str]] = {}
+    for given in args.also_args:
+        mode, _, words = given.partition("=")
+        if mode not in also:
+            parser.error(f"--also-args {given!r}: {mode!r} is not one of --also")
+        also_args.setdefault(mode, []).extend(shlex.split(words))
     if not modes or set(modes) - {"running", "paused"} or len(set(modes)) != len(modes):
         parser.error("--modes takes running, paused or both, comma-separated")
     for name, value in (("--enrollments", enrollments), ("--events", events)):
@@ -744,6 +760,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         output=args.output,
         check=args.check,
         also=also,
+        also_args=also_args,
         client=args.client,
     )
 
@@ -758,17 +775,18 @@ ALSO: dict[str, list[str]] = {
 }
 
 
-def run_also(names: Sequence[str], output: Path) -> dict[str, Any]:
+def run_also(
+    names: Sequence[str], output: Path, extra: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
     """Run the named modes one after the other (never side by side: they would share the
     cores); each prints its own report and writes its JSON beside this run's."""
     results: dict[str, Any] = {}
     for name in names:
         json_path = output.with_name(f"{output.stem}-{name}.json")
         flag = "--json" if name == "history" else "--output"
-        log(f"also: python {' '.join(ALSO[name])} {flag} {json_path}")
-        done = subprocess.run(
-            [sys.executable, *ALSO[name], flag, str(json_path)], cwd=Path(__file__).parent.parent
-        )
+        argv = [*ALSO[name], *extra.get(name, ()), flag, str(json_path)]
+        log(f"also: python {shlex.join(argv)}")
+        done = subprocess.run([sys.executable, *argv], cwd=Path(__file__).parent.parent)
         results[name] = (
             json.loads(json_path.read_text())
             if done.returncode == 0 and json_path.exists()
@@ -782,7 +800,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     result = asyncio.run(benchmark(options))
     if options.also:
-        result["also"] = run_also(options.also, options.output)
+        result["also"] = run_also(options.also, options.output, options.also_args)
     result["wall_seconds"] = round(time.monotonic() - began, 1)
     asyncio.run(_save(options.output, result))
     print(report(result))

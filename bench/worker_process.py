@@ -19,7 +19,7 @@ from worker import build_worker
 
 async def serve(settings: Settings, max_cached_workflows: int | None) -> None:
     assert settings.database_url is not None
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     try:
         client = await connect(settings)
         # As `worker.run_worker` builds it; the benchmark may override the cache size to see

@@ -412,7 +412,7 @@ class DevStack:
 
             # The schema and the demo data while Temporal boots.
             await migrate_database(self.database_url)
-            engine = create_engine(self.database_url)
+            engine = create_engine(self.database_url, pool_size=settings.database_pool_size)
             stack.push_async_callback(engine.dispose)
             sessions = session_factory(engine)
             demo_report: list[str] = []

@@ -236,9 +236,16 @@ async def meet_send_rules(
     """A new send (email, SMS, push) decided, claimed and, unless it goes, recorded
     (`record_hold`), in the send activity's transaction."""
     verdict = await decide_and_claim(session, request, contact_time_zone)
+    if verdict.action != "send":
+        await record_hold(session, request, verdict, enrollment_exists)
+    return rules_met(verdict)
+
+
+def rules_met(verdict: Verdict) -> RulesMet:
+    """What a verdict leaves the send activity to do (the simulation's stand-ins read their
+    verdicts through it too)."""
     if verdict.action == "send":
         return RulesMet()
-    await record_hold(session, request, verdict, enrollment_exists)
     if verdict.action in ("held", "delayed"):
         return RulesMet(True, f"{verdict.action}: {verdict.words}", verdict.until, verdict.rule)
     return RulesMet(reason=verdict.words, rule=verdict.rule)

@@ -53,7 +53,7 @@ from nurture.db.models import Contact
 from nurture.journeys.facts import facts_of
 from nurture.outbound.webhooks import _RETRYABLE_4XX, IDEMPOTENCY_HEADER, pick, render_value
 from nurture.owners import NoOwners, Team, owner_for_turn
-from nurture.sending.gate import SEND, GatedSend, Verdict, before_caps, capped
+from nurture.sending.gate import SEND, GatedSend, Verdict, before_caps, capped, rules_met
 from nurture.sending.rules import SendRules
 from nurture.simulation.behaviour import APPLY_BEHAVIOUR, AppliedBehaviour, SentNotice
 from nurture.simulation.script import SimulationBehaviour
@@ -320,17 +320,16 @@ class SimulatedMessagingActivities:
         contact = simulated.contact
         reason = self._gate(simulated, request)
         if reason is None:  # a new send meets the send rules, as in production
-            verdict = apply_send_rules(self._world, simulated, request)
-            if verdict.action in ("held", "delayed"):
+            met = rules_met(apply_send_rules(self._world, simulated, request))
+            if met.held:
                 return SendResult(
                     message_id=None,
                     status="held",
-                    reason=f"{verdict.action}: {verdict.words}",
-                    until=verdict.until,
-                    rule=verdict.rule,
+                    reason=met.reason,
+                    until=met.until,
+                    rule=met.rule,
                 )
-            if verdict.action == "skipped":
-                reason = verdict.words
+            reason = met.reason
         record = SendRecord(
             at=request.at or _step_time(request.progress, request.step),
             step=request.step,
@@ -481,16 +480,10 @@ class SimulatedPushActivities:
         elif not devices:
             reason = "no_device_token"
         if reason is None:
-            verdict = apply_send_rules(self._world, simulated, request)
-            if verdict.action in ("held", "delayed"):
-                return PushResult(
-                    status="held",
-                    reason=f"{verdict.action}: {verdict.words}",
-                    until=verdict.until,
-                    rule=verdict.rule,
-                )
-            if verdict.action == "skipped":
-                reason = verdict.words
+            met = rules_met(apply_send_rules(self._world, simulated, request))
+            if met.held:
+                return PushResult(status="held", reason=met.reason, until=met.until, rule=met.rule)
+            reason = met.reason
         record = SendRecord(
             at=request.at or _step_time(request.progress, request.step),
             step=request.step,

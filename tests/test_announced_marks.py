@@ -45,7 +45,7 @@ async def _changes(sessions: SessionFactory, how_many: int) -> list[int]:
             )
             .returning(col(ContactChangeRecord.id))
         )
-        return [int(change_id) for change_id in ids]
+        return [int(change_id) for change_id in ids if change_id is not None]
 
 
 async def _unmarked(sessions: SessionFactory, change_ids: list[int]) -> list[int]:

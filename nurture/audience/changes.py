@@ -13,7 +13,8 @@ that depends on the contact, in this order:
 2. the journeys it now starts: `list_joined` journeys of the lists it joined, `event` journeys
    of the event, `segment_entered` journeys of the watched segments it entered (re-checked at
    once, not at the next sweep);
-3. then marks the row announced.
+3. then marks the row announced (with the marks of concurrent announcements, in one statement:
+   `nurture.audience.announced`).
 
 The row is a transactional outbox: a change that committed is never left unannounced. The
 process that made the change holds a short lease on the row and announces it straight away;
@@ -44,6 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 
+from nurture.audience.announced import mark_announced_together
 from nurture.audience.segments.membership import observe
 from nurture.concurrency import gather_limited
 from nurture.contracts import EnrollmentEvent
@@ -248,13 +250,7 @@ class Announcer:
             if admitted.deferred:
                 raise RuntimeError(f"{admitted.deferred} segment entries could not be admitted")
             result.enrollments += admitted.enrollments
-        async with autocommit(self._sessions)() as session:
-            await session.execute(
-                sa.update(ContactChangeRecord)
-                .where(col(ContactChangeRecord.id) == row.id)
-                .values(announced_at=sa.func.now(), lease_until=None)
-                .execution_options(synchronize_session=False)
-            )
+        await mark_announced_together(self._sessions, [row.id])
         return result
 
     async def announce_now(self, change_ids: Sequence[int]) -> Announcement:

@@ -24,7 +24,8 @@ from nurture.db.engine import SessionFactory
 from nurture.db.lean import autocommit
 
 # One array parameter whatever the number of ids: one prepared statement, not one per length.
-_MARK = sa.text(
+# Also what `nurture.audience.changes.mark_announced` writes for an import's changes.
+MARK_ANNOUNCED = sa.text(
     "UPDATE contact_changes SET announced_at = now(), lease_until = NULL WHERE id = ANY(:ids)"
 ).bindparams(sa.bindparam("ids", type_=ARRAY(sa.BigInteger())))
 _MOST_AT_ONCE = 1_000
@@ -53,7 +54,9 @@ class _Marks:
             del self._waiting[:_MOST_AT_ONCE]
             try:
                 async with autocommit(self._sessions)() as session:
-                    await session.execute(_MARK, {"ids": [change_id for change_id, _ in batch]})
+                    await session.execute(
+                        MARK_ANNOUNCED, {"ids": [change_id for change_id, _ in batch]}
+                    )
             except Exception as err:
                 _settle(batch, err)
             except BaseException as err:  # cancelled with the loop: nobody is left to write

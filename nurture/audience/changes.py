@@ -45,7 +45,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
 
-from nurture.audience.announced import mark_announced_together
+from nurture.audience.announced import MARK_ANNOUNCED, mark_announced_together
 from nurture.audience.segments.membership import observe
 from nurture.concurrency import gather_limited
 from nurture.contracts import EnrollmentEvent
@@ -133,12 +133,7 @@ async def mark_announced(sessions: SessionFactory, change_ids: Sequence[int]) ->
     runs and a segment sweep instead of one announcement per contact)."""
     for start in range(0, len(change_ids), 10_000):
         async with sessions.begin() as session:
-            await session.execute(
-                sa.update(ContactChangeRecord)
-                .where(col(ContactChangeRecord.id).in_(change_ids[start : start + 10_000]))
-                .values(announced_at=sa.func.now(), lease_until=None)
-                .execution_options(synchronize_session=False)
-            )
+            await session.execute(MARK_ANNOUNCED, {"ids": list(change_ids[start : start + 10_000])})
 
 
 async def _scored(

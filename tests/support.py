@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -288,3 +289,36 @@ async def enroll_awaiting_click(
         )
     assert message_id is not None
     return AwaitingClick(contact_id, created, handle, message_id)
+
+
+# Transaction commands SQLAlchemy sends through the driver; its own events count them.
+_TRANSACTION_COMMANDS = {"BEGIN", "COMMIT", "ROLLBACK", "START", "SAVEPOINT", "RELEASE"}
+
+
+def log_driver_statements(engine: AsyncEngine, sink: Callable[[str], None]) -> Callable[[], None]:
+    """Call `sink` with every statement sent on the driver connection of `engine`'s pooled
+    connections (`nurture.db.lean.driver`), which SQLAlchemy's events do not see: asyncpg's
+    query logger, added at checkout. Not transaction commands, nor the idle ping. Returns the
+    function that stops it."""
+
+    def logged(query: Any) -> None:
+        statement = " ".join(query.query.split())
+        first = statement.split(" ")[0].rstrip(";").upper()
+        if statement != ";" and first not in _TRANSACTION_COMMANDS:
+            sink(statement)
+
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        dbapi_connection.driver_connection.add_query_logger(logged)
+
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        if dbapi_connection is not None:
+            dbapi_connection.driver_connection.remove_query_logger(logged)
+
+    event.listen(engine.sync_engine, "checkout", checkout)
+    event.listen(engine.sync_engine, "checkin", checkin)
+
+    def stop() -> None:
+        event.remove(engine.sync_engine, "checkout", checkout)
+        event.remove(engine.sync_engine, "checkin", checkin)
+
+    return stop

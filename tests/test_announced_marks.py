@@ -15,21 +15,27 @@ from sqlmodel import col, select
 from nurture.audience.announced import mark_announced_together
 from nurture.db.engine import SessionFactory, session_factory
 from nurture.db.models import ContactChangeRecord
-from tests.support import make_contact
+from tests.support import log_driver_statements, make_contact
 
 
 @pytest.fixture
 def marks_written(engine: AsyncEngine) -> Iterator[list[str]]:
-    """The UPDATEs of contact_changes sent to Postgres while the test runs."""
+    """The UPDATEs of contact_changes sent to Postgres while the test runs, through SQLAlchemy
+    or on the driver connection."""
     seen: list[str] = []
 
-    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+    def count(statement: str) -> None:
         if statement.lstrip().upper().startswith("UPDATE CONTACT_CHANGES"):
             seen.append(statement)
 
-    sa.event.listen(engine.sync_engine, "before_cursor_execute", count)
+    def count_cursor(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        count(statement)
+
+    sa.event.listen(engine.sync_engine, "before_cursor_execute", count_cursor)
+    stop = log_driver_statements(engine, count)
     yield seen
-    sa.event.remove(engine.sync_engine, "before_cursor_execute", count)
+    stop()
+    sa.event.remove(engine.sync_engine, "before_cursor_execute", count_cursor)
 
 
 async def _changes(sessions: SessionFactory, how_many: int) -> list[int]:

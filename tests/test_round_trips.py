@@ -3,7 +3,9 @@ connection at a time (issue 11, item 2; docs/benchmarks.md).
 
 Round trips are counted with SQLAlchemy event listeners on a fresh engine: every statement
 (`before_cursor_execute`) and every BEGIN / COMMIT / ROLLBACK that reaches Postgres (SQLAlchemy's
-transaction events on a connection that is not in autocommit mode). Pooled connections are
+transaction events on a connection that is not in autocommit mode); and with asyncpg's query
+logger on each of its connections, every statement sent on the driver connection itself
+(`nurture.db.lean.driver`), which SQLAlchemy does not see. Pooled connections are
 counted at checkout and checkin, with the most held at once."""
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from api.resources import Resources
 from nurture.apikeys import create_api_key
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.settings import Settings
-from tests.support import make_contact, publish_journey
+from tests.support import log_driver_statements, make_contact, publish_journey
 
 # The bounds this test holds the request paths to (see docs/benchmarks.md, "API path").
 ENROLL_ROUND_TRIPS = 3  # the claim's read, its insert, the pause catch-up read
@@ -78,6 +80,8 @@ def count_round_trips(engine: AsyncEngine) -> Counter:
                 counter.statements.append(name.upper())
 
         event.listen(sync, name, _transaction)
+
+    log_driver_statements(engine, lambda statement: counter.statements.append(statement[:80]))
 
     @event.listens_for(sync, "checkout")
     def _checkout(*args: Any) -> None:
@@ -153,8 +157,11 @@ async def test_enroll_and_event_requests_make_few_round_trips(
 
     for statements in enrolled:
         assert len(statements) <= ENROLL_ROUND_TRIPS, statements
+        # Counted wherever it was sent from (SQLAlchemy or the driver connection).
+        assert any(s.startswith("INSERT INTO enrollments") for s in statements), statements
     for statements in pinged:
         assert len(statements) <= EVENT_ROUND_TRIPS, statements
+        assert any(s.startswith("UPDATE contact_changes") for s in statements), statements
 
 
 async def test_a_repeated_event_and_an_unknown_contact_are_still_answered(

@@ -21,13 +21,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit
+from nurture.db.lean import autocommit, driver
 
 # One array parameter whatever the number of ids: one prepared statement, not one per length.
 # Also what `nurture.audience.changes.mark_announced` writes for an import's changes.
 MARK_ANNOUNCED = sa.text(
     "UPDATE contact_changes SET announced_at = now(), lease_until = NULL WHERE id = ANY(:ids)"
 ).bindparams(sa.bindparam("ids", type_=ARRAY(sa.BigInteger())))
+_MARK_ON_DRIVER = (  # the same, on the driver connection (`nurture.db.lean.driver`)
+    "UPDATE contact_changes SET announced_at = now(), lease_until = NULL WHERE id = ANY($1::bigint[])"
+)
 _MOST_AT_ONCE = 1_000
 
 
@@ -54,8 +57,8 @@ class _Marks:
             del self._waiting[:_MOST_AT_ONCE]
             try:
                 async with autocommit(self._sessions)() as session:
-                    await session.execute(
-                        MARK_ANNOUNCED, {"ids": [change_id for change_id, _ in batch]}
+                    await (await driver(session)).execute(
+                        _MARK_ON_DRIVER, [change_id for change_id, _ in batch]
                     )
             except Exception as err:
                 _settle(batch, err)

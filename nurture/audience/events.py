@@ -9,6 +9,7 @@ the stored row and signalled again, so a client retrying after a timeout gets th
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -18,7 +19,7 @@ from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 from temporalio.client import Client
@@ -28,7 +29,7 @@ from nurture.audience.limits import SizeLimits
 from nurture.concurrency import gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit
+from nurture.db.lean import autocommit, driver
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactChangeRecord,
@@ -124,43 +125,28 @@ s AS (SELECT EXISTS(SELECT 1 FROM scoring_rules WHERE kind = 'event') AS scored)
 ev AS (
   INSERT INTO events (id, dedupe_key, contact_id, kind, name, properties, machine, occurred_at,
                       received_at)
-  SELECT :event_id, :dedupe_key, c.id, 'custom', :name, :properties, false, :occurred_at, now()
+  SELECT $2::uuid, $3::text, c.id, 'custom', $4::text, $5::jsonb, false, $6::timestamptz, now()
   FROM c, s WHERE NOT s.scored
   ON CONFLICT (dedupe_key) DO NOTHING
   RETURNING id, received_at),
 ch AS (
   INSERT INTO contact_changes (contact_id, at, source, changes, joined_lists, event_id, reload,
                                lease_until)
-  SELECT c.id, now(), :source, :changes, '{{}}', ev.id, false, now() + :lease
+  SELECT c.id, now(), $7::text, $8::jsonb, '{{}}', ev.id, false, now() + $9::interval
   FROM c, ev
   RETURNING id, at)
 SELECT c.id AS contact_id, s.scored, ev.received_at, ch.id AS change_id, ch.at,
   ARRAY(SELECT e.workflow_id FROM enrollments e
         WHERE e.contact_id = c.id AND e.status IN ('pending', 'active')) AS in_flight,
-  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type = 'event' AND j.trigger_key = :name
+  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type = 'event' AND j.trigger_key = $4::text
          AND j.status IN ('active', 'paused')) AS may_start,
   EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type IN ('segment_entered', 'segment')
          AND j.status IN ('active', 'paused')) AS watched
 FROM c CROSS JOIN s LEFT JOIN ev ON true LEFT JOIN ch ON true
 """
-
-
-def _custom_event_statement(by_external_id: bool) -> sa.TextClause:
-    contact = "external_id = :contact" if by_external_id else "id = :contact"
-    params: list[sa.BindParameter[Any]] = [
-        sa.bindparam("event_id", type_=sa.Uuid()),
-        sa.bindparam("properties", type_=JSONB()),
-        sa.bindparam("changes", type_=JSONB()),
-        sa.bindparam("occurred_at", type_=sa.DateTime(timezone=True)),
-        sa.bindparam("lease", type_=sa.Interval()),
-    ]
-    if not by_external_id:
-        params.append(sa.bindparam("contact", type_=sa.Uuid()))
-    return sa.text(_CUSTOM_EVENT.format(contact=contact)).bindparams(*params)
-
-
-_BY_ID = _custom_event_statement(by_external_id=False)
-_BY_EXTERNAL_ID = _custom_event_statement(by_external_id=True)
+# Sent on the driver connection (`nurture.db.lean.driver`): $1 is the contact.
+_BY_ID = _CUSTOM_EVENT.format(contact="id = $1::uuid")
+_BY_EXTERNAL_ID = _CUSTOM_EVENT.format(contact="external_id = $1::text")
 
 
 async def record_custom_event(
@@ -191,39 +177,35 @@ async def record_custom_event(
     )
     changes = {"event": {"name": name, "properties": properties}}
     async with autocommit(sessions)() as session:
-        found = (
-            await session.execute(
-                _BY_EXTERNAL_ID if isinstance(contact_id, str) else _BY_ID,
-                {
-                    "contact": contact_id,
-                    "event_id": event.id,
-                    "dedupe_key": event.dedupe_key,
-                    "name": name,
-                    "properties": properties,
-                    "occurred_at": event.occurred_at,
-                    "source": source[:160],
-                    "changes": changes,
-                    "lease": LEASE,
-                },
-            )
-        ).first()
+        found = await (await driver(session)).fetchrow(
+            _BY_EXTERNAL_ID if isinstance(contact_id, str) else _BY_ID,
+            contact_id,
+            event.id,
+            event.dedupe_key,
+            name,
+            json.dumps(properties),
+            event.occurred_at,
+            source[:160],
+            json.dumps(changes),
+            LEASE,
+        )
     if found is None:
         raise NotFound(
             f"no contact with external id {contact_id!r}"
             if isinstance(contact_id, str)
             else f"no contact {contact_id}"
         )
-    event.contact_id = found.contact_id
-    if found.scored:
+    event.contact_id = found["contact_id"]
+    if found["scored"]:
         return await _record_scored_event(sessions, client, options, event, source)
-    if found.change_id is None:  # a repeated request: the event stored the first time
+    if found["change_id"] is None:  # a repeated request: the event stored the first time
         stored, _, _ = await _store(sessions, {**event.model_dump(), "id": uuid.uuid4()})
         return RecordedEvent(stored, True, 0)
-    event.received_at = found.received_at
+    event.received_at = found["received_at"]
     row = ContactChangeRecord(
-        id=found.change_id,
-        contact_id=found.contact_id,
-        at=found.at,
+        id=found["change_id"],
+        contact_id=found["contact_id"],
+        at=found["at"],
         source=source[:160],
         changes=changes,
         event_id=event.id,
@@ -231,7 +213,7 @@ async def record_custom_event(
     )
     announcer = Announcer(sessions, client, options)
     announced = await announcer.announce_fresh(
-        FreshChange(row, event, found.in_flight or [], found.may_start, found.watched)
+        FreshChange(row, event, found["in_flight"] or [], found["may_start"], found["watched"])
     )
     # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event is
     # delivered by its change's announcement (here, or by the relay if this one fails).

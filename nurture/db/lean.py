@@ -8,7 +8,9 @@ trip instead of three. Use it only where no two statements must commit together.
 
 from __future__ import annotations
 
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from nurture.db.engine import SessionFactory
 
@@ -29,3 +31,24 @@ def autocommit(sessions: SessionFactory) -> SessionFactory:
         _AUTOCOMMIT.clear()
     _AUTOCOMMIT[id(engine)] = (engine, factory)
     return factory
+
+
+async def driver(session: AsyncSession) -> Any:
+    """The asyncpg connection under an `autocommit` session (checked out now if it has none),
+    for the hottest statements of the request paths.
+
+    A statement sent here skips SQLAlchemy's compile, parameter and result layers, which cost
+    the API about as much CPU per request as the statement itself (docs/benchmarks.md); asyncpg
+    keeps it prepared per connection. Parameters are positional ($1, $2...); JSON and JSONB go in
+    as JSON text and come back parsed (the codecs SQLAlchemy set on the connection); errors are
+    asyncpg's own (`asyncpg.UniqueViolationError`...), which `database_away` also recognises.
+    Only for autocommit sessions: in a transaction SQLAlchemy opens lazily, a statement sent
+    around it would commit on its own."""
+    connection = await session.connection()
+    options = (
+        connection.sync_connection.get_execution_options() if connection.sync_connection else {}
+    )
+    if options.get("isolation_level") != "AUTOCOMMIT":
+        raise RuntimeError("driver() is for autocommit sessions (nurture.db.lean.autocommit)")
+    raw = await connection.get_raw_connection()
+    return raw.driver_connection

@@ -8,11 +8,15 @@ ask, and Temporal's "use existing" conflict policy makes that start safe to repe
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -30,12 +34,11 @@ from nurture.contracts import (
     enrollment_workflow_id,
 )
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit
+from nurture.db.lean import autocommit, driver
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     Enrollment,
     EnrollmentStatus,
-    Journey,
     JourneyStatus,
     JourneyVersion,
     TimelineNote,
@@ -158,8 +161,8 @@ async def _catch_up_pause(
     """A pause or resume that committed while this workflow was starting signalled everyone
     but it; tell it now, so no contact slips past a pause."""
     async with autocommit(sessions)() as session:
-        status = await session.scalar(
-            select(col(Journey.status)).where(col(Journey.id) == enrollment.journey_id)
+        status = await (await driver(session)).fetchval(
+            "SELECT status FROM journeys WHERE id = $1", enrollment.journey_id
         )
     paused_now = status == JourneyStatus.PAUSED
     if paused_now != started_paused:
@@ -203,12 +206,32 @@ SELECT j.id, j.status, j.audience, j.rollout_percent,
     LIMIT 1) AS existing_id,
   (SELECT count(*) FROM enrollments e WHERE e.journey_id = j.id AND e.contact_id = (
     SELECT c.id FROM contacts c WHERE {contact})) AS previous
-FROM journeys j WHERE j.key = :journey_key
+FROM journeys j WHERE j.key = $1
 """
-_FACTS_BY_ID = sa.text(_CLAIM_FACTS.format(contact="c.id = :contact")).bindparams(
-    sa.bindparam("contact", type_=sa.Uuid())
-)
-_FACTS_BY_EXTERNAL_ID = sa.text(_CLAIM_FACTS.format(contact="c.external_id = :contact"))
+_FACTS_BY_ID = _CLAIM_FACTS.format(contact="c.id = $2::uuid")
+_FACTS_BY_EXTERNAL_ID = _CLAIM_FACTS.format(contact="c.external_id = $2::text")
+
+# The claim's insert: the columns the row object sets (those it leaves out take their server
+# defaults, as with an ORM insert), written out for the driver connection
+# (`nurture.db.lean.driver`); one statement text per set of columns, i.e. one in practice.
+_JSON_COLUMNS = {
+    column.name
+    for column in Enrollment.__table__.columns  # type: ignore[attr-defined]
+    if isinstance(column.type, sa.JSON)
+}
+
+
+@functools.cache
+def _insert_enrollment(columns: tuple[str, ...]) -> str:
+    return "INSERT INTO enrollments ({}) VALUES ({})".format(
+        ", ".join(columns), ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    )
+
+
+def _insert_statement(enrollment: Enrollment) -> tuple[str, list[Any]]:
+    row = enrollment.model_dump()
+    arguments = [json.dumps(v) if k in _JSON_COLUMNS else v for k, v in row.items()]
+    return _insert_enrollment(tuple(row)), arguments
 
 
 async def _claim(
@@ -226,9 +249,7 @@ async def _claim(
     enrollments is what keeps two racing claims from both inserting (IntegrityError)."""
     async with autocommit(sessions)() as session:
         facts_query = _FACTS_BY_EXTERNAL_ID if isinstance(contact, str) else _FACTS_BY_ID
-        facts = (
-            await session.execute(facts_query, {"journey_key": journey_key, "contact": contact})
-        ).first()
+        facts = await (await driver(session)).fetchrow(facts_query, journey_key, contact)
         if facts is None:
             raise NotFound(f"no journey {journey_key!r}")
         (
@@ -320,8 +341,13 @@ async def _claim_for(
         experiment_group=experiment_group(definition, contact_id),
         variants=split_variants(definition, contact_id),
     )
-    # One Core INSERT rather than the ORM's unit of work: the object is only read afterwards.
-    await session.execute(insert(Enrollment).values(**enrollment.model_dump()))
+    # On the driver connection rather than the ORM's unit of work: the object is only read
+    # afterwards. A racing claim's row makes it the IntegrityError `enroll_or_get` retries on.
+    statement, arguments = _insert_statement(enrollment)
+    try:
+        await (await driver(session)).execute(statement, *arguments)
+    except asyncpg.UniqueViolationError as err:
+        raise IntegrityError(statement, None, err) from err
     return enrollment, version, True, paused
 
 

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY
 
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit, driver
+from nurture.db.lean import driver_connection
 
 # One array parameter whatever the number of ids: one prepared statement, not one per length.
 # Also what `nurture.audience.changes.mark_announced` writes for an import's changes.
@@ -56,10 +56,8 @@ class _Marks:
             batch = self._waiting[:_MOST_AT_ONCE]
             del self._waiting[:_MOST_AT_ONCE]
             try:
-                async with autocommit(self._sessions)() as session:
-                    await (await driver(session)).execute(
-                        _MARK_ON_DRIVER, [change_id for change_id, _ in batch]
-                    )
+                async with driver_connection(self._sessions) as connection:
+                    await connection.execute(_MARK_ON_DRIVER, [change_id for change_id, _ in batch])
             except Exception as err:
                 _settle(batch, err)
             except BaseException as err:  # cancelled with the loop: nobody is left to write

@@ -29,7 +29,7 @@ from nurture.audience.limits import SizeLimits
 from nurture.concurrency import gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit, driver
+from nurture.db.lean import autocommit, driver_connection
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactChangeRecord,
@@ -176,8 +176,8 @@ async def record_custom_event(
         occurred_at=occurred_at or utcnow(),
     )
     changes = {"event": {"name": name, "properties": properties}}
-    async with autocommit(sessions)() as session:
-        found = await (await driver(session)).fetchrow(
+    async with driver_connection(sessions) as connection:
+        found = await connection.fetchrow(
             _BY_EXTERNAL_ID if isinstance(contact_id, str) else _BY_ID,
             contact_id,
             event.id,

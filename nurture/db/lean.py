@@ -4,15 +4,22 @@ A session of `autocommit(sessions)` shares the pool of `sessions` but runs each 
 transaction of its own (asyncpg's autocommit mode sends no BEGIN, COMMIT or ROLLBACK): a read, or
 a write that is one statement (a CTE inserting several rows is atomic by itself), costs one round
 trip instead of three. Use it only where no two statements must commit together.
+
+`driver_connection(sessions)` goes one step further for the hottest statements: asyncpg's own
+connection from the same pool, without SQLAlchemy in between.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+import asyncpg
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.util import greenlet_spawn
 
-from nurture.db.engine import SessionFactory
+from nurture.db.engine import SessionFactory, database_away
 
 _AUTOCOMMIT: dict[int, tuple[AsyncEngine, SessionFactory]] = {}
 
@@ -33,22 +40,27 @@ def autocommit(sessions: SessionFactory) -> SessionFactory:
     return factory
 
 
-async def driver(session: AsyncSession) -> Any:
-    """The asyncpg connection under an `autocommit` session (checked out now if it has none),
-    for the hottest statements of the request paths.
+@asynccontextmanager
+async def driver_connection(sessions: SessionFactory) -> AsyncIterator[Any]:
+    """A pooled connection of `sessions`' engine as asyncpg's own connection, for the hottest
+    statements of the request paths; handed back to the pool on exit.
 
-    A statement sent here skips SQLAlchemy's compile, parameter and result layers, which cost
-    the API about as much CPU per request as the statement itself (docs/benchmarks.md); asyncpg
-    keeps it prepared per connection. Parameters are positional ($1, $2...); JSON and JSONB go in
-    as JSON text and come back parsed (the codecs SQLAlchemy set on the connection); errors are
-    asyncpg's own (`asyncpg.UniqueViolationError`...), which `database_away` also recognises.
-    Only for autocommit sessions: in a transaction SQLAlchemy opens lazily, a statement sent
-    around it would commit on its own."""
-    connection = await session.connection()
-    options = (
-        connection.sync_connection.get_execution_options() if connection.sync_connection else {}
-    )
-    if options.get("isolation_level") != "AUTOCOMMIT":
-        raise RuntimeError("driver() is for autocommit sessions (nurture.db.lean.autocommit)")
-    raw = await connection.get_raw_connection()
-    return raw.driver_connection
+    A statement sent here skips SQLAlchemy's session, compile, parameter and result layers,
+    which cost the API several times the statement itself (docs/benchmarks.md). Every statement
+    commits by itself (no BEGIN is sent: use it where no two statements must commit together);
+    asyncpg keeps it prepared per connection. Parameters are positional ($1, $2...); JSON and
+    JSONB go in as JSON text and come back parsed (the codecs SQLAlchemy set on the
+    connection); errors are asyncpg's own (`asyncpg.UniqueViolationError`...), which
+    `database_away` also recognises. A connection that failed other than with an error
+    Postgres answered (cut, cancelled mid-statement) is discarded, not pooled again."""
+    engine = sessions.kw["bind"]
+    assert isinstance(engine, AsyncEngine)
+    pooled = await engine.raw_connection()
+    try:
+        yield pooled.driver_connection
+    except BaseException as err:
+        if database_away(err) or not isinstance(err, asyncpg.PostgresError):
+            pooled.invalidate(err if isinstance(err, Exception) else None)
+        raise
+    finally:
+        await greenlet_spawn(pooled.close)

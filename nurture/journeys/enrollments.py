@@ -34,7 +34,7 @@ from nurture.contracts import (
     enrollment_workflow_id,
 )
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit, driver
+from nurture.db.lean import autocommit, driver_connection
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     Enrollment,
@@ -160,8 +160,8 @@ async def _catch_up_pause(
 ) -> None:
     """A pause or resume that committed while this workflow was starting signalled everyone
     but it; tell it now, so no contact slips past a pause."""
-    async with autocommit(sessions)() as session:
-        status = await (await driver(session)).fetchval(
+    async with driver_connection(sessions) as connection:
+        status = await connection.fetchval(
             "SELECT status FROM journeys WHERE id = $1", enrollment.journey_id
         )
     paused_now = status == JourneyStatus.PAUSED
@@ -247,49 +247,49 @@ async def _claim(
     `contact` is the contact's id, or (a str) its external id. One read and one insert, each
     committed by itself: the read took no locks before either, and the unique index on in-flight
     enrollments is what keeps two racing claims from both inserting (IntegrityError)."""
-    async with autocommit(sessions)() as session:
-        facts_query = _FACTS_BY_EXTERNAL_ID if isinstance(contact, str) else _FACTS_BY_ID
-        facts = await (await driver(session)).fetchrow(facts_query, journey_key, contact)
-        if facts is None:
-            raise NotFound(f"no journey {journey_key!r}")
-        (
+    facts_query = _FACTS_BY_EXTERNAL_ID if isinstance(contact, str) else _FACTS_BY_ID
+    async with driver_connection(sessions) as connection:
+        facts = await connection.fetchrow(facts_query, journey_key, contact)
+    if facts is None:
+        raise NotFound(f"no journey {journey_key!r}")
+    (
+        journey_id,
+        journey_status,
+        audience,
+        rollout_percent,
+        contact_id,
+        is_test,
+        version_id,
+        existing_id,
+        previous,
+    ) = facts
+    if contact_id is None:
+        raise NotFound(
+            f"no contact with external id {contact!r}"
+            if isinstance(contact, str)
+            else f"no contact {contact}"
+        )
+    try:
+        return await _claim_for(
+            sessions,
+            journey_key,
             journey_id,
             journey_status,
-            audience,
-            rollout_percent,
             contact_id,
-            is_test,
             version_id,
             existing_id,
-            previous,
-        ) = facts
-        if contact_id is None:
-            raise NotFound(
-                f"no contact with external id {contact!r}"
-                if isinstance(contact, str)
-                else f"no contact {contact}"
-            )
-        try:
-            return await _claim_for(
-                session,
-                journey_key,
-                journey_id,
-                journey_status,
-                contact_id,
-                version_id,
-                existing_id,
-                int(previous or 0),
-                cause,
-                change_id,
-                launch=(audience, float(rollout_percent), bool(is_test)),
-            )
-        except EntryRefused as refused:
-            refused.contact_id = contact_id
-            raise
+            int(previous or 0),
+            cause,
+            change_id,
+            launch=(audience, float(rollout_percent), bool(is_test)),
+        )
+    except EntryRefused as refused:
+        refused.contact_id = contact_id
+        raise
 
 
 async def _claim_for(
-    session: AsyncSession,
+    sessions: SessionFactory,
     journey_key: str,
     journey_id: uuid.UUID,
     journey_status: str,
@@ -302,13 +302,15 @@ async def _claim_for(
     launch: tuple[str, float, bool],
 ) -> tuple[Enrollment, JourneyVersion, bool, bool]:
     """`launch`: the journey's audience and rollout percent, and whether the contact is a
-    test contact (`nurture.journeys.rollout`)."""
+    test contact (`nurture.journeys.rollout`). Each read it makes takes a pooled connection of
+    its own, one at a time; the usual path makes none besides the insert."""
     paused = journey_status == JourneyStatus.PAUSED
     if existing_id is not None:
-        existing = await session.get(Enrollment, existing_id)
-        if existing is None:  # ended and erased in between: claim again
-            raise IntegrityError("in-flight enrollment vanished", None, Exception())
-        pinned = await cached_version(session, existing.journey_version_id)
+        async with autocommit(sessions)() as session:
+            existing = await session.get(Enrollment, existing_id)
+            if existing is None:  # ended and erased in between: claim again
+                raise IntegrityError("in-flight enrollment vanished", None, Exception())
+            pinned = await cached_version(session, existing.journey_version_id)
         assert pinned is not None
         return existing, pinned, False, paused
     if journey_status not in (JourneyStatus.ACTIVE, JourneyStatus.PAUSED):
@@ -316,14 +318,16 @@ async def _claim_for(
             "journey_not_live",
             f"journey {journey_key!r} is {journey_status}: nobody can enter it",
         )
-    version = None if version_id is None else await cached_version(session, version_id)
+    version = None if version_id is None else await _version(sessions, version_id)
     if version is None:
         raise EntryRefused(
             "no_published_version", f"journey {journey_key!r} has no published version"
         )
     rules = parsed_definition(version).entry
     _check_reentry(journey_key, rules, contact_id, previous)
-    await _check_exclusion(session, journey_key, rules, contact_id)
+    if rules.exclusion_segment is not None:
+        async with autocommit(sessions)() as session:
+            await _check_exclusion(session, journey_key, rules, contact_id)
     # Last: only contacts the journey would otherwise take are held back by its launch.
     audience, rollout_percent, is_test = launch
     held = rollout.refusal(journey_key, audience, rollout_percent, contact_id, is_test)
@@ -345,7 +349,8 @@ async def _claim_for(
     # afterwards. A racing claim's row makes it the IntegrityError `enroll_or_get` retries on.
     statement, arguments = _insert_statement(enrollment)
     try:
-        await (await driver(session)).execute(statement, *arguments)
+        async with driver_connection(sessions) as connection:
+            await connection.execute(statement, *arguments)
     except asyncpg.UniqueViolationError as err:
         raise IntegrityError(statement, None, err) from err
     return enrollment, version, True, paused
@@ -354,6 +359,15 @@ async def _claim_for(
 # Published versions by id. A version never changes once published (a database trigger refuses
 # updates), so a process can keep them; bounded, for a long-lived API serving many journeys.
 _VERSIONS: dict[uuid.UUID, JourneyVersion] = {}
+
+
+async def _version(sessions: SessionFactory, version_id: uuid.UUID) -> JourneyVersion | None:
+    """The published version, from this process's cache or read in a session of its own."""
+    version = _VERSIONS.get(version_id)
+    if version is not None:
+        return version
+    async with autocommit(sessions)() as session:
+        return await cached_version(session, version_id)
 
 
 async def cached_version(session: AsyncSession, version_id: uuid.UUID) -> JourneyVersion | None:

@@ -23,7 +23,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import or_, tuple_
+from sqlalchemy import exists, or_, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
@@ -34,6 +34,7 @@ from nurture.audience.segments.membership import entering_journeys
 from nurture.audience.suppressions import suppress
 from nurture.concurrency import gather_limited
 from nurture.db.engine import SessionFactory
+from nurture.db.lean import autocommit
 from nurture.db.models import Event, Message, SuppressionReason, WebhookEvent, utcnow
 from nurture.journeys.enrollments import TEMPORAL_UNREACHABLE, EnrollmentOptions
 from nurture.journeys.triggers import on_contact_changed
@@ -285,18 +286,24 @@ async def match_pending(
 ) -> int:
     """Act on stored events that arrived before we knew which message they were about;
     call once the message row has its provider id. Returns how many were matched."""
+    unmatched = (
+        col(WebhookEvent.provider) == provider,
+        col(WebhookEvent.provider_message_id) == provider_message_id,
+        col(WebhookEvent.message_id).is_(None),
+        col(WebhookEvent.processed_at).is_(None),
+    )
+    # Called after every send, and almost always there is nothing: one plain read says so
+    # (one round trip), before the locking transaction (three) that takes the rows.
+    async with autocommit(sessions)() as session:
+        if not await session.scalar(select(exists().where(*unmatched))):
+            return 0
     result = IngestResult()
     stored = Stored(result, [], [])
     async with sessions.begin() as session:
         rows = (
             await session.scalars(
                 select(WebhookEvent)
-                .where(
-                    col(WebhookEvent.provider) == provider,
-                    col(WebhookEvent.provider_message_id) == provider_message_id,
-                    col(WebhookEvent.message_id).is_(None),
-                    col(WebhookEvent.processed_at).is_(None),
-                )
+                .where(*unmatched)
                 .order_by(col(WebhookEvent.occurred_at))
                 # Another caller (or a redelivery) may be on the same rows: leave them to it.
                 .with_for_update(skip_locked=True)

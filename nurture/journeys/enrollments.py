@@ -43,6 +43,7 @@ from nurture.db.models import (
     JourneyVersion,
     TimelineNote,
 )
+from nurture.db.together import ask_together
 from nurture.errors import Conflict, NotFound
 from nurture.journeys import rollout
 from nurture.journeys.definition import EntryRules, JourneyDefinition
@@ -159,14 +160,23 @@ async def _catch_up_pause(
     sessions: SessionFactory, client: Client, enrollment: Enrollment, started_paused: bool
 ) -> None:
     """A pause or resume that committed while this workflow was starting signalled everyone
-    but it; tell it now, so no contact slips past a pause."""
-    async with driver_connection(sessions) as connection:
-        status = await connection.fetchval(
-            "SELECT status FROM journeys WHERE id = $1", enrollment.journey_id
-        )
+    but it; tell it now, so no contact slips past a pause. The read starts after the start
+    returned, and is shared with the enrollments of this process asking at the same time
+    (`nurture.db.together`)."""
+    [status] = await ask_together(sessions, _journey_statuses, [enrollment.journey_id])
     paused_now = status == JourneyStatus.PAUSED
     if paused_now != started_paused:
         await signal_workflow(client, enrollment.workflow_id, "pause" if paused_now else "resume")
+
+
+async def _journey_statuses(
+    sessions: SessionFactory, journey_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    async with driver_connection(sessions) as connection:
+        rows = await connection.fetch(
+            "SELECT id, status FROM journeys WHERE id = ANY($1::uuid[])", journey_ids
+        )
+    return {row["id"]: row["status"] for row in rows}
 
 
 async def note_not_entered(

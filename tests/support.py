@@ -297,7 +297,7 @@ _TRANSACTION_COMMANDS = {"BEGIN", "COMMIT", "ROLLBACK", "START", "SAVEPOINT", "R
 
 def log_driver_statements(engine: AsyncEngine, sink: Callable[[str], None]) -> Callable[[], None]:
     """Call `sink` with every statement sent on the driver connection of `engine`'s pooled
-    connections (`nurture.db.lean.driver`), which SQLAlchemy's events do not see: asyncpg's
+    connections (`nurture.db.lean.driver_connection`), which SQLAlchemy's events do not see: asyncpg's
     query logger, added at checkout. Not transaction commands, nor the idle ping. asyncpg calls
     its loggers soon after the statement (`call_soon`): let the loop turn before reading what
     was logged. Returns the function that stops it."""

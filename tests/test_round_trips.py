@@ -5,7 +5,7 @@ Round trips are counted with SQLAlchemy event listeners on a fresh engine: every
 (`before_cursor_execute`) and every BEGIN / COMMIT / ROLLBACK that reaches Postgres (SQLAlchemy's
 transaction events on a connection that is not in autocommit mode); and with asyncpg's query
 logger on each of its connections, every statement sent on the driver connection itself
-(`nurture.db.lean.driver`), which SQLAlchemy does not see. Pooled connections are
+(`nurture.db.lean.driver_connection`), which SQLAlchemy does not see. Pooled connections are
 counted at checkout and checkin, with the most held at once."""
 
 from __future__ import annotations

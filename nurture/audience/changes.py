@@ -50,7 +50,7 @@ from nurture.audience.segments.membership import observe
 from nurture.concurrency import gather_limited
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit
+from nurture.db.lean import autocommit, driver_connection
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactChangeRecord,
@@ -132,8 +132,8 @@ async def mark_announced(sessions: SessionFactory, change_ids: Sequence[int]) ->
     """For a caller that announced its changes in bulk its own way (a CSV import: BulkEnroll
     runs and a segment sweep instead of one announcement per contact)."""
     for start in range(0, len(change_ids), 10_000):
-        async with sessions.begin() as session:
-            await session.execute(MARK_ANNOUNCED, {"ids": list(change_ids[start : start + 10_000])})
+        async with driver_connection(sessions) as connection:  # each chunk commits by itself
+            await connection.execute(MARK_ANNOUNCED, list(change_ids[start : start + 10_000]))
 
 
 async def _scored(

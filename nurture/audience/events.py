@@ -144,7 +144,7 @@ SELECT c.id AS contact_id, s.scored, ev.received_at, ch.id AS change_id, ch.at,
          AND j.status IN ('active', 'paused')) AS watched
 FROM c CROSS JOIN s LEFT JOIN ev ON true LEFT JOIN ch ON true
 """
-# Sent on the driver connection (`nurture.db.lean.driver`): $1 is the contact.
+# Sent on the driver connection (`nurture.db.lean.driver_connection`): $1 is the contact.
 _BY_ID = _CUSTOM_EVENT.format(contact="id = $1::uuid")
 _BY_EXTERNAL_ID = _CUSTOM_EVENT.format(contact="external_id = $1::text")
 

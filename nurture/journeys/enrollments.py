@@ -223,7 +223,7 @@ _FACTS_BY_EXTERNAL_ID = _CLAIM_FACTS.format(contact="c.external_id = $2::text")
 
 # The claim's insert: the columns the row object sets (those it leaves out take their server
 # defaults, as with an ORM insert), written out for the driver connection
-# (`nurture.db.lean.driver`); one statement text per set of columns, i.e. one in practice.
+# (`nurture.db.lean.driver_connection`); one statement text per set of columns, i.e. one in practice.
 _JSON_COLUMNS = {
     column.name
     for column in Enrollment.__table__.columns  # type: ignore[attr-defined]

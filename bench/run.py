@@ -8,9 +8,10 @@ Everything runs on this machine from a fresh temporary directory: embedded Postg
 Temporal dev server (the pip binary), the worker and the API in processes of their own. It
 measures (a) contacts enrolled per second through POST /v1/enrollments against the same
 number of bare `client.start_workflow` calls; (b) events per second through POST /v1/events
-to enrollments waiting for them against bare `handle.signal("event", ...)`; (c) the worker's
-RSS with `--asleep` enrollments asleep. (a) and (b) run with the worker running (judged) and
-with it stopped while calls are timed (a diagnostic of the request path alone).
+to enrollments waiting for them against bare `handle.signal("event", ...)`, and (b2) the same
+events `--event-batch` to a POST /v1/events/batch (reported, not judged); (c) the worker's RSS
+with `--asleep` enrollments asleep. (a) and (b) run with the worker running (judged) and with it
+stopped while calls are timed (a diagnostic of the request path alone).
 docs/benchmarks.md explains the method and the figures.
 """
 
@@ -40,6 +41,7 @@ import psutil
 from sqlalchemy import text
 from temporalio.client import Client
 
+from api.schemas.events import MAX_BATCH_EVENTS
 from bench.stack import (
     MB,
     Component,
@@ -58,14 +60,17 @@ from bench.workload import (
     SLEEP_JOURNEY,
     ApiClient,
     Published,
+    Timed,
     api_enroll,
     api_event,
+    api_events,
     bare_signal,
     bare_start,
     count_enrollments,
     make_contacts,
     make_pending_enrollments,
     publish_journey,
+    run_batches,
     run_pool,
     wait_for_count,
 )
@@ -99,6 +104,7 @@ class Options:
     also: tuple[str, ...] = ()  # other modes run after this one (ALSO)
     client: str = "aiohttp"  # the load generator's HTTP client for the API side
     also_args: dict[str, list[str]] = field(default_factory=dict)  # per mode of `also`
+    event_batch: int = 100  # (b2): events per POST /v1/events/batch; 0: not measured
 
     @property
     def judged_mode(self) -> str:
@@ -288,35 +294,46 @@ class Bench:
         api_call: Callable[[A], Awaitable[None]],
         bare_call: Callable[[B], Awaitable[None]],
         drained: Callable[[int], Awaitable[float]],
+        api_batch: Callable[[Sequence[A]], Awaitable[None]] | None = None,
     ) -> list[Comparison]:
         """A warm-up of each side (not reported); then, for each mode, ABBA rounds of n/2
         calls (bare, api, api, bare) so that a drift of the server over the run (its SQLite
         file grows) weighs on both sides alike. Each round ends when the worker is done with
         all it was given, so that rounds do not overlap. In mode "paused" the worker process
-        is stopped (SIGSTOP) while the calls are timed and continued before the drain."""
+        is stopped (SIGSTOP) while the calls are timed and continued before the drain.
+
+        With `api_batch`, the API side sends `options.event_batch` items per call, an eighth
+        of the concurrency in flight (each batch is signalled concurrently by the API); its
+        figures are per item, as the bare side's."""
         w, c = self.options.warmup, self.options.concurrency
-        warm = [
-            await run_pool(bare_items[:w], c, bare_call),
-            await run_pool(api_items[:w], c, api_call),
-        ]
+
+        async def api_round(items: Sequence[A]) -> Timed:
+            if api_batch is None:
+                return await run_pool(items, c, api_call)
+            return await run_batches(items, self.options.event_batch, max(1, c // 8), api_batch)
+
+        async def round_of(side: str, items: Sequence[Any]) -> Timed:
+            return await (run_pool(items, c, bare_call) if side == "bare" else api_round(items))
+
+        warm = [await round_of("bare", bare_items[:w]), await round_of("api", api_items[:w])]
         _log_errors("warm-up", [e for t in warm for e in t.errors])
         await drained(sum(t.count for t in warm))
         comparisons = []
         for i, mode in enumerate(self.options.modes):
             first, half, last = w + i * n, w + i * n + n // 2, w + (i + 1) * n
-            plan: list[tuple[str, Sequence[Any], Callable[[Any], Awaitable[None]]]] = [
-                ("bare", bare_items[first:half], bare_call),
-                ("api", api_items[first:half], api_call),
-                ("api", api_items[half:last], api_call),
-                ("bare", bare_items[half:last], bare_call),
+            plan: list[tuple[str, Sequence[Any]]] = [
+                ("bare", bare_items[first:half]),
+                ("api", api_items[first:half]),
+                ("api", api_items[half:last]),
+                ("bare", bare_items[half:last]),
             ]
             rounds = []
-            for side, items, call in plan:
+            for side, items in plan:
                 before = self.meter.snapshot()
                 if mode == "paused":
                     self.worker.suspend()
                 try:
-                    timed = await run_pool(items, c, call)
+                    timed = await round_of(side, items)
                     calls_spent = CpuMeter.spent(before, self.meter.snapshot())
                 finally:
                     if mode == "paused":
@@ -340,7 +357,7 @@ class Bench:
                     f"= {timed.count / timed.seconds:.1f}/s (worker done {drain:.2f} s later)"
                 )
                 _log_errors(side, timed.errors)
-            judged = mode == self.options.judged_mode
+            judged = mode == self.options.judged_mode and api_batch is None
             comparisons.append(Comparison.of(name, mode, judged, rounds, target))
         return comparisons
 
@@ -371,13 +388,21 @@ class Bench:
             "enrollments", ENROLL_TARGET, n, api_contacts, bare_rows, api_call, bare_call, drained
         )
 
-    async def event_rate(self) -> list[Comparison]:
+    async def event_rate(self, batch: int = 1) -> list[Comparison]:
+        """(b) one event per request; with `batch`, (b2): `batch` events per request."""
         journey, n = self.event, self.options.events
-        log(
-            f"(b) events: {n} through the API, {n} bare signals, concurrency {self.options.concurrency}"
-        )
+        c = self.options.concurrency
+        if batch == 1:
+            log(f"(b) events: {n} through the API, {n} bare signals, concurrency {c}")
+        else:
+            log(
+                f"(b2) events: {n} through the API in batches of {batch} ({max(1, c // 8)} "
+                f"in flight), {n} bare signals, concurrency {c}"
+            )
         per_side = self.items_per_side(n)
-        contacts = await make_contacts(self.sessions, 2 * per_side, "event")
+        contacts = await make_contacts(
+            self.sessions, 2 * per_side, "event" if batch == 1 else "event-batch"
+        )
         rows = await make_pending_enrollments(self.sessions, journey, contacts)
 
         async def start(row: Enrollment) -> None:
@@ -395,7 +420,8 @@ class Bench:
             within=self.drain_timeout(len(rows)),
         )
         log(f"  {len(rows)} enrollments wait for the event ({waited:.1f} s after the starts)")
-        completed = 0
+        # (b2) runs after (b) on the same journey: count from what (b) completed.
+        completed = await count_enrollments(self.sessions, journey.journey_id, "completed")
 
         async def drained(count: int) -> float:
             nonlocal completed
@@ -405,11 +431,14 @@ class Bench:
         async def api_call(contact_id: uuid.UUID) -> None:
             await api_event(self.http, contact_id)
 
+        async def api_batch(contact_ids: Sequence[uuid.UUID]) -> None:
+            await api_events(self.http, contact_ids)
+
         async def bare_call(contact_id: uuid.UUID) -> None:
             await bare_signal(self.client, journey.key, contact_id)
 
         return await self.compare(
-            "events",
+            "events" if batch == 1 else "events_batched",
             EVENT_TARGET,
             n,
             contacts[:per_side],
@@ -417,6 +446,7 @@ class Bench:
             api_call,
             bare_call,
             drained,
+            api_batch if batch > 1 else None,
         )
 
     async def memory(self, worker: RssSampler, api: RssSampler, idle_rss: int) -> Memory:
@@ -570,6 +600,10 @@ async def _with_processes(
             events = await bench.event_rate()
             result["events"] = {c.mode: asdict(c) for c in events}
             await _save(options.output, result)
+            if options.event_batch > 1:
+                batched = await bench.event_rate(options.event_batch)
+                result["events_batched"] = {c.mode: asdict(c) for c in batched}
+                await _save(options.output, result)
             memory = await bench.memory(worker_rss, api_rss, idle)
         result["memory"] = asdict(memory)
         result["problems"] = bench.problems
@@ -620,27 +654,31 @@ def report(result: dict[str, Any]) -> str:
     m = result["memory"]
     comparisons = [
         (label, c)
-        for label, key in (("(a) enrollments/s", "enrollments"), ("(b) events/s", "events"))
-        for c in result[key].values()
+        for label, key in (
+            ("(a) enrollments/s", "enrollments"),
+            ("(b) events/s", "events"),
+            (f"(b2) events/s, {result['options']['event_batch']} a request", "events_batched"),
+        )
+        for c in result.get(key, {}).values()
     ]
     verdict = {True: "PASS", False: "FAIL"}
     lines = [
         f"Nurture benchmark: {result['machine']['cpus']} CPUs, "
         f"concurrency {result['options']['concurrency']}",
         "",
-        f"{'':36}{'API':>9}{'bare':>9}{'API/bare':>10}{'target':>9}  result",
+        f"{'':48}{'API':>9}{'bare':>9}{'API/bare':>10}{'target':>9}  result",
     ]
     for label, c in comparisons:
         outcome = verdict[c["passed"]] if c["judged"] else "(diagnostic)"
         failed = c["api"]["failed"] + c["bare"]["failed"]
         lines.append(
-            f"{label + ', worker ' + c['mode']:36}{c['api']['per_second']:>9.1f}"
+            f"{label + ', worker ' + c['mode']:48}{c['api']['per_second']:>9.1f}"
             f"{c['bare']['per_second']:>9.1f}{c['ratio']:>10.1%}"
             f"{'>= ' + format(c['target'], '.0%'):>9}  {outcome}"
             + (f"  ({failed} calls failed)" if failed else "")
         )
     lines.append(
-        f"{'(c) worker RSS, MB, ' + format(m['asleep'], ',') + ' asleep':36}"
+        f"{'(c) worker RSS, MB, ' + format(m['asleep'], ',') + ' asleep':48}"
         f"{m['worker_rss_mb_asleep']:>9.1f}{'':>9}{'':>10}"
         f"{'<= ' + format(m['target_mb'], '.0f'):>9}  {verdict[m['passed']]}"
     )
@@ -654,16 +692,16 @@ def report(result: dict[str, Any]) -> str:
             s = c[side]
             cpu = ", ".join(f"{k} {v:.1f}" for k, v in s["cpu_ms_per_op"].items())
             lines.append(
-                f"  {c['name']:11} {c['mode']:7} {side:4} {s['count']:>5} ok {s['failed']:>4} failed"
+                f"  {c['name']:14} {c['mode']:7} {side:4} {s['count']:>5} ok {s['failed']:>4} failed"
                 f" {s['seconds']:>7.1f} s {s['per_second']:>6.1f}/s"
                 f" (end to end {s['end_to_end_per_second']:.1f}/s);"
                 f" latency p50/p95/p99 {s['latency_ms']['p50']:.0f}/{s['latency_ms']['p95']:.0f}/"
                 f"{s['latency_ms']['p99']:.0f} ms; CPU {cpu}"
             )
             calls = ", ".join(f"{k} {v:.1f}" for k, v in s["calls_cpu_ms_per_op"].items())
-            lines.append(f"  {'':11} {'':7} {'':4} calls only: CPU {calls}")
+            lines.append(f"  {'':14} {'':7} {'':4} calls only: CPU {calls}")
         for error, times in c["errors"].items():
-            lines.append(f"  {c['name']:11} {c['mode']:7} FAILED {times} times: {error}")
+            lines.append(f"  {c['name']:14} {c['mode']:7} FAILED {times} times: {error}")
     lines.append(
         f"  worker RSS: idle {m['worker_rss_mb_idle']} MB; {m['asleep']:,} asleep "
         f"{m['worker_rss_mb_asleep']} MB (settle max {m['worker_rss_mb_asleep_max']}); "
@@ -717,6 +755,12 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default="aiohttp",
         help="the load generator's HTTP client for the API side (aiohttp)",
     )
+    parser.add_argument(
+        "--event-batch",
+        type=int,
+        default=100,
+        help="(b2): events per POST /v1/events/batch against bare signals (100; 0: skip)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument(
@@ -739,6 +783,8 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         if mode not in also:
             parser.error(f"--also-args {given!r}: {mode!r} is not one of --also")
         also_args.setdefault(mode, []).extend(shlex.split(words))
+    if args.event_batch < 0 or args.event_batch > MAX_BATCH_EVENTS:
+        parser.error(f"--event-batch takes 0 to {MAX_BATCH_EVENTS}")
     if not modes or set(modes) - {"running", "paused"} or len(set(modes)) != len(modes):
         parser.error("--modes takes running, paused or both, comma-separated")
     for name, value in (("--enrollments", enrollments), ("--events", events)):
@@ -762,6 +808,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         also=also,
         also_args=also_args,
         client=args.client,
+        event_batch=args.event_batch,
     )
 
 

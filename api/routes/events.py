@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from api.deps import ResourcesDep
 from api.routes.enrollments import ERRORS
-from api.schemas.events import EngagementIn, EventIn, EventOut
-from nurture.audience.events import RecordedEvent, record_custom_event, record_engagement
+from api.schemas.events import (
+    EngagementIn,
+    EventBatchIn,
+    EventBatchOut,
+    EventBatchResult,
+    EventError,
+    EventIn,
+    EventOut,
+)
+from nurture.audience.events import (
+    IncomingEvent,
+    RecordedEvent,
+    record_custom_event,
+    record_custom_events,
+    record_engagement,
+)
+from nurture.errors import NurtureError
 
 router = APIRouter(tags=["events"])
 
@@ -48,6 +63,64 @@ async def post_event(body: EventIn, resources: ResourcesDep) -> EventOut:
         occurred_at=body.occurred_at,
     )
     return event_out(recorded)
+
+
+@router.post(
+    "/events/batch",
+    response_model=EventBatchOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Record up to 1,000 custom events at once",
+    description="Each event as POST /v1/events records it (stored once per idempotency key, "
+    "then delivered to its contact's enrollments and journeys), all of them stored in one "
+    "statement; the events of one contact are delivered in the order given. Each event has its "
+    "own result, in the request's order, with the status POST /v1/events would have answered "
+    "for it alone: one unknown contact does not fail the others. The answer is 202 when every "
+    "event was recorded (or repeated an idempotency key), 207 when some were not. A body that "
+    "is not a valid batch is refused whole (422, naming the event and field).",
+    responses={
+        207: {"model": EventBatchOut, "description": "some events were not recorded"},
+        **ERRORS,
+    },
+)
+async def post_events(
+    body: EventBatchIn, resources: ResourcesDep, response: Response
+) -> EventBatchOut:
+    outcomes = await record_custom_events(
+        resources.sessions,
+        resources.temporal,
+        resources.enrollment_options,
+        [
+            IncomingEvent(
+                e.contact_id if e.contact_id is not None else str(e.external_id),
+                e.name,
+                e.properties,
+                idempotency_key=e.idempotency_key,
+                occurred_at=e.occurred_at,
+            )
+            for e in body.events
+        ],
+    )
+    results = [_batch_result(index, outcome) for index, outcome in enumerate(outcomes)]
+    failed = sum(result.error is not None for result in results)
+    if failed:
+        response.status_code = status.HTTP_207_MULTI_STATUS
+    return EventBatchOut(
+        recorded=sum(r.event is not None and not r.event.duplicate for r in results),
+        duplicates=sum(r.event is not None and r.event.duplicate for r in results),
+        failed=failed,
+        results=results,
+    )
+
+
+def _batch_result(index: int, outcome: RecordedEvent | NurtureError) -> EventBatchResult:
+    if isinstance(outcome, NurtureError):
+        detail = outcome.detail if outcome.detail is not None else outcome.message
+        return EventBatchResult(
+            index=index,
+            status=outcome.status_code,
+            error=EventError(error=outcome.error, detail=detail),
+        )
+    return EventBatchResult(index=index, status=status.HTTP_202_ACCEPTED, event=event_out(outcome))
 
 
 @router.post(

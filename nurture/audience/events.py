@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -26,7 +26,7 @@ from temporalio.client import Client
 
 from nurture.audience.changes import LEASE, Announcer, Change, FreshChange, record
 from nurture.audience.limits import SizeLimits
-from nurture.concurrency import gather_limited_outcomes
+from nurture.concurrency import gather_limited, gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.lean import autocommit, driver_connection
@@ -38,7 +38,7 @@ from nurture.db.models import (
     Message,
     utcnow,
 )
-from nurture.errors import Conflict, NotFound
+from nurture.errors import Conflict, NotFound, NurtureError
 from nurture.journeys.enrollments import (
     TEMPORAL_UNREACHABLE,
     EnrollmentOptions,
@@ -112,41 +112,65 @@ async def _score_engagement(session: AsyncSession, event: Event) -> int | None:
     )
 
 
-# A custom event from the API in one statement: the contact resolved, the event stored once per
-# dedupe key, its change recorded (with the lease that lets this process announce it), and what
-# the announcement needs read in the same snapshot: the contact's in-flight enrollments, whether
-# a live journey starts on this event, whether any segment is watched. One round trip; a single
-# statement is atomic by itself, so the event and its change commit together. When a lead
-# scoring rule counts events, nothing is written here: the event takes the change path's
-# `record`, which scores it (`nurture.scoring`).
-_CUSTOM_EVENT = """
-WITH c AS (SELECT id FROM contacts WHERE {contact}),
+# Custom events from the API in one statement, however many: each contact resolved (by id or
+# external id), each event stored once per dedupe key, its change recorded (with the lease that
+# lets this process announce it), and what the announcement needs read in the same snapshot: the
+# contact's in-flight enrollments, whether a live journey starts on the event, whether any
+# segment is watched. One round trip; a single statement is atomic by itself, so every event and
+# its change commit together. When a lead scoring rule counts events, nothing is written here:
+# each event takes the change path's `record`, which scores it (`nurture.scoring`).
+# An event whose contact is not found has no row in the answer; a repeated dedupe key (earlier,
+# or earlier in the same statement: ON CONFLICT DO NOTHING skips it) has no change.
+# Sent on the driver connection (`nurture.db.lean.driver_connection`).
+_CUSTOM_EVENTS = """
+WITH i AS (
+  SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                       $7::text[], $8::timestamptz[], $9::text[])
+    AS t(n, contact_id, external_id, event_id, dedupe_key, name, properties, occurred_at,
+         changes)),
+c AS (
+  SELECT i.*, k.id AS found FROM i JOIN contacts k ON k.id = i.contact_id
+  UNION ALL
+  SELECT i.*, k.id FROM i JOIN contacts k ON k.external_id = i.external_id),
 s AS (SELECT EXISTS(SELECT 1 FROM scoring_rules WHERE kind = 'event') AS scored),
+w AS (SELECT EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type IN ('segment_entered', 'segment')
+                    AND j.status IN ('active', 'paused')) AS watched),
 ev AS (
   INSERT INTO events (id, dedupe_key, contact_id, kind, name, properties, machine, occurred_at,
                       received_at)
-  SELECT $2::uuid, $3::text, c.id, 'custom', $4::text, $5::jsonb, false, $6::timestamptz, now()
-  FROM c, s WHERE NOT s.scored
+  SELECT c.event_id, c.dedupe_key, c.found, 'custom', c.name, c.properties::jsonb, false,
+         c.occurred_at, now()
+  FROM c, s WHERE NOT s.scored ORDER BY c.n
   ON CONFLICT (dedupe_key) DO NOTHING
   RETURNING id, received_at),
 ch AS (
   INSERT INTO contact_changes (contact_id, at, source, changes, joined_lists, event_id, reload,
                                lease_until)
-  SELECT c.id, now(), $7::text, $8::jsonb, '{{}}', ev.id, false, now() + $9::interval
-  FROM c, ev
-  RETURNING id, at)
-SELECT c.id AS contact_id, s.scored, ev.received_at, ch.id AS change_id, ch.at,
+  SELECT c.found, now(), $10::text, c.changes::jsonb, '{}', ev.id, false, now() + $11::interval
+  FROM c JOIN ev ON ev.id = c.event_id ORDER BY c.n
+  RETURNING id, at, event_id)
+SELECT c.n, c.found AS contact_id, s.scored, w.watched, ev.received_at, ch.id AS change_id, ch.at,
   ARRAY(SELECT e.workflow_id FROM enrollments e
-        WHERE e.contact_id = c.id AND e.status IN ('pending', 'active')) AS in_flight,
-  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type = 'event' AND j.trigger_key = $4::text
-         AND j.status IN ('active', 'paused')) AS may_start,
-  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type IN ('segment_entered', 'segment')
-         AND j.status IN ('active', 'paused')) AS watched
-FROM c CROSS JOIN s LEFT JOIN ev ON true LEFT JOIN ch ON true
+        WHERE e.contact_id = c.found AND e.status IN ('pending', 'active')) AS in_flight,
+  EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type = 'event' AND j.trigger_key = c.name
+         AND j.status IN ('active', 'paused')) AS may_start
+FROM c CROSS JOIN s CROSS JOIN w
+LEFT JOIN ev ON ev.id = c.event_id LEFT JOIN ch ON ch.event_id = c.event_id
 """
-# Sent on the driver connection (`nurture.db.lean.driver_connection`): $1 is the contact.
-_BY_ID = _CUSTOM_EVENT.format(contact="id = $1::uuid")
-_BY_EXTERNAL_ID = _CUSTOM_EVENT.format(contact="external_id = $1::text")
+
+# Events of one request announced at once (their contacts' in order, see below).
+_ANNOUNCE_CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """A custom event as a caller sends it: for a contact by id, or by external id (a str)."""
+
+    contact: uuid.UUID | str
+    name: str
+    properties: dict[str, Any] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    occurred_at: datetime | None = None
 
 
 async def record_custom_event(
@@ -167,57 +191,139 @@ async def record_custom_event(
 
     `contact_id` may be the contact's external id (a str). A new event costs one statement
     before its signals and one after (the change marked announced)."""
-    SizeLimits.of().check_event_properties(properties)
-    event = Event(
-        dedupe_key=idempotency_key or f"custom:{uuid.uuid4()}",
-        kind="custom",
-        name=name,
-        properties=properties,
-        occurred_at=occurred_at or utcnow(),
-    )
-    changes = {"event": {"name": name, "properties": properties}}
+    incoming = IncomingEvent(contact_id, name, properties, idempotency_key, occurred_at)
+    (outcome,) = await record_custom_events(sessions, client, options, [incoming], source)
+    if isinstance(outcome, NurtureError):
+        raise outcome
+    return outcome
+
+
+async def record_custom_events(
+    sessions: SessionFactory,
+    client: Client,
+    options: EnrollmentOptions,
+    incoming: Sequence[IncomingEvent],
+    source: str = "api",
+) -> list[RecordedEvent | NurtureError]:
+    """`record_custom_event` for many events at once (a batch request): all of them stored
+    with their changes in one statement, then announced, the events of one contact in the
+    order given and different contacts at the same time. Each event's outcome in its place:
+    what it recorded, or the error `record_custom_event` would have raised for it alone (an
+    unknown contact, an idempotency key of another event, properties over the size limits);
+    one event's error does not stop the others."""
+    outcomes: list[RecordedEvent | NurtureError | None] = [None] * len(incoming)
+    events: dict[int, Event] = {}
+    limits = SizeLimits.of()
+    for n, one in enumerate(incoming):
+        try:
+            limits.check_event_properties(one.properties)
+        except NurtureError as err:
+            outcomes[n] = err
+            continue
+        events[n] = Event(
+            dedupe_key=one.idempotency_key or f"custom:{uuid.uuid4()}",
+            kind="custom",
+            name=one.name,
+            properties=one.properties,
+            occurred_at=one.occurred_at or utcnow(),
+        )
+    changes = {
+        n: {"event": {"name": e.name, "properties": e.properties}} for n, e in events.items()
+    }
+    rows = await _store_custom_events(sessions, incoming, events, changes, source)
+    fresh: dict[int, FreshChange] = {}
+    later: list[int] = []  # scored or repeated: the slower paths, one event at a time
+    for n, event in events.items():
+        found = rows.get(n)
+        if found is None:
+            contact = incoming[n].contact
+            outcomes[n] = NotFound(
+                f"no contact with external id {contact!r}"
+                if isinstance(contact, str)
+                else f"no contact {contact}"
+            )
+            continue
+        event.contact_id = found["contact_id"]
+        if found["scored"] or found["change_id"] is None:
+            later.append(n)
+            continue
+        event.received_at = found["received_at"]
+        row = ContactChangeRecord(
+            id=found["change_id"],
+            contact_id=found["contact_id"],
+            at=found["at"],
+            source=source[:160],
+            changes=changes[n],
+            event_id=event.id,
+            reload=False,
+        )
+        fresh[n] = FreshChange(
+            row, event, found["in_flight"] or [], found["may_start"], found["watched"]
+        )
+
+    announcer = Announcer(sessions, client, options)
+
+    async def announce(positions: list[int]) -> None:
+        for n in positions:  # one contact's events, in the order given
+            event = events[n]
+            try:
+                if n in fresh:
+                    done = await announcer.announce_fresh(fresh[n])
+                    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a
+                    # custom event is delivered by its change's announcement (here, or by the
+                    # relay if this one fails).
+                    outcomes[n] = RecordedEvent(
+                        event, False, done.signalled, [e.id for e in done.enrollments]
+                    )
+                elif rows[n]["scored"]:
+                    outcomes[n] = await _record_scored_event(
+                        sessions, client, options, event, source
+                    )
+                else:  # a repeated key: the event stored the first time
+                    stored, _, _ = await _store(
+                        sessions, {**event.model_dump(), "id": uuid.uuid4()}
+                    )
+                    outcomes[n] = RecordedEvent(stored, True, 0)
+            except NurtureError as err:
+                outcomes[n] = err
+
+    by_contact: dict[uuid.UUID, list[int]] = {}
+    for n in sorted([*fresh, *later]):
+        by_contact.setdefault(rows[n]["contact_id"], []).append(n)
+    await gather_limited(_ANNOUNCE_CONCURRENCY, announce, by_contact.values())
+    assert all(outcome is not None for outcome in outcomes)
+    return outcomes  # type: ignore[return-value]
+
+
+async def _store_custom_events(
+    sessions: SessionFactory,
+    incoming: Sequence[IncomingEvent],
+    events: Mapping[int, Event],
+    changes: Mapping[int, dict[str, Any]],
+    source: str,
+) -> dict[int, Any]:
+    """`_CUSTOM_EVENTS` for the events to store: its row for each position whose contact
+    was found."""
+    if not events:
+        return {}
+    positions = list(events)
+    contacts = [incoming[n].contact for n in positions]
     async with driver_connection(sessions) as connection:
-        found = await connection.fetchrow(
-            _BY_EXTERNAL_ID if isinstance(contact_id, str) else _BY_ID,
-            contact_id,
-            event.id,
-            event.dedupe_key,
-            name,
-            json.dumps(properties),
-            event.occurred_at,
+        found = await connection.fetch(
+            _CUSTOM_EVENTS,
+            positions,
+            [c if isinstance(c, uuid.UUID) else None for c in contacts],
+            [c if isinstance(c, str) else None for c in contacts],
+            [events[n].id for n in positions],
+            [events[n].dedupe_key for n in positions],
+            [events[n].name for n in positions],
+            [json.dumps(events[n].properties) for n in positions],
+            [events[n].occurred_at for n in positions],
+            [json.dumps(changes[n]) for n in positions],
             source[:160],
-            json.dumps(changes),
             LEASE,
         )
-    if found is None:
-        raise NotFound(
-            f"no contact with external id {contact_id!r}"
-            if isinstance(contact_id, str)
-            else f"no contact {contact_id}"
-        )
-    event.contact_id = found["contact_id"]
-    if found["scored"]:
-        return await _record_scored_event(sessions, client, options, event, source)
-    if found["change_id"] is None:  # a repeated request: the event stored the first time
-        stored, _, _ = await _store(sessions, {**event.model_dump(), "id": uuid.uuid4()})
-        return RecordedEvent(stored, True, 0)
-    event.received_at = found["received_at"]
-    row = ContactChangeRecord(
-        id=found["change_id"],
-        contact_id=found["contact_id"],
-        at=found["at"],
-        source=source[:160],
-        changes=changes,
-        event_id=event.id,
-        reload=False,
-    )
-    announcer = Announcer(sessions, client, options)
-    announced = await announcer.announce_fresh(
-        FreshChange(row, event, found["in_flight"] or [], found["may_start"], found["watched"])
-    )
-    # `signalled_at` stays NULL: it tracks opens and clicks for redelivery; a custom event is
-    # delivered by its change's announcement (here, or by the relay if this one fails).
-    return RecordedEvent(event, False, announced.signalled, [e.id for e in announced.enrollments])
+    return {row["n"]: row for row in found}
 
 
 async def _record_scored_event(

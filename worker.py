@@ -14,7 +14,6 @@ import logging
 import sys
 import traceback
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
@@ -51,7 +50,7 @@ from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.journeys.reconcile import PendingStarter
 from nurture.metrics import worker_runtime
-from nurture.sandbox import cache_bytecode
+from nurture.sandbox import share_workflow_code
 from nurture.sending.throttle import CHANNELS, send_task_queue
 from nurture.settings import Settings, get_settings
 from nurture.temporal import connect
@@ -86,7 +85,7 @@ def build_worker(
     is replayed from its short history when it wakes."""
     settings = settings or Settings()
     scoring.configure(settings.score_field)
-    cache_bytecode(Path(workflows.__path__[0]))  # each workflow run imports its module anew
+    share_workflow_code(workflows)  # each workflow run imports its module anew
     options = EnrollmentOptions(task_queue, max_steps_per_run=max_steps_per_run)
     enrollment = EnrollmentActivities(sessions)
     bulk = BulkActivities(sessions, client, options)

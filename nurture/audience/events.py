@@ -121,17 +121,10 @@ async def _score_engagement(session: AsyncSession, event: Event) -> int | None:
 # each event takes the change path's `record`, which scores it (`nurture.scoring`).
 # An event whose contact is not found has no row in the answer; a repeated dedupe key (earlier,
 # or earlier in the same statement: ON CONFLICT DO NOTHING skips it) has no change.
-# Sent on the driver connection (`nurture.db.lean.driver_connection`).
+# `{found}` is the events with their contacts found (n, found, event_id, dedupe_key, name,
+# properties, occurred_at, changes). Sent on the driver connection (`nurture.db.lean`).
 _CUSTOM_EVENTS = """
-WITH i AS (
-  SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
-                       $7::text[], $8::timestamptz[], $9::text[])
-    AS t(n, contact_id, external_id, event_id, dedupe_key, name, properties, occurred_at,
-         changes)),
-c AS (
-  SELECT i.*, k.id AS found FROM i JOIN contacts k ON k.id = i.contact_id
-  UNION ALL
-  SELECT i.*, k.id FROM i JOIN contacts k ON k.external_id = i.external_id),
+WITH {found},
 s AS (SELECT EXISTS(SELECT 1 FROM scoring_rules WHERE kind = 'event') AS scored),
 w AS (SELECT EXISTS(SELECT 1 FROM journeys j WHERE j.trigger_type IN ('segment_entered', 'segment')
                     AND j.status IN ('active', 'paused')) AS watched),
@@ -146,7 +139,8 @@ ev AS (
 ch AS (
   INSERT INTO contact_changes (contact_id, at, source, changes, joined_lists, event_id, reload,
                                lease_until)
-  SELECT c.found, now(), $10::text, c.changes::jsonb, '{}', ev.id, false, now() + $11::interval
+  SELECT c.found, now(), {source}::text, c.changes::jsonb, '{{}}', ev.id, false,
+         now() + {lease}::interval
   FROM c JOIN ev ON ev.id = c.event_id ORDER BY c.n
   RETURNING id, at, event_id)
 SELECT c.n, c.found AS contact_id, s.scored, w.watched, ev.received_at, ch.id AS change_id, ch.at,
@@ -157,6 +151,32 @@ SELECT c.n, c.found AS contact_id, s.scored, w.watched, ev.received_at, ch.id AS
 FROM c CROSS JOIN s CROSS JOIN w
 LEFT JOIN ev ON ev.id = c.event_id LEFT JOIN ch ON ch.event_id = c.event_id
 """
+# One event ($1 its contact): plain parameters. The batch's arrays cost Postgres about 1 ms
+# more for a single event (measured in bench.run's (b), docs/benchmarks.md).
+_ONE = """c AS (
+  SELECT 0 AS n, k.id AS found, $2::uuid AS event_id, $3::text AS dedupe_key, $4::text AS name,
+         $5::text AS properties, $6::timestamptz AS occurred_at, $7::text AS changes
+  FROM contacts k WHERE {contact})"""
+_ONE_BY_ID = _CUSTOM_EVENTS.format(
+    found=_ONE.format(contact="k.id = $1::uuid"), source="$8", lease="$9"
+)
+_ONE_BY_EXTERNAL_ID = _CUSTOM_EVENTS.format(
+    found=_ONE.format(contact="k.external_id = $1::text"), source="$8", lease="$9"
+)
+# Many events: an array per column, one element per event; a contact by id or external id.
+_MANY = _CUSTOM_EVENTS.format(
+    found="""i AS (
+  SELECT * FROM unnest($1::int[], $2::uuid[], $3::text[], $4::uuid[], $5::text[], $6::text[],
+                       $7::text[], $8::timestamptz[], $9::text[])
+    AS t(n, contact_id, external_id, event_id, dedupe_key, name, properties, occurred_at,
+         changes)),
+c AS (
+  SELECT i.*, k.id AS found FROM i JOIN contacts k ON k.id = i.contact_id
+  UNION ALL
+  SELECT i.*, k.id FROM i JOIN contacts k ON k.external_id = i.external_id)""",
+    source="$10",
+    lease="$11",
+)
 
 # Events of one request announced at once (their contacts' in order, see below).
 _ANNOUNCE_CONCURRENCY = 32
@@ -307,10 +327,28 @@ async def _store_custom_events(
     if not events:
         return {}
     positions = list(events)
+    if len(positions) == 1:
+        (n,) = positions
+        contact, event = incoming[n].contact, events[n]
+        async with driver_connection(sessions) as connection:
+            one = await connection.fetchrow(
+                _ONE_BY_EXTERNAL_ID if isinstance(contact, str) else _ONE_BY_ID,
+                contact,
+                event.id,
+                event.dedupe_key,
+                event.name,
+                json.dumps(event.properties),
+                event.occurred_at,
+                json.dumps(changes[n]),
+                source[:160],
+                LEASE,
+            )
+        # The statement numbers its one event 0.
+        return {} if one is None else {n: one}
     contacts = [incoming[n].contact for n in positions]
     async with driver_connection(sessions) as connection:
         found = await connection.fetch(
-            _CUSTOM_EVENTS,
+            _MANY,
             positions,
             [c if isinstance(c, uuid.UUID) else None for c in contacts],
             [c if isinstance(c, str) else None for c in contacts],

@@ -3,7 +3,9 @@ signals, unenrolling mid-wait, retries and restarts, bad contact data, long hist
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -362,13 +364,25 @@ async def test_outbox_channel_delivers_once_per_key(sessions: SessionFactory) ->
     )
     first = await outbox.send(message)
     second = await outbox.send(message)
+    # Attempts at the same time: whichever inserts, all of them answer the one row's id.
+    other = replace(message, idempotency_key="enrollment:step:2")
+    together = await asyncio.gather(*(outbox.send(other) for _ in range(8)))
 
     assert first == second
+    assert len({receipt.provider_message_id for receipt in together}) == 1
     async with sessions() as session:
-        rows = (await session.scalars(select(OutboxMessage))).all()
+        rows = (
+            await session.scalars(
+                select(OutboxMessage).order_by(col(OutboxMessage.idempotency_key))
+            )
+        ).all()
     assert [(r.idempotency_key, r.to_address) for r in rows] == [
-        ("enrollment:step:1", "ada@example.com")
+        ("enrollment:step:1", "ada@example.com"),
+        ("enrollment:step:2", "ada@example.com"),
     ]
+    assert str(rows[0].id) == first.provider_message_id
+    assert str(rows[1].id) == together[0].provider_message_id
+    assert rows[0].payload["message_id"] == str(message.message_id)
 
 
 async def test_contact_erased_behind_the_workflows_back_ends_it_cleanly(

@@ -92,7 +92,12 @@ async def test_a_batch_is_stored_in_one_statement_and_each_event_has_its_result(
         {"contact_id": str(third), "name": "b-ping", "idempotency_key": "k-3"},  # repeated
         {"contact_id": str(first), "name": "b-ping", "idempotency_key": "k-3"},  # another's key
         {"external_id": "nobody", "name": "b-ping"},
-        {"external_id": "b-2", "name": "other", "properties": {"n": 1}},
+        {
+            "external_id": "b-2",
+            "name": "other",
+            "properties": {"n": 1},
+            "occurred_at": "2026-11-30T09:00:00Z",
+        },
     ]
     answer = await api.post("/v1/events/batch", json={"events": batch})
     await asyncio.sleep(0.05)  # asyncpg calls its query loggers soon after, not at once
@@ -186,11 +191,17 @@ async def test_a_batch_that_is_not_valid_is_refused_whole_naming_the_event(
         "/v1/events/batch",
         json={"events": [{"external_id": "v-1", "contact_id": str(uuid.uuid4()), "name": "x"}]},
     )
+    # A number is not a date-time (pydantic would read it as seconds since 1970).
+    epoch = await api.post("/v1/events/batch", json={"events": [{**good, "occurred_at": 0}]})
+    epoch_one = await api.post("/v1/events", json={**good, "occurred_at": 1764547200})
 
     assert empty.status_code == 422 and "body.events" in problems(empty), empty.text
     assert too_many.status_code == 422 and "body.events" in problems(too_many), too_many.text
     assert bad_one.status_code == 422 and "body.events.2.name" in problems(bad_one), bad_one.text
     assert both_refs.status_code == 422, both_refs.text
+    assert epoch.status_code == 422, epoch.text
+    assert "ISO 8601" in problems(epoch)["body.events.0.occurred_at"], epoch.text
+    assert epoch_one.status_code == 422 and "body.occurred_at" in problems(epoch_one)
     async with sessions() as session:
         assert await session.scalar(select(func.count()).select_from(Event)) == 0
 

@@ -66,9 +66,12 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _iso_text(value: Any) -> Any:
-    """A date in a query string is written as one: pydantic would also read a number ("0",
-    "0.5") as seconds since 1970, which no one means."""
-    if isinstance(value, str) and not _ISO_DATE.match(value):
+    """A date in a query string or a JSON body is written as one: pydantic would also read a
+    number (0, "0.5") as seconds since 1970, which no one means and the OpenAPI document does
+    not say (a date-time is a string there)."""
+    if isinstance(value, date):  # given by Python code, not read from a request
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.match(value):
         raise ValueError("an ISO 8601 date (2026-12-01) or date and time (2026-12-01T09:00Z)")
     return value
 

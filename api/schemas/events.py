@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from api.schemas.common import IsoDateTime
 from api.schemas.enrollments import ContactRef
 
 
@@ -33,7 +33,7 @@ class EventIn(ContactRef):
         description="repeat a request with the same key and it is recorded once",
     )
     properties: dict[str, JsonValue] = Field(default_factory=dict)
-    occurred_at: datetime | None = None
+    occurred_at: IsoDateTime | None = None
 
 
 class EngagementIn(BaseModel):
@@ -44,7 +44,7 @@ class EngagementIn(BaseModel):
     kind: Literal["open", "click"]
     link: str | None = Field(default=None, max_length=128, description="the named link clicked")
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
-    occurred_at: datetime | None = None
+    occurred_at: IsoDateTime | None = None
 
 
 class EventOut(BaseModel):

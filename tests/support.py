@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,3 +324,23 @@ def log_driver_statements(engine: AsyncEngine, sink: Callable[[str], None]) -> C
         event.remove(engine.sync_engine, "checkin", checkin)
 
     return stop
+
+
+@asynccontextmanager
+async def app_client(
+    app_sessions: SessionFactory, client: Client, settings: Any, key_sessions: SessionFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for an app (in-process ASGI) on `app_sessions` (an engine of the test's
+    own: a tiny pool, statements counted), authenticated with a key made on `key_sessions`."""
+    from api.app import create_app
+    from api.resources import Resources
+    from nurture.apikeys import create_api_key
+
+    app = create_app(Resources(settings, app_sessions, client))
+    key = await create_api_key(key_sessions, "tests")
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app),
+        base_url="http://nurture.test",
+        headers={"Authorization": f"Bearer {key.secret}"},
+    ) as http:
+        yield http

@@ -14,15 +14,13 @@ from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
-from api.resources import Resources
-from nurture.apikeys import create_api_key
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory, session_factory
 from nurture.db.models import BulkEnrollment, ContactList, Event, ListMembership, Message
 from nurture.journeys.bulk import start_bulk_enrollment
 from nurture.settings import Settings
 from tests.support import (
+    app_client,
     enroll_awaiting_click,
     example,
     finish,
@@ -263,13 +261,7 @@ async def test_requests_never_hold_two_pooled_connections(
     contact_id = await make_contact(sessions, external_id="solo")
     tiny = create_async_engine(database_url, pool_size=1, max_overflow=0, pool_timeout=5)
     try:
-        app = create_app(Resources(settings, session_factory(tiny), client))
-        key = await create_api_key(sessions, "solo")
-        async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://nurture.test",
-            headers={"Authorization": f"Bearer {key.secret}"},
-        ) as http:
+        async with app_client(session_factory(tiny), client, settings, sessions) as http:
             enrolled = await http.post(
                 "/v1/enrollments",
                 json={"journey_key": "hubspot-nurture-goal", "external_id": "solo"},

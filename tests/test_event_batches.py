@@ -15,15 +15,19 @@ from sqlmodel import col
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from api.app import create_app
-from api.resources import Resources
 from api.schemas.events import MAX_BATCH_EVENTS
-from nurture.apikeys import create_api_key
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.db.models import ContactChangeRecord, Event
 from nurture.settings import Settings, get_settings
-from tests.support import finish, log_driver_statements, make_contact, problems, publish_journey
+from tests.support import (
+    app_client,
+    finish,
+    log_driver_statements,
+    make_contact,
+    problems,
+    publish_journey,
+)
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -51,13 +55,7 @@ async def counted_api(
     engine = create_engine(database_url)
     statements: list[str] = []
     log_driver_statements(engine, statements.append)
-    app = create_app(Resources(settings, session_factory(engine), client))
-    key = await create_api_key(sessions, "batches")
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://nurture.test",
-        headers={"Authorization": f"Bearer {key.secret}"},
-    ) as http:
+    async with app_client(session_factory(engine), client, settings, sessions) as http:
         yield http, statements
     await engine.dispose()
 

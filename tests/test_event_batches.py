@@ -16,12 +16,17 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from api.schemas.events import MAX_BATCH_EVENTS
+from nurture.audience import changes
+from nurture.audience.segments.membership import observe
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory, create_engine, session_factory
 from nurture.db.models import ContactChangeRecord, Event
 from nurture.settings import Settings, get_settings
 from tests.support import (
+    all_enrollments_ended,
     app_client,
+    enrolled_in,
+    exits_at_once,
     finish,
     log_driver_statements,
     make_contact,
@@ -237,3 +242,39 @@ async def test_properties_over_the_limit_fail_their_event_alone(
     async with sessions() as session:
         names = (await session.scalars(select(col(Event.name)))).all()
     assert names == ["small"]
+
+
+async def test_one_contacts_events_re_check_its_segments_once(
+    counted_api: tuple[httpx.AsyncClient, list[str]],
+    sessions: SessionFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """All of a batch is stored before any event is announced, so the contact's segments are
+    re-checked once, with its last new event, and see every event of the batch."""
+    api, _ = counted_api
+    buyers = {"name": "Buyers", "filter": {"type": "event", "name": "buy", "min_count": 3}}
+    assert (await api.put("/v1/segments/buyers", json=buyers)).status_code == 201
+    await publish_journey(
+        sessions, exits_at_once("buyer-welcome", {"type": "segment_entered", "segment": "buyers"})
+    )
+    await make_contact(sessions, external_id="s-1")
+    await make_contact(sessions, external_id="s-2")
+    checked: list[uuid.UUID] = []
+
+    async def counting(sessions: SessionFactory, contact_id: uuid.UUID) -> Any:
+        checked.append(contact_id)
+        return await observe(sessions, contact_id)
+
+    monkeypatch.setattr(changes, "observe", counting)  # where the announcer calls it
+    answer = await api.post(
+        "/v1/events/batch",
+        json={
+            "events": [{"external_id": "s-1", "name": "buy"}] * 3
+            + [{"external_id": "s-2", "name": "buy"}] * 2
+        },
+    )
+
+    assert answer.status_code == 202, answer.text
+    assert len(checked) == 2 and len(set(checked)) == 2, checked  # once per contact
+    await all_enrollments_ended(sessions)
+    assert await enrolled_in(sessions, "buyer-welcome") == ["s-1"]  # 3 buys: in; 2: not

@@ -310,6 +310,13 @@ async def record_custom_events(
     by_contact: dict[uuid.UUID, list[int]] = {}
     for n in sorted([*fresh, *later]):
         by_contact.setdefault(rows[n]["contact_id"], []).append(n)
+    # Every event was stored before any is announced, so one segment re-check per contact (with
+    # its last new event) sees them all; the others skip it. If that announcement is left to the
+    # relay, the relay re-checks.
+    for positions in by_contact.values():
+        new = [n for n in positions if n in fresh]
+        for n in new[:-1]:
+            fresh[n] = replace(fresh[n], watched=False)
     await gather_limited(_ANNOUNCE_CONCURRENCY, announce, by_contact.values())
     assert all(outcome is not None for outcome in outcomes)
     return outcomes  # type: ignore[return-value]

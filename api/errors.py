@@ -56,10 +56,15 @@ def allowed_methods(app: FastAPI, path: str) -> list[str]:
 _METHODS = {"GET", "PUT", "POST", "PATCH", "DELETE", "HEAD", "OPTIONS"}
 
 
+def error_detail(exc: NurtureError) -> Any:
+    """The `detail` of a domain error's answer: its structured detail, else its message."""
+    return exc.detail if exc.detail is not None else exc.message
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NurtureError)
     async def nurture_error(request: Request, exc: NurtureError) -> JSONResponse:
-        detail = exc.detail if exc.detail is not None else exc.message
+        detail = error_detail(exc)
         body = {"error": exc.error, "detail": detail}
         if exc.detail is not None:
             body["message"] = exc.message

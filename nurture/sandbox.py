@@ -50,7 +50,7 @@ class SharedCode(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         package, _, name = fullname.rpartition(".")
         if package != self.package or not name:
             return None
-        source = self.directory / f"{name}.py"
+        source = self._source(fullname)
         if not source.is_file():
             return None
         return importlib.util.spec_from_file_location(fullname, source, loader=self)
@@ -67,7 +67,7 @@ class SharedCode(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         with self._lock:
             code = self._code.get(fullname)
             if code is None:
-                source = self.directory / f"{fullname.rpartition('.')[2]}.py"
+                source = self._source(fullname)
                 # dont_inherit: the module's own `from __future__` lines decide, not ours.
                 code = compile(source.read_bytes(), str(source), "exec", dont_inherit=True)
                 self._code[fullname] = code
@@ -75,7 +75,10 @@ class SharedCode(importlib.abc.MetaPathFinder, importlib.abc.Loader):
             return code
 
     def get_source(self, fullname: str) -> str:  # for tracebacks and inspect
-        return (self.directory / f"{fullname.rpartition('.')[2]}.py").read_text()
+        return self._source(fullname).read_text()
+
+    def _source(self, fullname: str) -> Path:
+        return self.directory / f"{fullname.rpartition('.')[2]}.py"
 
 
 _installed: SharedCode | None = None

@@ -172,7 +172,7 @@ async def create_enrollment(
             resources.temporal,
             resources.enrollment_options,
             body.journey_key,
-            body.contact_id if body.contact_id is not None else str(body.external_id),
+            body.contact,
         )
     if not created:
         response.status_code = status.HTTP_200_OK

@@ -7,6 +7,7 @@ import uuid
 from fastapi import APIRouter, Response, status
 
 from api.deps import ResourcesDep
+from api.errors import error_detail
 from api.routes.enrollments import ERRORS
 from api.schemas.events import (
     EngagementIn,
@@ -56,7 +57,7 @@ async def post_event(body: EventIn, resources: ResourcesDep) -> EventOut:
         resources.sessions,
         resources.temporal,
         resources.enrollment_options,
-        body.contact_id if body.contact_id is not None else str(body.external_id),
+        body.contact,
         body.name,
         body.properties,
         idempotency_key=body.idempotency_key,
@@ -91,7 +92,7 @@ async def post_events(
         resources.enrollment_options,
         [
             IncomingEvent(
-                e.contact_id if e.contact_id is not None else str(e.external_id),
+                e.contact,
                 e.name,
                 e.properties,
                 idempotency_key=e.idempotency_key,
@@ -114,11 +115,10 @@ async def post_events(
 
 def _batch_result(index: int, outcome: RecordedEvent | NurtureError) -> EventBatchResult:
     if isinstance(outcome, NurtureError):
-        detail = outcome.detail if outcome.detail is not None else outcome.message
         return EventBatchResult(
             index=index,
             status=outcome.status_code,
-            error=EventError(error=outcome.error, detail=detail),
+            error=EventError(error=outcome.error, detail=error_detail(outcome)),
         )
     return EventBatchResult(index=index, status=status.HTTP_202_ACCEPTED, event=event_out(outcome))
 

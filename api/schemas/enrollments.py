@@ -20,6 +20,11 @@ class ContactRef(BaseModel):
             raise ValueError("give exactly one of contact_id, external_id")
         return self
 
+    @property
+    def contact(self) -> uuid.UUID | str:
+        """The contact's id, or its external id (a str), as the services take it."""
+        return self.contact_id if self.contact_id is not None else str(self.external_id)
+
 
 class EnrollRequest(ContactRef):
     model_config = ConfigDict(

@@ -42,6 +42,7 @@ from nurture.errors import Conflict, NotFound, NurtureError
 from nurture.journeys.enrollments import (
     TEMPORAL_UNREACHABLE,
     EnrollmentOptions,
+    no_such_contact,
     signal_workflow,
 )
 from nurture.journeys.triggers import on_contact_changed
@@ -256,12 +257,7 @@ async def record_custom_events(
     for n, event in events.items():
         found = rows.get(n)
         if found is None:
-            contact = incoming[n].contact
-            outcomes[n] = NotFound(
-                f"no contact with external id {contact!r}"
-                if isinstance(contact, str)
-                else f"no contact {contact}"
-            )
+            outcomes[n] = no_such_contact(incoming[n].contact)
             continue
         event.contact_id = found["contact_id"]
         if found["scored"] or found["change_id"] is None:

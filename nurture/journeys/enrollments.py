@@ -221,6 +221,16 @@ FROM journeys j WHERE j.key = $1
 _FACTS_BY_ID = _CLAIM_FACTS.format(contact="c.id = $2::uuid")
 _FACTS_BY_EXTERNAL_ID = _CLAIM_FACTS.format(contact="c.external_id = $2::text")
 
+
+def no_such_contact(contact: uuid.UUID | str) -> NotFound:
+    """The 404 for a contact named by id, or by external id (a str), that is not there."""
+    return NotFound(
+        f"no contact with external id {contact!r}"
+        if isinstance(contact, str)
+        else f"no contact {contact}"
+    )
+
+
 # The claim's insert: the columns the row object sets (those it leaves out take their server
 # defaults, as with an ORM insert), written out for the driver connection
 # (`nurture.db.lean.driver_connection`); one statement text per set of columns, i.e. one in practice.
@@ -274,11 +284,7 @@ async def _claim(
         previous,
     ) = facts
     if contact_id is None:
-        raise NotFound(
-            f"no contact with external id {contact!r}"
-            if isinstance(contact, str)
-            else f"no contact {contact}"
-        )
+        raise no_such_contact(contact)
     try:
         return await _claim_for(
             sessions,

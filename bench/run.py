@@ -107,6 +107,11 @@ class Options:
     event_batch: int = 100  # (b2): events per POST /v1/events/batch; 0: not measured
 
     @property
+    def batches_in_flight(self) -> int:
+        """(b2)'s requests in flight: each carries `event_batch` events the API signals at once."""
+        return max(1, self.concurrency // 8)
+
+    @property
     def judged_mode(self) -> str:
         """The mode the targets are checked on: the worker running, as the product runs."""
         return "running" if "running" in self.modes else self.modes[0]
@@ -310,7 +315,9 @@ class Bench:
         async def api_round(items: Sequence[A]) -> Timed:
             if api_batch is None:
                 return await run_pool(items, c, api_call)
-            return await run_batches(items, self.options.event_batch, max(1, c // 8), api_batch)
+            return await run_batches(
+                items, self.options.event_batch, self.options.batches_in_flight, api_batch
+            )
 
         async def round_of(side: str, items: Sequence[Any]) -> Timed:
             return await (run_pool(items, c, bare_call) if side == "bare" else api_round(items))
@@ -396,8 +403,8 @@ class Bench:
             log(f"(b) events: {n} through the API, {n} bare signals, concurrency {c}")
         else:
             log(
-                f"(b2) events: {n} through the API in batches of {batch} ({max(1, c // 8)} "
-                f"in flight), {n} bare signals, concurrency {c}"
+                f"(b2) events: {n} through the API in batches of {batch} "
+                f"({self.options.batches_in_flight} in flight), {n} bare signals, concurrency {c}"
             )
         per_side = self.items_per_side(n)
         contacts = await make_contacts(

@@ -20,7 +20,8 @@ from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.enrollment import contact_facts, record_progress
+from activities.enrollment import contact_facts
+from activities.path_rows import record_progress
 from nurture.audience.changes import Announcer, Change, diff, record, tag_changes
 from nurture.audience.limits import SizeLimits, json_size
 from nurture.contracts import ContactChange, ContactFacts, ListChange, StepEntered

@@ -12,6 +12,12 @@ once after it. So a retry knows where the last attempt stopped:
   recorded as sent, if not it is sent; SMTP and SendGrid cannot be asked, and UNCERTAIN_SENDS
   says what happens: `unknown` (recorded, never sent twice) or `resend`.
 
+The common send takes a lean path (`_claim_lean`): a new message, to a contact and enrollment
+that exist, that no rule holds, counts or records. One statement writes the path and reads
+what the send is decided on; the message is rendered; one statement inserts its row already
+`attempting` (or `skipped`), with its claim on the frequency caps. An attempt that finds a row,
+or that a rule applies to, takes the locking path below (`_claim`).
+
 Before a new send is claimed, the send rules decide in the same transaction
 (`nurture.sending.gate`): a send held by quiet hours or delayed by a frequency cap returns
 "held" with the instant to try again, and leaves no message row; one skipped by a rule is a
@@ -30,8 +36,15 @@ from sqlmodel import col
 from temporalio import activity
 from temporalio.client import Client
 
-from activities.enrollment import record_progress
-from activities.message_rows import claim_message, claimed_message, finish_message
+from activities.message_rows import (
+    NEW_MESSAGE,
+    SEND_FACTS,
+    SENT,
+    claim_message,
+    claimed_message,
+    finish_message,
+)
+from activities.path_rows import progress_arguments, record_progress
 from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import (
     ChannelSender,
@@ -44,17 +57,23 @@ from nurture.channels.base import (
 )
 from nurture.content.isolation import render_isolated
 from nurture.content.loading import TemplateNotFound, load_template
-from nurture.content.rendering import TemplateRenderError, message_context
+from nurture.content.rendering import TemplateContent, TemplateRenderError, message_context
 from nurture.contracts import SendRequest, SendResult
 from nurture.db.engine import SessionFactory
-from nurture.db.lean import autocommit
+from nurture.db.lean import autocommit, driver_connection
 from nurture.db.models import Contact, Enrollment, Message, MessageStatus, utcnow
+from nurture.db.rows import ContactLike, ContactRow
 from nurture.journeys.enrollments import EnrollmentOptions
 from nurture.journeys.exclusion import MissingExclusionSegment, in_exclusion_segment
-from nurture.sending.gate import meet_send_rules
+from nurture.sending.gate import goes_unchecked, meet_send_rules
+from nurture.sending.rules import SendRules
 from nurture.settings import Settings
 from nurture.tracking import Tracker
 from nurture.webhooks.ingest import match_pending
+
+# What to send (`_claim`): the message, whether an earlier attempt may have reached the
+# provider, and since when it has been attempting.
+_Claimed = tuple[OutgoingMessage, bool, datetime]
 
 _FINISHED = {
     MessageStatus.SENT,
@@ -64,7 +83,7 @@ _FINISHED = {
 }
 
 
-def skip_reason(contact: Contact | None, channel: str) -> str | None:
+def skip_reason(contact: ContactLike | None, channel: str) -> str | None:
     """Why a message must not reach a provider, or None when it may."""
     if contact is None:
         return "contact_deleted"
@@ -96,6 +115,135 @@ class MessagingActivities:
     @activity.defn
     async def send_message(self, request: SendRequest) -> SendResult:
         channel = self._channels.get(request.channel)
+        claimed = await self._claim_lean(request, channel)
+        if claimed is None:
+            claimed = await self._claim(request, channel)
+        if isinstance(claimed, SendResult):
+            return claimed
+        assert channel is not None
+        outgoing, uncertain, since = claimed
+        if uncertain:
+            settled = await self._settle_uncertain(request, channel, outgoing, since)
+            if settled is not None:
+                return settled
+
+        # The provider call happens outside the transaction: no row lock held over the network.
+        try:
+            receipt = await channel.send(outgoing)
+        except PermanentSendError as err:
+            await self._finish(request.idempotency_key, MessageStatus.FAILED, reason=str(err)[:255])
+            return SendResult(
+                message_id=outgoing.message_id, status="failed", reason=str(err)[:255]
+            )
+        except TemporarySendError as err:
+            if not err.maybe_accepted:  # the provider said no: the retry may simply send
+                await self._mark(request.idempotency_key, MessageStatus.SENDING)
+            raise
+        await self._sent(request.idempotency_key, receipt.provider, receipt.provider_message_id)
+        return SendResult(message_id=outgoing.message_id, status="sent")
+
+    async def _claim_lean(
+        self, request: SendRequest, channel: ChannelSender | None
+    ) -> SendResult | _Claimed | None:
+        """A new send that no rule holds, counts or records, in two statements: the path and
+        everything the decision reads (`SEND_FACTS`), then the message row inserted decided,
+        `attempting` (rendered first) or `skipped`, with the send's claim (`NEW_MESSAGE`).
+        None: not such a send (a retry, a contact or enrollment gone, a missing template or
+        one that does not render, a rule to apply), or a concurrent attempt made the row; the
+        locking path `_claim` then decides, and records what needs recording."""
+        async with driver_connection(self._sessions) as connection:
+            facts = await connection.fetchrow(
+                SEND_FACTS,
+                *progress_arguments(request.enrollment_id, request.progress),
+                request.idempotency_key,
+                request.contact_id,
+                request.channel,
+                request.template,
+            )
+        if (
+            facts["message_exists"]
+            or facts["id"] is None
+            or not facts["enrollment_exists"]
+            or facts["template_id"] is None
+        ):
+            return None
+        contact = ContactRow.of(facts)
+        reason = skip_reason(contact, request.channel)
+        if reason is None and facts["suppressed"] is not None:
+            reason = f"{request.channel}_{facts['suppressed']}"
+        if reason is None and request.exclusion_segment:
+            async with autocommit(self._sessions)() as session:
+                reason = await _exclusion_reason(session, request.exclusion_segment, contact.id)
+        if reason is None and channel is None:
+            reason = f"no {request.channel} channel configured"
+        message_id = uuid.uuid4()
+        if reason is not None:
+            reason = reason[:255]
+            made = await self._new_message(request, message_id, MessageStatus.SKIPPED, reason)
+            return (
+                SendResult(message_id=message_id, status="skipped", reason=reason) if made else None
+            )
+        at = request.at or utcnow()
+        rules = SendRules.model_validate(facts["send_rules"] or {})
+        if not goes_unchecked(request, at, contact.time_zone, rules):
+            return None
+        content = TemplateContent(
+            key=request.template,
+            channel=request.channel,
+            version=facts["template_version"],
+            subject=facts["template_subject"],
+            html=facts["template_html"],
+            text=facts["template_text"],
+            template_id=facts["template_id"],
+        )
+        try:
+            outgoing, version = await self._compose(content, request, message_id, contact)
+        except TemplateRenderError:
+            return None  # recorded as failed by the locking path
+        since = utcnow()
+        made = await self._new_message(
+            request, message_id, MessageStatus.ATTEMPTING, version=version, since=since, claim_at=at
+        )
+        return (outgoing, False, since) if made else None
+
+    async def _new_message(
+        self,
+        request: SendRequest,
+        message_id: uuid.UUID,
+        status: MessageStatus,
+        reason: str | None = None,
+        *,
+        version: int | None = None,
+        since: datetime | None = None,
+        claim_at: datetime | None = None,
+    ) -> bool:
+        """`NEW_MESSAGE`: whether the row was made (False: an attempt made it meanwhile)."""
+        async with driver_connection(self._sessions) as connection:
+            made = await connection.fetchval(
+                NEW_MESSAGE,
+                message_id,
+                request.idempotency_key,
+                request.enrollment_id,
+                request.contact_id,
+                request.step,
+                request.channel,
+                request.template,
+                version,
+                status.value,
+                reason,
+                since,
+                claim_at,
+                request.transactional,
+                utcnow(),
+            )
+        return made is not None
+
+    async def _claim(
+        self, request: SendRequest, channel: ChannelSender | None
+    ) -> SendResult | _Claimed:
+        """The send decided in one transaction, its message row locked: a retry, or a send a
+        rule applies to. A result when there is nothing to send; else what to send, whether
+        an earlier attempt may have reached the provider, and since when."""
         async with self._sessions.begin() as session:
             # Read under the same transaction: a contact erased meanwhile (with its enrollment)
             # leaves a message row without them, recorded as skipped, not a failing insert.
@@ -145,7 +293,10 @@ class MessagingActivities:
                 return SendResult(message_id=message.id, status="skipped", reason=reason, rule=rule)
             assert contact is not None and channel is not None
             try:
-                outgoing, version = await self._compose(session, request, message, contact)
+                content = await load_template(
+                    session, request.channel, request.template, version=message.template_version
+                )
+                outgoing, version = await self._compose(content, request, message.id, contact)
             except (TemplateNotFound, TemplateRenderError) as err:
                 # Content that cannot be rendered will not render on a retry either: the send
                 # fails, is recorded, and the journey goes on.
@@ -158,33 +309,7 @@ class MessagingActivities:
             # Committed before the provider is called: a worker that dies during the call
             # leaves a row saying the provider may have the message.
             message.status, message.attempted_at = MessageStatus.ATTEMPTING, since
-
-        if uncertain:
-            settled = await self._settle_uncertain(request, channel, outgoing, since)
-            if settled is not None:
-                return settled
-
-        # The provider call happens outside the transaction: no row lock held over the network.
-        try:
-            receipt = await channel.send(outgoing)
-        except PermanentSendError as err:
-            await self._finish(request.idempotency_key, MessageStatus.FAILED, reason=str(err)[:255])
-            return SendResult(
-                message_id=outgoing.message_id, status="failed", reason=str(err)[:255]
-            )
-        except TemporarySendError as err:
-            if not err.maybe_accepted:  # the provider said no: the retry may simply send
-                await self._mark(request.idempotency_key, MessageStatus.SENDING)
-            raise
-        await self._finish(
-            request.idempotency_key,
-            MessageStatus.SENT,
-            provider=receipt.provider,
-            provider_message_id=receipt.provider_message_id,
-        )
-        if self._client is not None and receipt.provider_message_id:
-            await self._match_early_webhooks(receipt.provider, receipt.provider_message_id)
-        return SendResult(message_id=outgoing.message_id, status="sent")
+        return outgoing, uncertain, since
 
     async def _settle_uncertain(
         self,
@@ -207,14 +332,7 @@ class MessagingActivities:
                 if receipt is None:
                     return None  # the provider does not have it: send
                 activity.logger.info("%s was accepted before the worker stopped", key)
-                await self._finish(
-                    key,
-                    MessageStatus.SENT,
-                    provider=receipt.provider,
-                    provider_message_id=receipt.provider_message_id or None,
-                )
-                if self._client is not None and receipt.provider_message_id:
-                    await self._match_early_webhooks(receipt.provider, receipt.provider_message_id)
+                await self._sent(key, receipt.provider, receipt.provider_message_id or None)
                 return SendResult(message_id=outgoing.message_id, status="sent")
         if self._settings.uncertain_sends == "resend":
             return None
@@ -246,22 +364,23 @@ class MessagingActivities:
             activity.logger.info("matched %d early webhooks to %s", matched, provider_message_id)
 
     async def _compose(
-        self, session: AsyncSession, request: SendRequest, message: Message, contact: Contact
+        self,
+        content: TemplateContent,
+        request: SendRequest,
+        message_id: uuid.UUID,
+        contact: ContactLike,
     ) -> tuple[OutgoingMessage, int]:
-        """Render the template for this contact, then track its links and add unsubscribe;
-        with the template version rendered."""
-        content = await load_template(
-            session, request.channel, request.template, version=message.template_version
-        )
+        """Render `content` for this contact, then track its links and add unsubscribe; with
+        the template version rendered."""
         email = request.channel == "email"
-        unsubscribe_url = self._tracker.unsubscribe_url(message.id) if email else None
+        unsubscribe_url = self._tracker.unsubscribe_url(message_id) if email else None
         # In a render process, within its time and size limits (an overrun is a
         # TemplateRenderError): never on the worker's event loop.
         rendered = await render_isolated(
             content,
             message_context(
                 contact,
-                message_id=message.id,
+                message_id=message_id,
                 journey=request.journey_key,
                 unsubscribe_url=unsubscribe_url,
                 sent_at=request.at,
@@ -271,23 +390,31 @@ class MessagingActivities:
         if email and html is not None:
             html = self._tracker.track_html(
                 html,
-                message.id,
+                message_id,
                 clicks=self._settings.track_clicks,
                 opens=self._settings.track_opens,
             )
         outgoing = OutgoingMessage(
             idempotency_key=request.idempotency_key,
-            message_id=message.id,
+            message_id=message_id,
             channel=request.channel,
             to_address=(contact.email if email else contact.phone) or "",
             template=request.template,
             subject=rendered.subject,
             html=html,
             text=rendered.text,
-            headers=self._tracker.unsubscribe_headers(message.id) if email else {},
+            headers=self._tracker.unsubscribe_headers(message_id) if email else {},
             variables={"journey": request.journey_key, "step": request.step},
         )
         return outgoing, rendered.version
+
+    async def _sent(self, key: str, provider: str, provider_message_id: str | None) -> None:
+        """Recorded sent, in one statement that also says whether webhooks about it came
+        first; those are acted on now."""
+        async with driver_connection(self._sessions) as connection:
+            early = await connection.fetchval(SENT, key, utcnow(), provider, provider_message_id)
+        if early and self._client is not None and provider_message_id:
+            await self._match_early_webhooks(provider, provider_message_id)
 
     async def _finish(self, key: str, status: MessageStatus, **values: object) -> None:
         # One UPDATE, committed by itself: one round trip instead of BEGIN, UPDATE, COMMIT.

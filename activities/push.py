@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 from temporalio import activity
 
-from activities.enrollment import record_progress
 from activities.message_rows import claim_message, claimed_message, finish_message
+from activities.path_rows import record_progress
 from nurture.audience.devices import remove_devices
 from nurture.audience.suppressions import suppression_reason
 from nurture.channels.base import ChannelSender, OutgoingMessage, PermanentSendError

@@ -14,21 +14,36 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col
 from temporalio.client import Client
+from temporalio.testing import ActivityEnvironment
 
+from activities.enrollment import EnrollmentActivities
+from activities.messaging import MessagingActivities
 from api.app import create_app
 from api.resources import Resources
 from nurture.apikeys import create_api_key
+from nurture.contracts import (
+    EnrollmentFinished,
+    LoadContact,
+    SendRequest,
+    StepEntered,
+    StepOutcome,
+)
 from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.db.models import Enrollment, EnrollmentStep, Template
+from nurture.journeys.enrollments import EnrollmentOptions, enroll
 from nurture.settings import Settings
-from tests.support import log_driver_statements, make_contact, publish_journey
+from tests.support import log_driver_statements, make_contact, outbox_count, publish_journey
+from worker import default_channels
 
 # The bounds this test holds the request paths to (see docs/benchmarks.md, "API path").
 ENROLL_ROUND_TRIPS = 3  # the claim's read, its insert, the pause catch-up read
@@ -203,3 +218,103 @@ async def test_a_repeated_event_and_an_unknown_contact_are_still_answered(
     assert "nobody" in missing.json()["detail"]
     assert enroll_missing.status_code == 404
     assert enroll_missing.json()["detail"] == "no journey 'nope'"
+
+
+# The worker's hot activities (docs/benchmarks.md, "Fewer round trips on the worker"): what a
+# broadcast enrollment costs Postgres besides its start.
+LOAD_CONTACT_ROUND_TRIPS = 1  # the stale mark cleared, the contact and its lists
+RECORD_STEPS_ROUND_TRIPS = 1  # the path rows and the current step
+FINISH_ROUND_TRIPS = 1  # the last path rows and the end
+# The path with everything the decision reads; the message row with its claim; the outbox's
+# delivery; the outcome with the check for webhooks that came first.
+NEW_SEND_ROUND_TRIPS = 4
+
+
+@pytest.mark.usefixtures("worker")
+async def test_the_worker_hot_activities_make_few_round_trips(
+    sessions: SessionFactory,
+    client: Client,
+    task_queue: str,
+    counted: tuple[SessionFactory, Counter],
+) -> None:
+    counted_sessions, counter = counted
+    await publish_journey(sessions, WAITING)
+    async with sessions.begin() as session:
+        session.add(Template(key="rt-hello", channel="email", subject="Hi {{ fields.name }}",
+                             text="Hello {{ fields.name }}"))  # fmt: skip
+    contact = await make_contact(sessions, email="rt@example.com", fields={"name": "Ada"})
+    options = EnrollmentOptions(task_queue)
+    enrollment = (await enroll(sessions, client, options, "rt-wait", contact)).id
+    path = EnrollmentActivities(counted_sessions)
+    messaging = MessagingActivities(
+        counted_sessions, default_channels(counted_sessions), Settings(), client, options
+    )
+    now = datetime.now(UTC)
+
+    def entered(step: str, at: datetime, previous: str | None = None) -> StepEntered:
+        done = StepOutcome(step=previous, visit=1, outcome="ok") if previous else None
+        return StepEntered(enrollment_id=enrollment, step=step, step_type="branch", visit=1,
+                           at=at, previous=done)  # fmt: skip
+
+    def request(step: str, progress: list[StepEntered]) -> SendRequest:
+        return SendRequest(idempotency_key=f"{enrollment}:{step}:1", enrollment_id=enrollment,
+                           contact_id=contact, journey_key="rt-wait", step=step, channel="email",
+                           template="rt-hello", progress=progress, visit=1, at=now)  # fmt: skip
+
+    async def run(method: Any, argument: Any) -> tuple[Any, list[str]]:
+        counter.reset()
+        result = await ActivityEnvironment().run(method, argument)
+        await asyncio.sleep(0.05)  # asyncpg calls its query loggers soon after
+        assert counter.most_held <= 1
+        return result, list(counter.statements)
+
+    # A first pass prepares each statement on the pooled connection; the second is counted.
+    for n, warm in enumerate(("warm", "counted")):
+        at = now + timedelta(minutes=n)
+        facts, loaded = await run(path.load_contact, LoadContact(enrollment_id=enrollment,
+                                                                 contact_id=contact))  # fmt: skip
+        assert facts.exists and facts.fields == {"name": "Ada"}
+        _, recorded = await run(path.record_steps, [entered(f"{warm}-a", at),
+                                                    entered(f"{warm}-b", at, f"{warm}-a")])  # fmt: skip
+        sent, sending = await run(
+            messaging.send_message,
+            request(f"{warm}-send", [entered(f"{warm}-send", at, f"{warm}-b")]),
+        )
+        assert sent.status == "sent", sent
+    assert len(loaded) == LOAD_CONTACT_ROUND_TRIPS, loaded
+    assert len(recorded) == RECORD_STEPS_ROUND_TRIPS, recorded
+    assert len(sending) == NEW_SEND_ROUND_TRIPS, sending
+    assert sum("INSERT INTO outbox_messages" in s for s in sending) == 1, sending
+
+    # A retry of the send finds its message: nothing sent again, on the locking path.
+    again, _ = await run(messaging.send_message, request("counted-send", []))
+    assert (again.status, again.message_id) == ("sent", sent.message_id)
+    assert await outbox_count(sessions) == 2
+
+    finished = EnrollmentFinished(enrollment_id=enrollment, status="completed", reason=None,
+                                  at=now + timedelta(minutes=5),
+                                  last=StepOutcome(step="counted-send", visit=1, outcome="sent"))  # fmt: skip
+    _, finishing = await run(path.finish_enrollment, finished)
+    assert len(finishing) == FINISH_ROUND_TRIPS, finishing
+    # What those statements wrote: each step closed by the next, the last by the end.
+    async with sessions() as session:
+        rows = (
+            await session.execute(
+                select(
+                    col(EnrollmentStep.step_id),
+                    col(EnrollmentStep.left_at),
+                    col(EnrollmentStep.outcome),
+                )
+                .where(col(EnrollmentStep.enrollment_id) == enrollment)
+                .where(col(EnrollmentStep.step_id).like("counted-%"))
+                .order_by(col(EnrollmentStep.id))
+            )
+        ).all()
+        row = await session.get(Enrollment, enrollment)
+    assert [tuple(r) for r in rows] == [
+        ("counted-a", at, "ok"),
+        ("counted-b", at, "ok"),
+        ("counted-send", now + timedelta(minutes=5), "sent"),
+    ]
+    assert row is not None and (row.status, row.current_step) == ("completed", "counted-send")
+    assert row.ended_at == now + timedelta(minutes=5)

@@ -49,8 +49,8 @@ from nurture.content.sandbox import (
 )
 from nurture.errors import Invalid
 
-if TYPE_CHECKING:  # only a type here: the render process does not load the database models
-    from nurture.db.models import Contact
+if TYPE_CHECKING:  # only a type here: the render process does not load the database modules
+    from nurture.db.rows import ContactLike
 
 __all__ = [
     "MAX_EXPONENT",
@@ -237,7 +237,7 @@ def render_part(
         raise TemplateRenderError(template.key, part, line_of(err), describe(err)) from err
 
 
-def contact_context(contact: Contact) -> dict[str, Any]:
+def contact_context(contact: ContactLike) -> dict[str, Any]:
     """`contact` and `fields` for a template, as plain JSON-safe data.
 
     Empty values are left out rather than set to None, so `{{ contact.phone | default("-") }}`
@@ -260,7 +260,7 @@ def contact_context(contact: Contact) -> dict[str, Any]:
 
 
 def message_context(
-    contact: Contact,
+    contact: ContactLike,
     *,
     message_id: uuid.UUID | str,
     journey: str | None = None,

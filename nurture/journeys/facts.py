@@ -6,10 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from nurture.contracts import ContactFacts
-from nurture.db.models import Contact
+from nurture.db.rows import ContactLike
 
 
-def facts_of(contact: Contact, list_keys: Iterable[str]) -> ContactFacts:
+def facts_of(contact: ContactLike, list_keys: Iterable[str]) -> ContactFacts:
     return ContactFacts(
         contact_id=contact.id,
         has_email=bool(contact.email),

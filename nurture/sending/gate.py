@@ -133,6 +133,19 @@ def capped(
     )
 
 
+def goes_unchecked(
+    request: GatedSend, at: datetime, contact_time_zone: str | None, rules: SendRules
+) -> bool:
+    """Whether the rules let this send go at `at` with nothing to lock, count or record: not
+    expired, not held by quiet hours, no frequency cap on its channel. Such a send is only
+    claimed (`send_claims`), which the send activity's lean path does in its own statement;
+    any other goes through `decide_and_claim` (pure, like `before_caps`)."""
+    return (
+        before_caps(request, at, contact_time_zone, rules) is None
+        and longest_window(rules.frequency_caps, request.channel) is None
+    )
+
+
 async def decide_and_claim(
     session: AsyncSession, request: GatedSend, contact_time_zone: str | None
 ) -> Verdict:

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 
+import asyncpg
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -217,25 +218,29 @@ class MessagingActivities:
         since: datetime | None = None,
         claim_at: datetime | None = None,
     ) -> bool:
-        """`NEW_MESSAGE`: whether the row was made (False: an attempt made it meanwhile)."""
+        """`NEW_MESSAGE`: whether the row was made (False: an attempt made it meanwhile, or
+        the contact was erased since it was read)."""
         async with driver_connection(self._sessions) as connection:
-            made = await connection.fetchval(
-                NEW_MESSAGE,
-                message_id,
-                request.idempotency_key,
-                request.enrollment_id,
-                request.contact_id,
-                request.step,
-                request.channel,
-                request.template,
-                version,
-                status.value,
-                reason,
-                since,
-                claim_at,
-                request.transactional,
-                utcnow(),
-            )
+            try:
+                made = await connection.fetchval(
+                    NEW_MESSAGE,
+                    message_id,
+                    request.idempotency_key,
+                    request.enrollment_id,
+                    request.contact_id,
+                    request.step,
+                    request.channel,
+                    request.template,
+                    version,
+                    status.value,
+                    reason,
+                    since,
+                    claim_at,
+                    request.transactional,
+                    utcnow(),
+                )
+            except asyncpg.ForeignKeyViolationError:  # the locking path records it skipped
+                return False
         return made is not None
 
     async def _claim(

@@ -255,7 +255,7 @@ class JourneyEnrollment:
                 summary="load contact",
             )
         except (ActivityError, ApplicationError) as err:
-            # Over what one Temporal payload holds (activities.enrollment._check_loadable):
+            # Over what one Temporal payload holds (activities.enrollment.loadable):
             # retrying cannot help, and failing the workflow would leave the row `active`. A
             # local activity's failure may arrive unwrapped, without its ActivityError.
             cause = err.cause if isinstance(err, ActivityError) else err

@@ -31,7 +31,6 @@ from nurture.db.models import (
     Contact,
     ContactChangeRecord,
     ContactList,
-    Enrollment,
     ListMembership,
     utcnow,
 )
@@ -171,12 +170,9 @@ class ContactActivities:
     async def _record_path(
         session: AsyncSession, enrollment_id: uuid.UUID | None, progress: list[StepEntered]
     ) -> None:
-        """The path up to this step, recorded with the step's own change."""
-        if (
-            enrollment_id is not None
-            and progress
-            and await session.get(Enrollment, enrollment_id) is not None
-        ):
+        """The path up to this step, recorded with the step's own change (nothing for an
+        enrollment erased with its contact: the statement checks)."""
+        if enrollment_id is not None:
             await record_progress(session, enrollment_id, progress)
 
     async def _announce_due(self, contact_id: uuid.UUID, enrollment_id: uuid.UUID | None) -> None:

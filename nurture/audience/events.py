@@ -30,6 +30,7 @@ from nurture.concurrency import gather_limited, gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.lean import autocommit, driver_connection
+from nurture.db.together import ask_together
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactChangeRecord,
@@ -326,45 +327,89 @@ async def _store_custom_events(
     source: str,
 ) -> dict[int, Any]:
     """`_CUSTOM_EVENTS` for the events to store: its row for each position whose contact
-    was found."""
+    was found. A request's single event shares its statement with the single events other
+    requests of this process store at the same time (`nurture.db.together`)."""
     if not events:
         return {}
     positions = list(events)
     if len(positions) == 1:
         (n,) = positions
-        contact, event = incoming[n].contact, events[n]
-        async with driver_connection(sessions) as connection:
-            one = await connection.fetchrow(
-                _ONE_BY_EXTERNAL_ID if isinstance(contact, str) else _ONE_BY_ID,
-                contact,
-                event.id,
-                event.dedupe_key,
-                event.name,
-                json.dumps(event.properties),
-                event.occurred_at,
-                json.dumps(changes[n]),
-                source[:160],
-                LEASE,
-            )
-        # The statement numbers its one event 0.
+        alone = _Storing(incoming[n].contact, events[n], json.dumps(changes[n]), source[:160])
+        (one,) = await ask_together(sessions, _store_together, [alone])
         return {} if one is None else {n: one}
-    contacts = [incoming[n].contact for n in positions]
+    many = [
+        _Storing(incoming[n].contact, events[n], json.dumps(changes[n]), source[:160])
+        for n in positions
+    ]
     async with driver_connection(sessions) as connection:
-        found = await connection.fetch(
+        found = await _store_many(connection, many, source[:160])
+    return {positions[row["n"]]: row for row in found}
+
+
+@dataclass(frozen=True, eq=False)  # each caller's own: never merged with an equal one
+class _Storing:
+    """One event to store, with its contact (id or external id) and its change as JSON."""
+
+    contact: uuid.UUID | str
+    event: Event
+    changes: str
+    source: str
+
+
+async def _store_together(
+    sessions: SessionFactory, waiting: list[_Storing]
+) -> dict[_Storing, Any]:
+    """The single events of concurrent requests, in one statement per source (there is one
+    source in practice: the API); a lone event on its own statement, which costs Postgres
+    less than the arrays of one element."""
+    found: dict[_Storing, Any] = {}
+    by_source: dict[str, list[_Storing]] = {}
+    for one in waiting:
+        by_source.setdefault(one.source, []).append(one)
+    async with driver_connection(sessions) as connection:
+        for source, group in by_source.items():
+            if len(group) == 1:
+                (one,) = group
+                event = one.event
+                row = await connection.fetchrow(
+                    _ONE_BY_EXTERNAL_ID if isinstance(one.contact, str) else _ONE_BY_ID,
+                    one.contact,
+                    event.id,
+                    event.dedupe_key,
+                    event.name,
+                    json.dumps(event.properties),
+                    event.occurred_at,
+                    one.changes,
+                    source,
+                    LEASE,
+                )
+                if row is not None:  # the statement numbers its one event 0
+                    found[one] = row
+                continue
+            for row in await _store_many(connection, group, source):
+                found[group[row["n"]]] = row
+    return found
+
+
+async def _store_many(connection: Any, many: Sequence[_Storing], source: str) -> list[Any]:
+    """`_MANY` for these events, numbered by their place in `many`, in the order given (of
+    two with one dedupe key, the first is stored)."""
+    return list(
+        await connection.fetch(
             _MANY,
-            positions,
-            [c if isinstance(c, uuid.UUID) else None for c in contacts],
-            [c if isinstance(c, str) else None for c in contacts],
-            [events[n].id for n in positions],
-            [events[n].dedupe_key for n in positions],
-            [events[n].name for n in positions],
-            [json.dumps(events[n].properties) for n in positions],
-            [events[n].occurred_at for n in positions],
-            [json.dumps(changes[n]) for n in positions],
-            source[:160],
+            list(range(len(many))),
+            [m.contact if isinstance(m.contact, uuid.UUID) else None for m in many],
+            [m.contact if isinstance(m.contact, str) else None for m in many],
+            [m.event.id for m in many],
+            [m.event.dedupe_key for m in many],
+            [m.event.name for m in many],
+            [json.dumps(m.event.properties) for m in many],
+            [m.event.occurred_at for m in many],
+            [m.changes for m in many],
+            source,
             LEASE,
         )
-    return {row["n"]: row for row in found}
+    )
 
 
 async def _record_scored_event(

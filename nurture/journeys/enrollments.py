@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import sqlalchemy as sa
 from sqlalchemy import select, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -220,6 +221,46 @@ FROM journeys j WHERE j.key = $1
 """
 _FACTS_BY_ID = _CLAIM_FACTS.format(contact="c.id = $2::uuid")
 _FACTS_BY_EXTERNAL_ID = _CLAIM_FACTS.format(contact="c.external_id = $2::text")
+# The same for the claims of several requests at once: one row per (journey key, contact) whose
+# journey exists, numbered by its place in the arrays; its contact by id or by external id.
+_MANY_FACTS = """
+SELECT i.n, j.id, j.status, j.audience, j.rollout_percent, c.id AS contact_id, c.is_test,
+  (SELECT v.id FROM journey_versions v WHERE v.journey_id = j.id
+    ORDER BY v.version DESC LIMIT 1) AS version_id,
+  (SELECT e.id FROM enrollments e WHERE e.journey_id = j.id AND e.contact_id = c.id
+    AND e.status IN ('pending', 'active') LIMIT 1) AS existing_id,
+  (SELECT count(*) FROM enrollments e WHERE e.journey_id = j.id AND e.contact_id = c.id)
+    AS previous
+FROM unnest($1::int[], $2::text[], $3::uuid[], $4::text[])
+  AS i(n, journey_key, contact_id, external_id)
+JOIN journeys j ON j.key = i.journey_key
+LEFT JOIN LATERAL (
+  SELECT k.id, k.is_test FROM contacts k WHERE k.id = i.contact_id
+  UNION ALL
+  SELECT k.id, k.is_test FROM contacts k WHERE k.external_id = i.external_id
+  LIMIT 1) c ON true
+"""
+
+ClaimKey = tuple[str, uuid.UUID | str]  # a journey key and a contact (id, or external id)
+
+
+async def _claim_facts(sessions: SessionFactory, keys: list[ClaimKey]) -> dict[ClaimKey, Any]:
+    """`_CLAIM_FACTS` for each (journey key, contact) asked: a lone one on its own statement,
+    which costs Postgres less than the arrays of one element; several in `_MANY_FACTS`."""
+    async with driver_connection(sessions) as connection:
+        if len(keys) == 1:
+            [(journey_key, contact)] = keys
+            query = _FACTS_BY_EXTERNAL_ID if isinstance(contact, str) else _FACTS_BY_ID
+            row = await connection.fetchrow(query, journey_key, contact)
+            return {} if row is None else {keys[0]: tuple(row)}
+        rows = await connection.fetch(
+            _MANY_FACTS,
+            list(range(len(keys))),
+            [journey_key for journey_key, _ in keys],
+            [c if isinstance(c, uuid.UUID) else None for _, c in keys],
+            [c if isinstance(c, str) else None for _, c in keys],
+        )
+    return {keys[row["n"]]: tuple(row)[1:] for row in rows}
 
 
 def no_such_contact(contact: uuid.UUID | str) -> NotFound:
@@ -254,6 +295,75 @@ def _insert_statement(enrollment: Enrollment) -> tuple[str, list[Any]]:
     return _insert_enrollment(tuple(row)), arguments
 
 
+_POSTGRES = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@functools.cache
+def _insert_enrollments(columns: tuple[str, ...]) -> str:
+    """Several claims' rows in one statement, an array per column; a row that would be a
+    second in-flight enrollment of its contact is skipped (not in RETURNING)."""
+    types = {
+        column.name: column.type.compile(dialect=_POSTGRES)
+        for column in Enrollment.__table__.columns  # type: ignore[attr-defined]
+    }
+    arrays = ", ".join(
+        f"${n}::{'text' if c in _JSON_COLUMNS else types[c]}[]" for n, c in enumerate(columns, 1)
+    )
+    values = ", ".join(f"t.{c}::{types[c]}" if c in _JSON_COLUMNS else f"t.{c}" for c in columns)
+    names = ", ".join(columns)
+    return (
+        f"INSERT INTO enrollments ({names}) SELECT {values} FROM unnest({arrays}) AS t({names})"
+        " ON CONFLICT DO NOTHING RETURNING id"
+    )
+
+
+@dataclass(frozen=True, eq=False)  # each caller's own
+class _Claim:
+    enrollment: Enrollment
+
+
+async def _insert_claims(sessions: SessionFactory, claims: list[_Claim]) -> dict[_Claim, Exception]:
+    """Insert the claims' rows; for each one not inserted, what its caller raises: the
+    IntegrityError `enroll_or_get` retries on when another in-flight row was there first, or
+    the database's own error (a contact erased meanwhile, say). Several claims go in one
+    statement; if it fails, each is tried alone, so one claim's error stays its own."""
+    refused: dict[_Claim, Exception] = {}
+    async with driver_connection(sessions) as connection:
+        if len(claims) > 1:
+            rows = [claim.enrollment.model_dump() for claim in claims]
+            columns = tuple(rows[0])
+            if all(tuple(row) == columns for row in rows):
+                arguments = [
+                    [json.dumps(row[c]) if c in _JSON_COLUMNS else row[c] for row in rows]
+                    for c in columns
+                ]
+                try:
+                    inserted = {
+                        r["id"]
+                        for r in await connection.fetch(_insert_enrollments(columns), *arguments)
+                    }
+                except asyncpg.IntegrityConstraintViolationError:
+                    pass  # each alone, below
+                else:
+                    for claim in claims:
+                        if claim.enrollment.id not in inserted:
+                            refused[claim] = _in_flight_already()
+                    return refused
+        for claim in claims:
+            statement, arguments = _insert_statement(claim.enrollment)
+            try:
+                await connection.execute(statement, *arguments)
+            except asyncpg.UniqueViolationError:
+                refused[claim] = _in_flight_already()
+            except asyncpg.IntegrityConstraintViolationError as err:
+                refused[claim] = err
+    return refused
+
+
+def _in_flight_already() -> IntegrityError:
+    return IntegrityError("another in-flight enrollment", None, Exception("unique"))
+
+
 async def _claim(
     sessions: SessionFactory,
     journey_key: str,
@@ -266,10 +376,10 @@ async def _claim(
 
     `contact` is the contact's id, or (a str) its external id. One read and one insert, each
     committed by itself: the read took no locks before either, and the unique index on in-flight
-    enrollments is what keeps two racing claims from both inserting (IntegrityError)."""
-    facts_query = _FACTS_BY_EXTERNAL_ID if isinstance(contact, str) else _FACTS_BY_ID
-    async with driver_connection(sessions) as connection:
-        facts = await connection.fetchrow(facts_query, journey_key, contact)
+    enrollments is what keeps two racing claims from both inserting (IntegrityError). Each
+    shares its statement with the claims of this process at the same time
+    (`nurture.db.together`)."""
+    [facts] = await ask_together(sessions, _claim_facts, [(journey_key, contact)])
     if facts is None:
         raise NotFound(f"no journey {journey_key!r}")
     (
@@ -363,12 +473,9 @@ async def _claim_for(
     )
     # On the driver connection rather than the ORM's unit of work: the object is only read
     # afterwards. A racing claim's row makes it the IntegrityError `enroll_or_get` retries on.
-    statement, arguments = _insert_statement(enrollment)
-    try:
-        async with driver_connection(sessions) as connection:
-            await connection.execute(statement, *arguments)
-    except asyncpg.UniqueViolationError as err:
-        raise IntegrityError(statement, None, err) from err
+    [refused] = await ask_together(sessions, _insert_claims, [_Claim(enrollment)])
+    if refused is not None:
+        raise refused
     return enrollment, version, True, paused
 
 

@@ -19,6 +19,10 @@ workflow (`bench.bare_broadcast`), each polling its own task queue. In order:
    visibility query, timed until the batch has reached everyone (the API answers then); then
    the same resume signalled one by one (50 in flight) from the benchmark process, for the ratio.
 
+`--pause-only` measures 3. alone, on a journey that holds its contacts before the email (wait a
+day, then send): no bare side and no send, so 100,000 enrollments are in place in about half
+the time. The pause and resume reach the same sleeping enrollments as after a broadcast.
+
 RSS of the worker, the API and the Temporal server is sampled 4 times a second throughout.
 """
 
@@ -75,6 +79,15 @@ JOURNEY: dict[str, Any] = {
     "steps": {
         "announce": {"type": "send_email", "template": "bench-announce", "next": "wait_day"},
         "wait_day": {"type": "wait", "duration": "1d"},
+    },
+}
+# `--pause-only`: the same journey with its wait first, so nobody is sent anything.
+HOLDING: dict[str, Any] = {
+    **JOURNEY,
+    "start": "wait_day",
+    "steps": {
+        "wait_day": {"type": "wait", "duration": "1d", "next": "announce"},
+        "announce": {"type": "send_email", "template": "bench-announce"},
     },
 }
 
@@ -186,6 +199,32 @@ async def bare_side(
         "seconds_to_last_send": round(total, 1),
         "first_to_last_send_seconds": round(seconds, 1),
         "sends_per_second": round(contacts / total, 1),
+    }
+
+
+async def holding_side(
+    sessions: SessionFactory, http: httpx.AsyncClient, contacts: int, within: float
+) -> dict[str, Any]:
+    """`--pause-only`: the holding journey published, timed until everyone sleeps in its wait."""
+    draft = await http.post("/v1/journeys", json=HOLDING)
+    if draft.status_code != 201:
+        raise RuntimeError(f"draft: {draft.status_code} {draft.text}")
+    began = time.perf_counter()
+    published = await http.post(f"/v1/journeys/{HOLDING['key']}/publish")
+    if published.status_code not in (200, 201):
+        raise RuntimeError(f"publish: {published.status_code} {published.text}")
+    await wait_until(
+        sessions,
+        "SELECT count(*) FROM enrollments WHERE current_step = 'wait_day'",
+        contacts,
+        "enrollments asleep",
+        within,
+    )
+    seconds = time.perf_counter() - began
+    return {
+        "contacts": contacts,
+        "seconds_until_asleep": round(seconds, 1),
+        "enrollments_per_second": round(contacts / seconds, 1),
     }
 
 
@@ -323,21 +362,32 @@ async def _with_stack(
             RssSampler(pids["temporal"]) as server_rss,
             RssSampler(bare_pid) as bare_rss,
         ):
-            log(f"bare: starting {options.contacts:,} BareBroadcast workflows")
-            cpu = meter.snapshot()
-            result["bare"] = await bare_side(
-                sessions, client, options.contacts, options.concurrency, options.within
-            )
-            result["bare"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
-            log(f"bare: {result['bare']}")
-            log(f"Nurture: publishing {JOURNEY['key']} over {options.contacts:,} contacts")
-            cpu = meter.snapshot()
-            result["nurture"] = await nurture_side(sessions, http, options.contacts, options.within)
-            result["nurture"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
-            log(f"Nurture: {result['nurture']}")
-            result["ratio"] = round(
-                result["nurture"]["sends_per_second"] / result["bare"]["sends_per_second"], 3
-            )
+            if options.pause_only:
+                log(f"holding {options.contacts:,} contacts in {HOLDING['key']}'s first wait")
+                cpu = meter.snapshot()
+                result["holding"] = await holding_side(
+                    sessions, http, options.contacts, options.within
+                )
+                result["holding"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
+                log(f"holding: {result['holding']}")
+            else:
+                log(f"bare: starting {options.contacts:,} BareBroadcast workflows")
+                cpu = meter.snapshot()
+                result["bare"] = await bare_side(
+                    sessions, client, options.contacts, options.concurrency, options.within
+                )
+                result["bare"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
+                log(f"bare: {result['bare']}")
+                log(f"Nurture: publishing {JOURNEY['key']} over {options.contacts:,} contacts")
+                cpu = meter.snapshot()
+                result["nurture"] = await nurture_side(
+                    sessions, http, options.contacts, options.within
+                )
+                result["nurture"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
+                log(f"Nurture: {result['nurture']}")
+                result["ratio"] = round(
+                    result["nurture"]["sends_per_second"] / result["bare"]["sends_per_second"], 3
+                )
             result["pause_resume"] = await pause_resume(sessions, http, client)
             result["rss_mb"] = {
                 name: {"peak": round(s.peak / MB, 1), "last": round(s.sample() / MB, 1)}
@@ -364,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--within", type=float, default=6 * 3600, help="give up after (s)")
     parser.add_argument(
+        "--pause-only",
+        action="store_true",
+        help="no bare side and no send: hold the contacts in a wait, then pause and resume",
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path(tempfile.gettempdir()) / "nurture-bench-broadcast.json"
     )
     options = parser.parse_args(argv)
@@ -372,23 +427,37 @@ def main(argv: list[str] | None = None) -> int:
     result["wall_seconds"] = round(time.monotonic() - began, 1)
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(result, indent=2) + "\n")
-    bare, ours, pr = result["bare"], result["nurture"], result["pause_resume"]
+    pr = result["pause_resume"]
+    if options.pause_only:
+        held = result["holding"]
+        head = (
+            f"pause and resume of {options.contacts:,} enrollments asleep in a wait:\n"
+            f"  enrolled           {held['seconds_until_asleep']:>8.1f} s from publish until"
+            f" all asleep ({held['enrollments_per_second']:.1f}/s)\n"
+        )
+        cpu = f"  CPU ms per contact: {held['cpu_ms_per_contact']}\n"
+    else:
+        bare, ours = result["bare"], result["nurture"]
+        head = (
+            f"broadcast to {options.contacts:,} contacts (send one email, wait a day):\n"
+            f"  bare Temporal      {bare['seconds_to_last_send']:>8.1f} s to the last send"
+            f"  ({bare['sends_per_second']:.1f}/s)\n"
+            f"  Nurture            {ours['seconds_to_last_send']:>8.1f} s from publish to the"
+            f" last email sent ({ours['sends_per_second']:.1f}/s; {ours['sent']:,} sent)\n"
+            f"  Nurture / bare     {result['ratio']:>8.1%}\n"
+        )
+        cpu = (
+            f"  CPU ms per contact: bare {bare['cpu_ms_per_contact']};"
+            f" Nurture {ours['cpu_ms_per_contact']}\n"
+        )
     print(
-        f"broadcast to {options.contacts:,} contacts (send one email, wait a day):\n"
-        f"  bare Temporal      {bare['seconds_to_last_send']:>8.1f} s to the last send"
-        f"  ({bare['sends_per_second']:.1f}/s)\n"
-        f"  Nurture            {ours['seconds_to_last_send']:>8.1f} s from publish to the last"
-        f" email sent ({ours['sends_per_second']:.1f}/s; {ours['sent']:,} sent)\n"
-        f"  Nurture / bare     {result['ratio']:>8.1%}\n"
-        f"  pause (batch)      {pr['pause']['seconds']:>8.1f} s, {pr['pause']['signalled']:,}"
+        head
+        + f"  pause (batch)      {pr['pause']['seconds']:>8.1f} s, {pr['pause']['signalled']:,}"
         f" signalled\n"
         f"  resume (batch)     {pr['resume']['seconds']:>8.1f} s, {pr['resume']['signalled']:,}"
         f" signalled\n"
         f"  resume one by one  {pr['resume_one_by_one']['seconds']:>8.1f} s\n"
-        f"  RSS MB (peak/last): {result['rss_mb']}\n"
-        f"  CPU ms per contact: bare {bare['cpu_ms_per_contact']};"
-        f" Nurture {ours['cpu_ms_per_contact']}\n"
-        f"JSON: {options.output}"
+        f"  RSS MB (peak/last): {result['rss_mb']}\n" + cpu + f"JSON: {options.output}"
     )
     return 0
 

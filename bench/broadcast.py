@@ -36,7 +36,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -202,17 +202,7 @@ async def bare_side(
     }
 
 
-async def holding_side(
-    sessions: SessionFactory, http: httpx.AsyncClient, contacts: int, within: float
-) -> dict[str, Any]:
-    """`--pause-only`: the holding journey published, timed until everyone sleeps in its wait."""
-    draft = await http.post("/v1/journeys", json=HOLDING)
-    if draft.status_code != 201:
-        raise RuntimeError(f"draft: {draft.status_code} {draft.text}")
-    began = time.perf_counter()
-    published = await http.post(f"/v1/journeys/{HOLDING['key']}/publish")
-    if published.status_code not in (200, 201):
-        raise RuntimeError(f"publish: {published.status_code} {published.text}")
+async def all_asleep(sessions: SessionFactory, contacts: int, within: float) -> None:
     await wait_until(
         sessions,
         "SELECT count(*) FROM enrollments WHERE current_step = 'wait_day'",
@@ -220,6 +210,28 @@ async def holding_side(
         "enrollments asleep",
         within,
     )
+
+
+async def draft(http: httpx.AsyncClient, journey: dict[str, Any]) -> None:
+    answer = await http.post("/v1/journeys", json=journey)
+    if answer.status_code != 201:
+        raise RuntimeError(f"draft: {answer.status_code} {answer.text}")
+
+
+async def publish(http: httpx.AsyncClient, journey: dict[str, Any]) -> None:
+    answer = await http.post(f"/v1/journeys/{journey['key']}/publish")
+    if answer.status_code not in (200, 201):
+        raise RuntimeError(f"publish: {answer.status_code} {answer.text}")
+
+
+async def holding_side(
+    sessions: SessionFactory, http: httpx.AsyncClient, contacts: int, within: float
+) -> dict[str, Any]:
+    """`--pause-only`: the holding journey published, timed until everyone sleeps in its wait."""
+    await draft(http, HOLDING)
+    began = time.perf_counter()
+    await publish(http, HOLDING)
+    await all_asleep(sessions, contacts, within)
     seconds = time.perf_counter() - began
     return {
         "contacts": contacts,
@@ -231,14 +243,10 @@ async def holding_side(
 async def nurture_side(
     sessions: SessionFactory, http: httpx.AsyncClient, contacts: int, within: float
 ) -> dict[str, Any]:
-    draft = await http.post("/v1/journeys", json=JOURNEY)
-    if draft.status_code != 201:
-        raise RuntimeError(f"draft: {draft.status_code} {draft.text}")
+    await draft(http, JOURNEY)
     began_db = await scalar(sessions, "SELECT clock_timestamp()")
     began = time.perf_counter()
-    published = await http.post(f"/v1/journeys/{JOURNEY['key']}/publish")
-    if published.status_code not in (200, 201):
-        raise RuntimeError(f"publish: {published.status_code} {published.text}")
+    await publish(http, JOURNEY)
     await wait_until(
         sessions,
         "SELECT count(*) FROM messages WHERE status IN ('sent', 'skipped', 'failed')",
@@ -253,13 +261,7 @@ async def nurture_side(
         began=began_db,
     )
     sent = int(await scalar(sessions, "SELECT count(*) FROM messages WHERE status = 'sent'"))
-    await wait_until(
-        sessions,
-        "SELECT count(*) FROM enrollments WHERE current_step = 'wait_day'",
-        contacts,
-        "enrollments asleep",
-        within,
-    )
+    await all_asleep(sessions, contacts, within)
     return {
         "contacts": contacts,
         "sent": sent,
@@ -364,27 +366,22 @@ async def _with_stack(
         ):
             if options.pause_only:
                 log(f"holding {options.contacts:,} contacts in {HOLDING['key']}'s first wait")
-                cpu = meter.snapshot()
-                result["holding"] = await holding_side(
-                    sessions, http, options.contacts, options.within
-                )
-                result["holding"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
-                log(f"holding: {result['holding']}")
+                result["holding"] = await measured(
+                    meter, "holding", options.contacts,
+                    holding_side(sessions, http, options.contacts, options.within),
+                )  # fmt: skip
             else:
                 log(f"bare: starting {options.contacts:,} BareBroadcast workflows")
-                cpu = meter.snapshot()
-                result["bare"] = await bare_side(
-                    sessions, client, options.contacts, options.concurrency, options.within
-                )
-                result["bare"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
-                log(f"bare: {result['bare']}")
+                result["bare"] = await measured(
+                    meter, "bare", options.contacts,
+                    bare_side(sessions, client, options.contacts, options.concurrency,
+                              options.within),
+                )  # fmt: skip
                 log(f"Nurture: publishing {JOURNEY['key']} over {options.contacts:,} contacts")
-                cpu = meter.snapshot()
-                result["nurture"] = await nurture_side(
-                    sessions, http, options.contacts, options.within
-                )
-                result["nurture"]["cpu_ms_per_contact"] = _per(meter, cpu, options.contacts)
-                log(f"Nurture: {result['nurture']}")
+                result["nurture"] = await measured(
+                    meter, "Nurture", options.contacts,
+                    nurture_side(sessions, http, options.contacts, options.within),
+                )  # fmt: skip
                 result["ratio"] = round(
                     result["nurture"]["sends_per_second"] / result["bare"]["sends_per_second"], 3
                 )
@@ -399,6 +396,17 @@ async def _with_stack(
                 )
             }
     return result
+
+
+async def measured(
+    meter: CpuMeter, name: str, contacts: int, side: Awaitable[dict[str, Any]]
+) -> dict[str, Any]:
+    """What `side` reports, with the CPU each process spent on it per contact."""
+    cpu = meter.snapshot()
+    found = await side
+    found["cpu_ms_per_contact"] = _per(meter, cpu, contacts)
+    log(f"{name}: {found}")
+    return found
 
 
 def _per(meter: CpuMeter, before: dict[str, float], count: int) -> dict[str, float]:

@@ -236,3 +236,19 @@ async def api(
         transport=transport, base_url="http://nurture.test", headers=headers
     ) as http:
         yield http
+
+
+@pytest.fixture
+async def counted_api(
+    database_url: str, client: Client, settings: Settings, sessions: SessionFactory
+) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
+    """Like `api`, on an engine of its own whose driver statements are logged (asyncpg's query
+    logger, `tests.support.log_driver_statements`): the client and that log."""
+    from tests.support import app_client, log_driver_statements
+
+    engine = create_engine(database_url)
+    statements: list[str] = []
+    log_driver_statements(engine, statements.append)
+    async with app_client(session_factory(engine), client, settings, sessions) as http:
+        yield http, statements
+    await engine.dispose()

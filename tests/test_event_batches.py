@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,16 +18,14 @@ from api.schemas.events import MAX_BATCH_EVENTS
 from nurture.audience import changes
 from nurture.audience.segments.membership import observe
 from nurture.contracts import EnrollmentResult
-from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.db.engine import SessionFactory
 from nurture.db.models import ContactChangeRecord, Event
-from nurture.settings import Settings, get_settings
+from nurture.settings import get_settings
 from tests.support import (
     all_enrollments_ended,
-    app_client,
     enrolled_in,
     exits_at_once,
     finish,
-    log_driver_statements,
     make_contact,
     problems,
     publish_journey,
@@ -50,19 +47,6 @@ WAITING: dict[str, Any] = {
         "timed_out": {"type": "exit", "reason": "timed_out"},
     },
 }
-
-
-@pytest.fixture
-async def counted_api(
-    database_url: str, client: Client, settings: Settings, sessions: SessionFactory
-) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
-    """The app on an engine of its own whose driver statements are logged."""
-    engine = create_engine(database_url)
-    statements: list[str] = []
-    log_driver_statements(engine, statements.append)
-    async with app_client(session_factory(engine), client, settings, sessions) as http:
-        yield http, statements
-    await engine.dispose()
 
 
 async def enroll(api: httpx.AsyncClient, contact: uuid.UUID) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -18,17 +17,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
-from temporalio.client import Client
 
-from api.app import create_app
-from api.resources import Resources
-from nurture.apikeys import create_api_key
 from nurture.contracts import enrollment_workflow_id
-from nurture.db.engine import SessionFactory, create_engine, session_factory
+from nurture.db.engine import SessionFactory
 from nurture.db.models import Enrollment, Event, JourneyVersion
 from nurture.journeys.enrollments import _Claim, _insert_claims
-from nurture.settings import Settings
-from tests.support import log_driver_statements, make_contact, publish_journey
+from tests.support import make_contact, publish_journey
 
 WAITING: dict[str, Any] = {
     "key": "shared-wait",
@@ -43,25 +37,6 @@ WAITING: dict[str, Any] = {
     },
 }
 REQUESTS = 8
-
-
-@pytest.fixture
-async def counted_api(
-    database_url: str, client: Client, settings: Settings, sessions: SessionFactory
-) -> AsyncIterator[tuple[httpx.AsyncClient, list[str]]]:
-    """The app on an engine whose driver statements are logged, and that log."""
-    engine = create_engine(database_url)
-    statements: list[str] = []
-    log_driver_statements(engine, statements.append)
-    key = await create_api_key(sessions, "shared")
-    app = create_app(Resources(settings, session_factory(engine), client))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://nurture.test",
-        headers={"Authorization": f"Bearer {key.secret}"},
-    ) as http:
-        yield http, statements
-    await engine.dispose()
 
 
 def _count(statements: list[str], start: str) -> int:
@@ -101,7 +76,9 @@ async def test_concurrent_enrollments_share_their_claim_statements(
     async with sessions() as session:
         rows = (
             await session.execute(
-                select(Enrollment.contact_id, func.count()).group_by(col(Enrollment.contact_id))
+                select(col(Enrollment.contact_id), func.count()).group_by(
+                    col(Enrollment.contact_id)
+                )
             )
         ).all()
     assert dict(rows) == dict.fromkeys(contacts, 1)
@@ -147,7 +124,7 @@ async def test_one_claim_refused_in_a_shared_insert_leaves_the_others_inserted(
     assert isinstance(refused[again], IntegrityError)
     assert isinstance(refused[gone], asyncpg.ForeignKeyViolationError)
     async with sessions() as session:
-        ids = set(await session.scalars(select(Enrollment.id)))
+        ids = set(await session.scalars(select(col(Enrollment.id))))
     assert ids == {c.enrollment.id for c in [*first, *fresh]}
 
 
@@ -195,7 +172,9 @@ async def test_concurrent_events_share_their_statement_and_keep_their_own_answer
     async with sessions() as session:
         stored = (
             await session.execute(
-                select(Event.contact_id, Event.properties).where(Event.name == "shared-ping")
+                select(col(Event.contact_id), col(Event.properties)).where(
+                    col(Event.name) == "shared-ping"
+                )
             )
         ).all()
     assert sorted((str(c), p["n"]) for c, p in stored) == sorted(

@@ -30,7 +30,6 @@ from nurture.concurrency import gather_limited, gather_limited_outcomes
 from nurture.contracts import EnrollmentEvent
 from nurture.db.engine import SessionFactory
 from nurture.db.lean import autocommit, driver_connection
-from nurture.db.together import ask_together
 from nurture.db.models import (
     ACTIVE_ENROLLMENT_STATUSES,
     ContactChangeRecord,
@@ -39,6 +38,7 @@ from nurture.db.models import (
     Message,
     utcnow,
 )
+from nurture.db.together import ask_together
 from nurture.errors import Conflict, NotFound, NurtureError
 from nurture.journeys.enrollments import (
     TEMPORAL_UNREACHABLE,
@@ -356,9 +356,7 @@ class _Storing:
     source: str
 
 
-async def _store_together(
-    sessions: SessionFactory, waiting: list[_Storing]
-) -> dict[_Storing, Any]:
+async def _store_together(sessions: SessionFactory, waiting: list[_Storing]) -> dict[_Storing, Any]:
     """The single events of concurrent requests, in one statement per source (there is one
     source in practice: the API); a lone event on its own statement, which costs Postgres
     less than the arrays of one element."""

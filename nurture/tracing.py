@@ -47,8 +47,9 @@ BATCHER_CONCURRENCY = 50
 
 def dev_server_flags() -> list[str]:
     """`temporal server start-dev` arguments that register the search attributes, let
-    batch operations signal at `BATCHER_RPS`, `BATCHER_CONCURRENCY` at once, and allow eager workflow start (the bulk
-    activity's enrollments run their first task in the worker that started them)."""
+    batch operations signal at `BATCHER_RPS`, `BATCHER_CONCURRENCY` at once, and allow eager
+    workflow start (the bulk activity's enrollments run their first task in the worker that
+    started them)."""
     flags = []
     for name, kind in SEARCH_ATTRIBUTES.items():
         flags += ["--search-attribute", f"{name}={kind}"]

@@ -332,17 +332,15 @@ async def _store_custom_events(
     if not events:
         return {}
     positions = list(events)
-    if len(positions) == 1:
-        (n,) = positions
-        alone = _Storing(incoming[n].contact, events[n], json.dumps(changes[n]), source[:160])
-        (one,) = await ask_together(sessions, _store_together, [alone])
-        return {} if one is None else {n: one}
     many = [
         _Storing(incoming[n].contact, events[n], json.dumps(changes[n]), source[:160])
         for n in positions
     ]
+    if len(many) == 1:
+        (one,) = await ask_together(sessions, _store_together, many)
+        return {} if one is None else {positions[0]: one}
     async with driver_connection(sessions) as connection:
-        found = await _store_many(connection, many, source[:160])
+        found = await _store_many(connection, many)
     return {positions[row["n"]]: row for row in found}
 
 
@@ -384,14 +382,14 @@ async def _store_together(sessions: SessionFactory, waiting: list[_Storing]) -> 
                 if row is not None:  # the statement numbers its one event 0
                     found[one] = row
                 continue
-            for row in await _store_many(connection, group, source):
+            for row in await _store_many(connection, group):
                 found[group[row["n"]]] = row
     return found
 
 
-async def _store_many(connection: Any, many: Sequence[_Storing], source: str) -> list[Any]:
-    """`_MANY` for these events, numbered by their place in `many`, in the order given (of
-    two with one dedupe key, the first is stored)."""
+async def _store_many(connection: Any, many: Sequence[_Storing]) -> list[Any]:
+    """`_MANY` for these events, all of one source, numbered by their place in `many`, in the
+    order given (of two with one dedupe key, the first is stored)."""
     return list(
         await connection.fetch(
             _MANY,
@@ -404,7 +402,7 @@ async def _store_many(connection: Any, many: Sequence[_Storing], source: str) ->
             [json.dumps(m.event.properties) for m in many],
             [m.event.occurred_at for m in many],
             [m.changes for m in many],
-            source,
+            many[0].source,
             LEASE,
         )
     )

@@ -10,12 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlmodel import col, select
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from nurture.contracts import EnrollmentResult
 from nurture.db.engine import SessionFactory
+from nurture.db.models import EnrollmentStep
 from nurture.journeys.enrollments import EnrollmentOptions, enroll
 from tests.support import (
     finish,
@@ -97,6 +99,20 @@ async def test_many_changes_during_a_wait_are_one_signal_until_the_contact_is_re
 
     assert (result.status, result.reason) == ("exited", "goal_met")
     assert await _signals(handle, "contact_changed") == 2
+    # The goal was met during the wait: the wait is left then, for that reason, in the result
+    # and in its row (the timeline), not left open as if the contact still waited there.
+    [left] = result.path
+    assert (left.step, left.outcome) == ("wait_order", "exited: goal_met")
+    assert left.left_at is not None
+    async with sessions() as session:
+        [row] = await session.scalars(
+            select(EnrollmentStep).where(col(EnrollmentStep.enrollment_id) == enrollment.id)
+        )
+    assert (row.step_id, row.outcome, row.left_at) == (
+        "wait_order",
+        "exited: goal_met",
+        left.left_at,
+    )
 
 
 async def test_a_wait_whose_history_grows_continues_as_new_and_still_gets_its_event(

@@ -662,8 +662,15 @@ class JourneyEnrollment:
         self, status: EnrollmentOutcome, reason: str | None, detail: str | None = None
     ) -> EnrollmentResult:
         self._status = status
-        workflow.set_current_details(f"{status}" + (f": {reason}" if reason else ""))
+        ending = f"{status}" + (f": {reason}" if reason else "")
+        workflow.set_current_details(ending)
         workflow.upsert_search_attributes([ENROLLMENT_STATUS.value_set(status)])
+        if self._unrecorded is None and self._path and self._path[-1].left_at is None:
+            # Ended inside a step (the goal met during its wait, an unenroll, an exit step):
+            # the step is left now, for this reason, in the path and in its row.
+            left = self._path[-1]
+            left.left_at, left.outcome = workflow.now(), ending
+            self._unrecorded = StepOutcome(step=left.step, visit=left.visit, outcome=ending)
         await workflow.execute_local_activity_method(
             EnrollmentActivities.finish_enrollment,
             EnrollmentFinished(

@@ -16,7 +16,13 @@ async def gather_limited(
     limit: int, func: Callable[[T], Awaitable[R]], items: Iterable[T]
 ) -> list[R]:
     """`func(item)` for every item, `limit` at a time; results in item order. The first
-    exception is raised (the others still run to the end, as with `asyncio.gather`)."""
+    exception is raised (the others still run to the end, as with `asyncio.gather`).
+
+    A single item is awaited in place: no task or gather for it (one event of one request to
+    one enrollment, the common case on the API's event path)."""
+    items = list(items)
+    if len(items) == 1:
+        return [await func(items[0])]
     return await asyncio.gather(*_limited(limit, func, items))
 
 

@@ -55,6 +55,36 @@ async def test_nested_values_and_contact_fields_too(api: httpx.AsyncClient) -> N
 
 
 @pytest.mark.parametrize(
+    ("body", "path", "message"),
+    [
+        (rb'{"key": "news", "name": "ok", "n": 1e999}', "body.n", "not finite"),
+        (b'{"key": "news", "name": "ok", "n": 1' + b"0" * 400 + b".5}", "body.n", "not finite"),
+        (b'{"key": "news", "name": "ok", "n": ' + b"[" * 65 + b"]" * 65 + b"}", "body.n", "nested"),
+    ],
+)
+async def test_what_only_the_parsed_body_shows_is_refused(
+    api: httpx.AsyncClient, body: bytes, path: str, message: str
+) -> None:
+    """Past the guard's look at the text (no escape, few brackets, short numbers: nothing to
+    walk), the parsed body is walked: an infinite number, a body nested too deep."""
+    [(found, problem)] = problems(await post_raw(api, "/v1/lists", body)).items()
+    assert found.startswith(path)
+    assert message in problem
+
+
+async def test_a_plain_body_and_a_harmless_escape_are_accepted(api: httpx.AsyncClient) -> None:
+    for key, body in (
+        ("plain", rb'{"key": "plain", "name": "news"}'),
+        ("escaped", rb'{"key": "escaped", "name": "caf\u00e9 [{1e5}]"}'),
+    ):
+        response = await post_raw(api, "/v1/lists", body)
+        assert response.status_code == 201, response.text
+        assert response.json()["key"] == key
+    names = {item["name"] for item in ok(await api.get("/v1/lists"))["items"]}
+    assert names == {"news", "caf\u00e9 [{1e5}]"}
+
+
+@pytest.mark.parametrize(
     "body",
     [b"{not json", b'{"key": "news",', b"\xff\xfe{}", b'{"key": NaN}', b'{"n": Infinity}', b"[1]]"],
 )

@@ -22,14 +22,17 @@ from api.routes import (
     webhooks,
 )
 
-# Behind an API key.
+# Behind an API key. The routers of the busiest requests first: a request is matched against
+# the routes in this order, in Python, one by one (at about 30 routes before it, matching took
+# 6 % of the API's time on `POST /v1/events`). No path of these two is another router's.
+# The OpenAPI document groups operations by tag, so this order does not show there.
 ROUTERS: list[APIRouter] = [
+    events.router,
+    enrollments.router,
     journeys.router,
     templates.router,
     contacts.router,
     lists.router,
-    enrollments.router,
-    events.router,
     segments.router,
     imports.router,
     timeline.router,

@@ -118,6 +118,7 @@ async def test_steps_and_send_funnel_count_what_happened(
     assert steps["clicked_shop"]["passed"] == 1
     assert sum(steps["clicked_shop"]["outcomes"].values()) == 1
     assert (steps["thanks"]["entered"], steps["thanks"]["exits"]) == (1, {"completed": 1})
+    assert steps["thanks"]["passed"] == 0  # it ended there: an exit, not a pass
     assert steps["reminder"]["entered"] == 0
     assert body["enrollments"] == {"active": 3, "completed": 1}
 

@@ -3,7 +3,7 @@
 Per step (from `enrollment_steps` and `enrollments`):
 - **entered**: enrollments that reached the step (once each, however often they looped);
 - **now**: in-flight enrollments whose current step it is;
-- **passed**: enrollments that left it for another step;
+- **passed**: enrollments that left it for another step (not those that ended there);
 - **exits**: enrollments that ended there, by reason (`exit_reason`, or `completed`);
 - **outcomes**: how visits left it (a wait's `event`/`timeout`, a branch's rule...), so paths
   of any step type with several exits are counted without code for each type.
@@ -206,15 +206,23 @@ async def journey_analytics(
         return steps[step_id]
 
     # (enrollment, step, visit) is unique: an enrollment's first visit counts it as entered,
-    # and it passed once that visit was left. No DISTINCT (a sort) on big journeys.
+    # and it passed once that visit was left for another step. No DISTINCT (a sort) on big
+    # journeys. The visit an enrollment ended in (its goal met there, the last step done) is
+    # left when it ended, at its current step: an exit, not a pass.
     first = col(EnrollmentStep.visit) == 1
+    ended_here = and_(
+        col(Enrollment.ended_at) == col(EnrollmentStep.left_at),
+        col(Enrollment.current_step) == col(EnrollmentStep.step_id),
+    )
     rows = await session.execute(
         select(
             col(EnrollmentStep.step_id),
             func.min(col(EnrollmentStep.step_type)),
             func.count().filter(first),
             func.count(),
-            func.count().filter(first, col(EnrollmentStep.left_at).is_not(None)),
+            func.count().filter(
+                first, col(EnrollmentStep.left_at).is_not(None), ~func.coalesce(ended_here, False)
+            ),
         )
         .join(Enrollment, col(Enrollment.id) == col(EnrollmentStep.enrollment_id))
         .where(of_journey)

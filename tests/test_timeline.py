@@ -136,6 +136,37 @@ async def test_ada_did_not_get_the_second_email_because_she_entered_the_exclusio
 
 
 @pytest.mark.usefixtures("worker")
+async def test_a_goal_met_during_a_wait_leaves_the_wait_there_and_says_why(
+    api: httpx.AsyncClient, sessions: SessionFactory, client: Client, env: WorkflowEnvironment
+) -> None:
+    goal = {"criteria": {"type": "field", "field": "lifecycle", "op": "eq", "value": "customer"}}
+    await publish_journey(sessions, _two_emails("promo", name="Promo", goal=goal))
+    ada = {"email": "ada@example.com", "fields": {"lifecycle": "lead"}}
+    ok(await api.put("/v1/contacts/ada", json=ada), 201)
+    created = ok(
+        await api.post("/v1/enrollments", json={"journey_key": "promo", "external_id": "ada"}),
+        201,
+    )
+    handle = client.get_workflow_handle(created["workflow_id"], result_type=EnrollmentResult)
+    await reach_step(handle, "wait")
+    ok(await api.patch("/v1/contacts/ext:ada", json={"fields": {"lifecycle": "customer"}}))
+    assert (await finish(env, handle)).reason == "goal_met"
+
+    items = await timeline(api, "ext:ada")
+
+    assert sorted(summaries(items, "step")) == [
+        "Journey Promo, step first (send email): email sent",
+        "Journey Promo, step wait (wait): left the journey here: met its goal",
+    ]
+    assert summaries(items, "exited") == ["Left journey Promo: met its goal"]
+    path = ok(await api.get(f"/v1/enrollments/{created['id']}"))["path"]
+    assert [(p["step"], p["outcome"], p["left_at"] is not None) for p in path] == [
+        ("first", "sent", True),
+        ("wait", "exited: goal_met", True),
+    ]
+
+
+@pytest.mark.usefixtures("worker")
 async def test_bob_did_not_enter_because_he_already_met_the_goal(
     api: httpx.AsyncClient, sessions: SessionFactory, client: Client, env: WorkflowEnvironment
 ) -> None:

@@ -611,6 +611,9 @@ def step_outcome_words(step_type: str, outcome: str | None) -> str:
         return "in progress"
     if outcome.startswith("failed: "):
         return f"failed: {outcome.removeprefix('failed: ')}"
+    if outcome.startswith("exited: "):  # the enrollment ended inside the step
+        reason = outcome.removeprefix("exited: ")
+        return f"left the journey here: {EXIT_REASONS.get(reason, reason)}"
     if step_type in ("send_email", "send_sms"):
         channel = "email" if step_type == "send_email" else "SMS"
         if outcome == "sent":

@@ -78,6 +78,23 @@ async def add(sessions: SessionFactory, *rows: Any) -> None:
         session.add_all(rows)
 
 
+async def _ada_becomes_a_customer_during_the_wait(
+    api: httpx.AsyncClient, client: Client, env: WorkflowEnvironment
+) -> tuple[dict[str, Any], EnrollmentResult]:
+    """Ada, a lead, enters journey promo; during its wait she becomes a customer. The
+    enrollment as the API created it, and how it ended."""
+    ada = {"email": "ada@example.com", "fields": {"lifecycle": "lead"}}
+    ok(await api.put("/v1/contacts/ada", json=ada), 201)
+    created = ok(
+        await api.post("/v1/enrollments", json={"journey_key": "promo", "external_id": "ada"}),
+        201,
+    )
+    handle = client.get_workflow_handle(created["workflow_id"], result_type=EnrollmentResult)
+    await reach_step(handle, "wait")
+    ok(await api.patch("/v1/contacts/ext:ada", json={"fields": {"lifecycle": "customer"}}))
+    return created, await finish(env, handle)
+
+
 # --- journeys: why Ada did not get the second email, why Bob did not enter -----------------------
 
 
@@ -89,16 +106,8 @@ async def test_ada_did_not_get_the_second_email_because_she_entered_the_exclusio
     await publish_journey(
         sessions, _two_emails("promo", name="Promo", entry={"exclusion_segment": "customers"})
     )
-    ada = {"email": "ada@example.com", "fields": {"lifecycle": "lead"}}
-    ok(await api.put("/v1/contacts/ada", json=ada), 201)
-    created = ok(
-        await api.post("/v1/enrollments", json={"journey_key": "promo", "external_id": "ada"}),
-        201,
-    )
-    handle = client.get_workflow_handle(created["workflow_id"], result_type=EnrollmentResult)
-    await reach_step(handle, "wait")
-    ok(await api.patch("/v1/contacts/ext:ada", json={"fields": {"lifecycle": "customer"}}))
-    assert (await finish(env, handle)).status == "completed"
+    created, result = await _ada_becomes_a_customer_during_the_wait(api, client, env)
+    assert result.status == "completed"
 
     items = await timeline(api, "ext:ada")
 
@@ -141,16 +150,8 @@ async def test_a_goal_met_during_a_wait_leaves_the_wait_there_and_says_why(
 ) -> None:
     goal = {"criteria": {"type": "field", "field": "lifecycle", "op": "eq", "value": "customer"}}
     await publish_journey(sessions, _two_emails("promo", name="Promo", goal=goal))
-    ada = {"email": "ada@example.com", "fields": {"lifecycle": "lead"}}
-    ok(await api.put("/v1/contacts/ada", json=ada), 201)
-    created = ok(
-        await api.post("/v1/enrollments", json={"journey_key": "promo", "external_id": "ada"}),
-        201,
-    )
-    handle = client.get_workflow_handle(created["workflow_id"], result_type=EnrollmentResult)
-    await reach_step(handle, "wait")
-    ok(await api.patch("/v1/contacts/ext:ada", json={"fields": {"lifecycle": "customer"}}))
-    assert (await finish(env, handle)).reason == "goal_met"
+    created, result = await _ada_becomes_a_customer_during_the_wait(api, client, env)
+    assert result.reason == "goal_met"
 
     items = await timeline(api, "ext:ada")
 

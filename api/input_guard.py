@@ -136,11 +136,11 @@ _MAYBE_INFINITE = re.compile(r"\d[eE]|\d{300}")
 def _plainly_storable(text: str) -> bool:
     """Whether the JSON `text` is seen from its characters alone to hold nothing `unstorable`
     looks for, so the walk over the parsed data (6 % of the API's py-spy samples on
-    `POST /v1/events` in bench.run) is skipped. A NUL or an unpaired surrogate in a string can only come from a `\\u` escape
-    (json.loads refuses a raw control character, and UTF-8 text has no surrogates); no more
-    than MAX_JSON_DEPTH brackets cannot nest deeper; a number without an exponent and with
-    fewer than 300 digits is finite. A false alarm (these characters inside a string) only
-    means the walk is done."""
+    `POST /v1/events` in bench.run) is skipped. A NUL or an unpaired surrogate in a string
+    can only come from a `\\u` escape (json.loads refuses a raw control character, and UTF-8
+    text has no surrogates); no more than MAX_JSON_DEPTH brackets cannot nest deeper; a
+    number without an exponent and with fewer than 300 digits is finite. A false alarm
+    (these characters inside a string) only means the walk is done."""
     return (
         "\\u" not in text
         and text.count("{") + text.count("[") <= MAX_JSON_DEPTH

@@ -160,18 +160,32 @@ async def test_steps_and_send_funnel_count_what_happened(
     assert missing.status_code == 404 and "no version 2" in missing.text
 
     today = utcnow().date()
+    # An enrollment ends at its workflow's time: on the shared time-skipping server, ahead of
+    # the wall clock by whatever earlier tests skipped, which may be another day.
+    async with sessions() as session:
+        ended_at = await session.scalar(
+            select(col(Enrollment.ended_at)).where(col(Enrollment.contact_id) == clicker_id)
+        )
+    assert ended_at is not None
+    ended_on = ended_at.date()
+    assert ended_on >= today
     daily = ok(
         await api.get(
             "/v1/journeys/quickstart/analytics/daily",
-            params={"from": str(today - timedelta(days=2)), "to": str(today + timedelta(days=1))},
+            params={
+                "from": str(today - timedelta(days=2)),
+                "to": str(ended_on + timedelta(days=1)),
+            },
         )
     )
     rows = {row["date"]: row for row in daily["days"]}
-    assert len(rows) == 4
-    assert rows[str(today)] | {"date": None} == {
+    assert len(rows) == (ended_on - today).days + 4
+    assert [day for day, row in rows.items() if row["ended"]] == [str(ended_on)]
+    assert rows[str(ended_on)]["ended"] == 1
+    assert rows[str(today)] | {"date": None, "ended": None} == {
         "date": None,
         "entered": 4,
-        "ended": 1,
+        "ended": None,
         "goal_met": 0,
         "sent": 4,  # three welcomes and a thanks
         "opened": 2,

@@ -26,6 +26,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from nurture.binaries import find_binary
 from nurture.embedded import start_embedded_postgres
+from nurture.settings import DEFAULT_API_KEEP_ALIVE_SECONDS
 from nurture.tracing import dev_server_flags
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,6 +184,8 @@ async def api_process(
         "--log-level",
         "warning",
         "--no-access-log",
+        "--timeout-keep-alive",  # as `nurture api` does
+        str(DEFAULT_API_KEEP_ALIVE_SECONDS),
     ]
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("wb") as log_file:

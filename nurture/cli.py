@@ -71,7 +71,7 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     with resolve_database_url(settings) as database_url:
         asyncio.run(migrate_database(database_url))
         app = create_app(settings=settings.model_copy(update={"database_url": database_url}))
-        asyncio.run(serve_api(app, args.host, args.port))
+        asyncio.run(serve_api(app, args.host, args.port, settings.api_keep_alive_seconds))
     return 0
 
 

@@ -32,7 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from nurture.binaries import find_binary
 from nurture.boot import CommandError, embedded_pgdata, migrate_database, resolve_database_url
-from nurture.settings import MIN_SECRET_KEY_LENGTH, Settings
+from nurture.settings import DEFAULT_API_KEEP_ALIVE_SECONDS, MIN_SECRET_KEY_LENGTH, Settings
 from nurture.temporal import connect
 from nurture.tracing import dev_server_flags, ensure_search_attributes
 
@@ -267,14 +267,25 @@ async def serve(server: uvicorn.Server) -> None:
         ) from None
 
 
-def api_server(app: Any, host: str, port: int) -> EmbeddedServer:
-    config = uvicorn.Config(app, host=host, port=port, lifespan="on", log_level="info")
+def api_server(
+    app: Any, host: str, port: int, keep_alive_seconds: int = DEFAULT_API_KEEP_ALIVE_SECONDS
+) -> EmbeddedServer:
+    """uvicorn for the API; `keep_alive_seconds` replaces uvicorn's 5 s, shorter than the idle
+    timeout of the load balancers in front of an API."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        lifespan="on",
+        log_level="info",
+        timeout_keep_alive=keep_alive_seconds,
+    )
     return EmbeddedServer(config)
 
 
-async def serve_api(app: Any, host: str, port: int) -> None:
+async def serve_api(app: Any, host: str, port: int, keep_alive_seconds: int) -> None:
     """`nurture api`: serve until SIGINT or SIGTERM, then finish requests in flight."""
-    server = api_server(app, host, port)
+    server = api_server(app, host, port, keep_alive_seconds)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, _request_exit, server)
@@ -451,7 +462,12 @@ class DevStack:
             resources = Resources(
                 settings=settings, sessions=sessions, temporal=client, channels=channels
             )
-            api = api_server(create_app(resources), self.host, self.options.api_port)
+            api = api_server(
+                create_app(resources),
+                self.host,
+                self.options.api_port,
+                settings.api_keep_alive_seconds,
+            )
             api_task = asyncio.create_task(serve(api), name="api")
             stack.push_async_callback(_stop_api, api, api_task)
             while not api.started:

@@ -16,6 +16,8 @@ DEVELOPMENT_SECRET_KEY = "nurture-development-secret-change-me"
 MIN_SECRET_KEY_LENGTH = 32
 # Always allowed in Host: the process itself (health checks, a proxy on the same machine).
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+# Above the 60 s idle timeout of AWS's load balancers (and nginx's default upstream 60 s).
+DEFAULT_API_KEEP_ALIVE_SECONDS = 75
 
 
 class Settings(BaseSettings):
@@ -34,6 +36,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path(".nurture"), description="embedded services keep data here")
     max_body_bytes: int = Field(
         default=1_000_000, ge=1024, description="larger request bodies are refused with 413"
+    )
+    api_keep_alive_seconds: int = Field(
+        default=DEFAULT_API_KEEP_ALIVE_SECONDS,
+        ge=1,
+        le=3600,
+        description="the API closes a kept-alive connection idle this long; keep it above the "
+        "idle timeout of a load balancer in front (AWS ALB 60 s), or the balancer may reuse a "
+        "connection the API is closing and answer 502",
     )
     database_pool_size: int = Field(
         default=20,

@@ -826,7 +826,7 @@ ALSO: dict[str, list[str]] = {
     "webhooks": ["-m", "bench.webhooks"],
     "sweep": ["-m", "bench.sweep"],
     "broadcast": ["-m", "bench.broadcast"],
-    "floor": ["-m", "bench.signal_floor"],
+    "floor": ["-m", "bench.api_floor"],
 }
 
 

@@ -25,6 +25,7 @@ import platform
 import secrets
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -852,6 +853,9 @@ def run_also(
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse(argv)
+    # Stopped from outside (`timeout`, kill): unwind as on Ctrl-C, so that the stack's
+    # processes (a worker maybe paused, Postgres, the dev server) are stopped, not orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     began = time.monotonic()
     result = asyncio.run(benchmark(options))
     if options.also:

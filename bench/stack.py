@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import sys
 import time
@@ -82,6 +83,8 @@ async def _stop(process: asyncio.subprocess.Process, name: str) -> None:
     if process.returncode is not None:
         log(f"{name} had already exited with {process.returncode}")
         return
+    with suppress(ProcessLookupError):
+        process.send_signal(signal.SIGCONT)  # a worker paused by SIGSTOP acts on nothing else
     process.terminate()
     try:
         await asyncio.wait_for(process.wait(), timeout=30)

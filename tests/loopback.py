@@ -18,6 +18,14 @@ async def serve(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
     """Serve `app` on a port the OS picks; its base URL (http://127.0.0.1:<port>). `config`:
     more uvicorn options (ssl_certfile, ssl_keyfile for TLS)."""
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning", **config))
+    async with run(server) as base_url:
+        yield base_url
+
+
+@asynccontextmanager
+async def run(server: uvicorn.Server) -> AsyncIterator[str]:
+    """Run a server configured elsewhere (its host and port are ignored) on a port the OS
+    picks; its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -8,22 +8,15 @@ is 5 s; AWS's load balancers keep idle connections 60 s."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from nurture.devstack import api_server, serve
+from nurture.devstack import api_server
 from nurture.settings import Settings
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.loopback import run
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
@@ -37,19 +30,11 @@ async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
 
 @asynccontextmanager
 async def _served(keep_alive_seconds: int) -> AsyncIterator[int]:
-    port = free_port()
-    server = api_server(_hello, "127.0.0.1", port, keep_alive_seconds)
-    server.config.lifespan = "off"
-    task = asyncio.create_task(serve(server))
-    try:
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        yield port
-    finally:
-        server.should_exit = True
-        await task
+    """`api_server` as `nurture api` builds it, on a port the OS picks (yielded)."""
+    server = api_server(_hello, "127.0.0.1", 0, keep_alive_seconds)
+    server.config.lifespan = "off"  # `_hello` has no lifespan
+    async with run(server) as base_url:
+        yield int(base_url.rsplit(":", 1)[1])
 
 
 async def _ask(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
@@ -84,7 +69,7 @@ def test_the_default_outlasts_a_load_balancers_idle_timeout(
 ) -> None:
     default = Settings(_env_file=None).api_keep_alive_seconds
     assert default > 60  # AWS's load balancers: 60 s; uvicorn's own default: 5 s
-    assert api_server(_hello, "127.0.0.1", free_port()).config.timeout_keep_alive == default
+    assert api_server(_hello, "127.0.0.1", 0).config.timeout_keep_alive == default
     monkeypatch.setenv("API_KEEP_ALIVE_SECONDS", "620")
     assert Settings(_env_file=None).api_keep_alive_seconds == 620
     monkeypatch.setenv("API_KEEP_ALIVE_SECONDS", "0")

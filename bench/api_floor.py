@@ -45,73 +45,67 @@ from fastapi import FastAPI, status
 from pydantic import BaseModel
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from bench.stack import Component, CpuMeter, dev_server, embedded_postgres, free_port, log
-from bench.workload import SLEEP_JOURNEY, run_pool
-from nurture.contracts import ENROLLMENT_WORKFLOW, EnrollmentEvent, EnrollmentInput
-from nurture.db.models import utcnow
+from bench.stack import (
+    Component,
+    CpuMeter,
+    dev_server,
+    embedded_postgres,
+    free_port,
+    log,
+    wait_healthy,
+)
+from bench.workload import SLEEP_JOURNEY, Published, bare_signal, bare_start, run_pool
+from nurture.contracts import enrollment_workflow_id
+from nurture.db.models import Enrollment
 from nurture.journeys.definition import JourneyDefinition
 from nurture.settings import Settings
 from nurture.temporal import connect
-from nurture.tracing import initial_search_attributes
 
 TASK_QUEUE = "nobody-polls-this"  # no worker: the workflows only wait, like "paused"
 KINDS = ("start", "signal")
 SIDES = ("bare", "http", "http+store")
-TABLES = [
-    """CREATE TABLE IF NOT EXISTS floor_rows (
-        id uuid PRIMARY KEY,
-        kind text NOT NULL,
-        workflow_id text NOT NULL,
-        idempotency_key text NOT NULL UNIQUE,
-        received_at timestamptz NOT NULL DEFAULT now()
-    )""",
-]
-INSERT = """INSERT INTO floor_rows (id, kind, workflow_id, idempotency_key)
+TABLE = """CREATE TABLE floor_rows (
+    id uuid PRIMARY KEY,
+    kind text NOT NULL,
+    contact_id uuid NOT NULL,
+    idempotency_key text NOT NULL UNIQUE,
+    received_at timestamptz NOT NULL DEFAULT now()
+)"""
+INSERT = """INSERT INTO floor_rows (id, kind, contact_id, idempotency_key)
 VALUES ($1, $2, $3, $4) ON CONFLICT (idempotency_key) DO NOTHING"""
 DEFINITION = JourneyDefinition.model_validate(SLEEP_JOURNEY)
 
 
-async def start_call(client: Client, workflow_id: str) -> None:
-    """`bench.workload.bare_start`'s call (the enrollment's input, policies, summary, search
-    attributes), for a journey that is not in any database."""
-    contact_id = uuid.uuid5(uuid.NAMESPACE_URL, workflow_id)
-    await client.start_workflow(
-        ENROLLMENT_WORKFLOW,
-        EnrollmentInput(
-            enrollment_id=uuid.uuid4(),
-            contact_id=contact_id,
-            journey_key=DEFINITION.key,
-            version=1,
-            definition=DEFINITION,
-            max_steps_per_run=500,
-            paused=False,
-        ),
-        id=workflow_id,
-        task_queue=TASK_QUEUE,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-        static_summary=f"{DEFINITION.name} (v1) for contact {contact_id}",
-        search_attributes=initial_search_attributes(str(contact_id), DEFINITION.key, 1),
+# The journey the started workflows are of: in no database (nobody runs them).
+JOURNEY = Published(
+    key=DEFINITION.key,
+    journey_id=uuid.uuid4(),
+    version_id=uuid.uuid4(),
+    version=1,
+    definition=DEFINITION,
+    first_step=DEFINITION.start,
+)
+
+
+async def start_call(client: Client, contact_id: uuid.UUID) -> None:
+    """`bench.run`'s bare start (the enrollment's input, policies, summary, search attributes)."""
+    enrollment = Enrollment(
+        journey_id=JOURNEY.journey_id,
+        journey_version_id=JOURNEY.version_id,
+        version=JOURNEY.version,
+        contact_id=contact_id,
+        workflow_id=enrollment_workflow_id(JOURNEY.key, contact_id),
     )
+    await bare_start(client, TASK_QUEUE, JOURNEY, enrollment)
 
 
-async def signal_call(client: Client, workflow_id: str) -> None:
-    """`bench.workload.bare_signal`'s call: the payload `POST /v1/events` signals."""
-    await client.get_workflow_handle(workflow_id).signal(
-        "event",
-        EnrollmentEvent(
-            event_id=f"floor-{workflow_id}",
-            kind="custom",
-            name="ping",
-            properties={},
-            occurred_at=utcnow(),
-        ),
-    )
+async def signal_call(client: Client, contact_id: uuid.UUID) -> None:
+    """`bench.run`'s bare signal: the payload `POST /v1/events` signals."""
+    await bare_signal(client, JOURNEY.key, contact_id)
 
 
-CALLS: dict[str, Callable[[Client, str], Awaitable[None]]] = {
+CALLS: dict[str, Callable[[Client, uuid.UUID], Awaitable[None]]] = {
     "start": start_call,
     "signal": signal_call,
 }
@@ -121,13 +115,12 @@ CALLS: dict[str, Callable[[Client, str], Awaitable[None]]] = {
 
 
 class CallIn(BaseModel):
-    workflow_id: str
+    contact_id: uuid.UUID
     idempotency_key: str
 
 
 class CallOut(BaseModel):
     id: uuid.UUID
-    workflow_id: str
 
 
 @asynccontextmanager
@@ -145,18 +138,23 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(lifespan=_lifespan)
 
 
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
 @app.post("/{kind}", status_code=status.HTTP_202_ACCEPTED, response_model=CallOut)
 async def call_only(kind: str, body: CallIn) -> CallOut:
-    await CALLS[kind](app.state.client, body.workflow_id)
-    return CallOut(id=uuid.uuid4(), workflow_id=body.workflow_id)
+    await CALLS[kind](app.state.client, body.contact_id)
+    return CallOut(id=uuid.uuid4())
 
 
 @app.post("/{kind}/stored", status_code=status.HTTP_202_ACCEPTED, response_model=CallOut)
 async def store_then_call(kind: str, body: CallIn) -> CallOut:
     row_id = uuid.uuid4()
-    await app.state.pool.execute(INSERT, row_id, kind, body.workflow_id, body.idempotency_key)
-    await CALLS[kind](app.state.client, body.workflow_id)
-    return CallOut(id=row_id, workflow_id=body.workflow_id)
+    await app.state.pool.execute(INSERT, row_id, kind, body.contact_id, body.idempotency_key)
+    await CALLS[kind](app.state.client, body.contact_id)
+    return CallOut(id=row_id)
 
 
 # --- the benchmark ---------------------------------------------------------------------------
@@ -174,18 +172,22 @@ def _asyncpg_dsn(sqlalchemy_url: str) -> str:
 
 
 @asynccontextmanager
-async def _endpoint(env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
+async def _endpoint(root: Path, env: dict[str, str]) -> AsyncIterator[tuple[str, int]]:
     port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "uvicorn", "bench.api_floor:app", "--port", str(port),
-        "--log-level", "warning", "--no-access-log",
-        env={**os.environ, **env},
-    )  # fmt: skip
-    try:
-        yield f"http://127.0.0.1:{port}", process.pid
-    finally:
-        process.terminate()
-        await process.wait()
+    base_url = f"http://127.0.0.1:{port}"
+    log_path = root / "endpoint.log"
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "uvicorn", "bench.api_floor:app", "--port", str(port),
+            "--log-level", "warning", "--no-access-log",
+            env={**os.environ, **env}, stdout=log_file, stderr=log_file,
+        )  # fmt: skip
+        try:
+            await wait_healthy(process, base_url, log_path)
+            yield base_url, process.pid
+        finally:
+            process.terminate()
+            await process.wait()
 
 
 async def _stored(dsn: str, kind: str) -> int:
@@ -210,9 +212,7 @@ async def _compare(
 ) -> dict[str, Any]:
     warm = max(10, min(200, calls // 10))
     # Each side calls its own workflows, once each: a warm-up, then two rounds of half.
-    ids = {
-        side: [f"floor-{kind}-{side}-{uuid.uuid4()}" for _ in range(warm + calls)] for side in SIDES
-    }
+    ids = {side: [uuid.uuid4() for _ in range(warm + calls)] for side in SIDES}
     if kind == "signal":
         everyone = [w for side in SIDES for w in ids[side]]
         started = await run_pool(everyone, concurrency, lambda w: start_call(client, w))
@@ -220,14 +220,14 @@ async def _compare(
             raise RuntimeError(f"could not start the workflows to signal: {started.errors[:3]}")
         log(f"{kind}: {len(everyone)} workflows started on a queue no worker polls")
 
-    async def post(path: str, workflow_id: str) -> None:
-        body = {"workflow_id": workflow_id, "idempotency_key": workflow_id}
+    async def post(path: str, contact_id: uuid.UUID) -> None:
+        body = {"contact_id": str(contact_id), "idempotency_key": f"{path}:{contact_id}"}
         async with http.post(path, json=body) as answer:
             await answer.read()
             if answer.status != 202:
                 raise RuntimeError(f"POST {path}: {answer.status} {await answer.text()}")
 
-    side_calls: dict[str, Callable[[str], Awaitable[None]]] = {
+    side_calls: dict[str, Callable[[uuid.UUID], Awaitable[None]]] = {
         "bare": lambda w: CALLS[kind](client, w),
         "http": lambda w: post(f"/{kind}", w),
         "http+store": lambda w: post(f"/{kind}/stored", w),
@@ -277,24 +277,16 @@ async def measure(kinds: Sequence[str], calls: int, concurrency: int) -> dict[st
         dsn = _asyncpg_dsn(url)
         connection = await asyncpg.connect(dsn)
         try:
-            for table in TABLES:
-                await connection.execute(table)
+            await connection.execute(TABLE)
         finally:
             await connection.close()
         client = env.client
         address = client.service_client.config.target_host
         endpoint_env = {"FLOOR_TEMPORAL_ADDRESS": address, "FLOOR_DSN": dsn}
         async with (
-            _endpoint(endpoint_env) as (base, endpoint_pid),
+            _endpoint(root, endpoint_env) as (base, endpoint_pid),
             aiohttp.ClientSession(base, connector=aiohttp.TCPConnector(limit=concurrency)) as http,
         ):
-            for _ in range(100):  # until the endpoint listens
-                try:
-                    async with http.get("/openapi.json") as answer:
-                        await answer.read()
-                    break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
             meter = CpuMeter(
                 [
                     Component("load generator", psutil.Process(), False),

@@ -200,13 +200,15 @@ async def api_process(
             stderr=log_file,
         )
         try:
-            await _wait_healthy(process, base_url, log_path)
+            await wait_healthy(process, base_url, log_path)
             yield base_url, process.pid
         finally:
             await _stop(process, "api")
 
 
-async def _wait_healthy(process: asyncio.subprocess.Process, base_url: str, log: Path) -> None:
+async def wait_healthy(process: asyncio.subprocess.Process, base_url: str, log: Path) -> None:
+    """Until `GET /health` answers 200; raises with the log's tail if the process exits or
+    two minutes pass."""
     deadline = time.monotonic() + 120
     async with httpx.AsyncClient(base_url=base_url, timeout=5) as http:
         while time.monotonic() < deadline:
@@ -218,7 +220,7 @@ async def _wait_healthy(process: asyncio.subprocess.Process, base_url: str, log:
             except httpx.TransportError:
                 pass
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"the API did not become healthy:\n{_tail(log)}")
+    raise RuntimeError(f"{base_url} did not become healthy:\n{_tail(log)}")
 
 
 # --- reading processes ---------------------------------------------------------------------------

@@ -3,17 +3,20 @@ session cookie, revocation, and the pages' answers to unknown things."""
 
 from __future__ import annotations
 
+import re
 import uuid
 
 import httpx
+from sqlmodel import col, select
 from temporalio.client import Client
 
 from api.app import create_app
 from api.resources import Resources
 from nurture.apikeys import create_api_key, revoke_api_key
 from nurture.db.engine import SessionFactory
+from nurture.db.models import Enrollment, EnrollmentStep, Journey, JourneyVersion
 from nurture.settings import Settings
-from tests.support import example, publish_journey
+from tests.support import example, make_contact, publish_journey
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -61,6 +64,73 @@ async def test_a_session_lives_as_long_as_its_key(
 
         logout = await http.post("/console/logout")
         assert logout.status_code == 303 and 'nurture_session=""' in logout.headers["set-cookie"]
+
+
+async def test_the_journey_page_words_how_enrollments_ended(
+    sessions: SessionFactory, client: Client, settings: Settings
+) -> None:
+    """ "Ended here" says how in words (the raw reason in its tooltip), and an enrollment that
+    ended inside a step is not counted a second time among the step's outcomes."""
+    definition = {**example("quickstart"), "key": f"ended-{uuid.uuid4().hex[:8]}"}
+    number = await publish_journey(sessions, definition)
+    async with sessions.begin() as session:
+        version = await session.scalar(
+            select(JourneyVersion)
+            .join(Journey, col(Journey.id) == col(JourneyVersion.journey_id))
+            .where(col(Journey.key) == definition["key"], col(JourneyVersion.version) == number)
+        )
+        assert version is not None
+        ended = (
+            ("exited", "goal_met", "clicked_shop", "wait_for", "exited: goal_met"),
+            ("exited", "goal_met", "clicked_shop", "wait_for", "exited: goal_met"),
+            ("completed", None, "thanks", "send_email", "sent"),
+            ("active", None, "clicked_shop", "wait_for", "event click"),
+        )
+        for status, reason, step, step_type, outcome in ended:
+            enrollment = Enrollment(
+                journey_id=version.journey_id,
+                journey_version_id=version.id,
+                version=number,
+                contact_id=await make_contact(sessions),
+                workflow_id=f"test-{uuid.uuid4()}",
+                status=status,
+                current_step=step,
+                exit_reason=reason,
+            )
+            session.add(enrollment)
+            await session.flush()
+            session.add(
+                EnrollmentStep(
+                    enrollment_id=enrollment.id,
+                    step_id=step,
+                    visit=1,
+                    step_type=step_type,
+                    outcome=outcome,
+                )
+            )
+    key = await create_api_key(sessions, "console")
+    app = create_app(Resources(settings=settings, sessions=sessions, temporal=client))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://nurture.test") as http:
+        ours = {**FORM, "Origin": "http://nurture.test"}
+        login = await http.post("/console/login", content=f"api_key={key.secret}", headers=ours)
+        assert login.status_code == 303
+        page = await http.get(f"/console/journeys/{definition['key']}")
+    assert page.status_code == 200
+
+    def cells(step: str) -> list[str]:
+        row = re.search(rf'<tr data-step="{step}">(.*?)</tr>', page.text, re.S)
+        assert row is not None, step
+        return [
+            re.sub(r"<[^>]+>", "", cell).strip()
+            for cell in re.findall(r"<td[^>]*>(.*?)</td>", row.group(1), re.S)
+        ]
+
+    # Step, type, entered, here now, passed, ended here, outcomes.
+    assert cells("clicked_shop")[5:] == ["met its goal: 2", "event click: 1"]
+    assert cells("thanks")[5:] == ["completed the journey: 1", "sent: 1"]
+    assert '<span title="goal_met">met its goal</span>' in page.text
+    assert "exited: goal_met" not in page.text
 
 
 async def test_docs_pages_load_nothing_from_elsewhere(api: httpx.AsyncClient) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from itsdangerous import BadSignature, SignatureExpired, TimestampSigner
 from starlette.templating import Jinja2Templates
 
+from nurture.audience.timeline import EXIT_REASONS
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
@@ -24,6 +26,23 @@ SESSION_COOKIE = "nurture_session"
 SESSION_SECONDS = 12 * 3600
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+
+# How an enrollment that ended at a step ended, by what analytics counts it under (its
+# `exit_reason`, or its status when it has none).
+_ENDED_WORDS = {
+    **EXIT_REASONS,
+    "completed": "completed the journey",
+    "failed": "failed",
+    "not_enrolled": "not entered",
+}
+
+
+def ended_words(reason: str) -> str:
+    """Words for a key of a step's `exits` (analytics): "goal_met" -> "met its goal"."""
+    return _ENDED_WORDS.get(reason, reason)
+
+
+templates.env.filters["ended_words"] = ended_words
 
 
 def _signer(secret: str) -> TimestampSigner:

@@ -12,6 +12,7 @@ import logging
 import signal
 
 from nurture.db.engine import create_engine, session_factory
+from nurture.metrics import worker_runtime
 from nurture.settings import Settings
 from nurture.temporal import connect
 from worker import build_worker
@@ -21,7 +22,9 @@ async def serve(settings: Settings, max_cached_workflows: int | None) -> None:
     assert settings.database_url is not None
     engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
     try:
-        client = await connect(settings)
+        # With WORKER_METRICS_ADDRESS in the environment, the SDK's metrics (sticky cache hits
+        # and misses, slots, task latencies) are served there, as by `worker.run_worker`.
+        client = await connect(settings, runtime=worker_runtime(settings.worker_metrics_address))
         # As `worker.run_worker` builds it; the benchmark may override the cache size to see
         # what it does to memory.
         worker = build_worker(

@@ -106,6 +106,7 @@ class Options:
     client: str = "aiohttp"  # the load generator's HTTP client for the API side
     also_args: dict[str, list[str]] = field(default_factory=dict)  # per mode of `also`
     event_batch: int = 100  # (b2): events per POST /v1/events/batch; 0: not measured
+    cycles: int = 1  # ABBA cycles per mode: more, shorter rounds average over the server's drift
 
     @property
     def batches_in_flight(self) -> int:
@@ -253,6 +254,17 @@ class Memory:
 # --- the benchmark -------------------------------------------------------------------------------
 
 
+def _abba_halves(first: int, n: int, cycles: int) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """The n items from `first` cut into `cycles` cycles of two halves (index ranges): each
+    cycle's first half goes to a bare round then an API round, its second to an API round then
+    a bare round. The sizes differ by one at most; every item is used once."""
+    bounds = [first + n * k // (2 * cycles) for k in range(2 * cycles + 1)]
+    return [
+        ((bounds[2 * c], bounds[2 * c + 1]), (bounds[2 * c + 1], bounds[2 * c + 2]))
+        for c in range(cycles)
+    ]
+
+
 @dataclass
 class Bench:
     options: Options
@@ -302,9 +314,10 @@ class Bench:
         drained: Callable[[int], Awaitable[float]],
         api_batch: Callable[[Sequence[A]], Awaitable[None]] | None = None,
     ) -> list[Comparison]:
-        """A warm-up of each side (not reported); then, for each mode, ABBA rounds of n/2
-        calls (bare, api, api, bare) so that a drift of the server over the run (its SQLite
-        file grows) weighs on both sides alike. Each round ends when the worker is done with
+        """A warm-up of each side (not reported); then, for each mode, `options.cycles`
+        cycles of ABBA rounds (bare, api, api, bare) of n / (2 x cycles) calls each, so that a
+        drift of the server over the run (its SQLite file grows, work piles up while the worker
+        is paused) weighs on both sides alike; each side's rate is over all its rounds. Each round ends when the worker is done with
         all it was given, so that rounds do not overlap. In mode "paused" the worker process
         is stopped (SIGSTOP) while the calls are timed and continued before the drain.
 
@@ -328,13 +341,14 @@ class Bench:
         await drained(sum(t.count for t in warm))
         comparisons = []
         for i, mode in enumerate(self.options.modes):
-            first, half, last = w + i * n, w + i * n + n // 2, w + (i + 1) * n
-            plan: list[tuple[str, Sequence[Any]]] = [
-                ("bare", bare_items[first:half]),
-                ("api", api_items[first:half]),
-                ("api", api_items[half:last]),
-                ("bare", bare_items[half:last]),
-            ]
+            plan: list[tuple[str, Sequence[Any]]] = []
+            for a, b in _abba_halves(w + i * n, n, self.options.cycles):
+                plan += [
+                    ("bare", bare_items[a[0] : a[1]]),
+                    ("api", api_items[a[0] : a[1]]),
+                    ("api", api_items[b[0] : b[1]]),
+                    ("bare", bare_items[b[0] : b[1]]),
+                ]
             rounds = []
             for side, items in plan:
                 before = self.meter.snapshot()
@@ -769,6 +783,13 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         default=100,
         help="(b2): events per POST /v1/events/batch against bare signals (100; 0: skip)",
     )
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=1,
+        help="ABBA cycles of rounds per mode (1): more, shorter rounds average over the "
+        "server's drift during a run",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     parser.add_argument(
@@ -795,9 +816,13 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         parser.error(f"--event-batch takes 0 to {MAX_BATCH_EVENTS}")
     if not modes or set(modes) - {"running", "paused"} or len(set(modes)) != len(modes):
         parser.error("--modes takes running, paused or both, comma-separated")
+    if args.cycles < 1:
+        parser.error("--cycles must be at least 1")
     for name, value in (("--enrollments", enrollments), ("--events", events)):
-        if value < 2:
-            parser.error(f"{name} must be at least 2 (two rounds per side)")
+        if value < 2 * args.cycles:
+            parser.error(
+                f"{name} must be at least {2 * args.cycles} (two rounds per side and cycle)"
+            )
     return Options(
         enrollments=enrollments,
         events=events,
@@ -817,6 +842,7 @@ def parse(argv: Sequence[str] | None = None) -> Options:
         also_args=also_args,
         client=args.client,
         event_batch=args.event_batch,
+        cycles=args.cycles,
     )
 
 

@@ -317,9 +317,10 @@ class Bench:
         """A warm-up of each side (not reported); then, for each mode, `options.cycles`
         cycles of ABBA rounds (bare, api, api, bare) of n / (2 x cycles) calls each, so that a
         drift of the server over the run (its SQLite file grows, work piles up while the worker
-        is paused) weighs on both sides alike; each side's rate is over all its rounds. Each round ends when the worker is done with
-        all it was given, so that rounds do not overlap. In mode "paused" the worker process
-        is stopped (SIGSTOP) while the calls are timed and continued before the drain.
+        is paused) weighs on both sides alike; each side's rate is over all its rounds. Each
+        round ends when the worker is done with all it was given, so that rounds do not overlap.
+        In mode "paused" the worker process is stopped (SIGSTOP) while the calls are timed and
+        continued before the drain.
 
         With `api_batch`, the API side sends `options.event_batch` items per call, an eighth
         of the concurrency in flight (each batch is signalled concurrently by the API); its

@@ -69,8 +69,8 @@ async def test_a_session_lives_as_long_as_its_key(
 async def test_the_journey_page_words_how_enrollments_ended(
     sessions: SessionFactory, client: Client, settings: Settings
 ) -> None:
-    """ "Ended here" says how in words (the raw reason in its tooltip), and an enrollment that
-    ended inside a step is not counted a second time among the step's outcomes."""
+    """The Steps table's "Ended here" says how in words (the raw reason in its tooltip), and
+    an enrollment that ended inside a step is not counted again among the step's outcomes."""
     definition = {**example("quickstart"), "key": f"ended-{uuid.uuid4().hex[:8]}"}
     number = await publish_journey(sessions, definition)
     async with sessions.begin() as session:

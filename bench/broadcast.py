@@ -374,21 +374,30 @@ async def _with_stack(
                     holding_side(sessions, http, options.contacts, options.within),
                 )  # fmt: skip
             else:
-                for side in _sides(options.nurture_first):
-                    if side == "bare":
-                        log(f"bare: starting {options.contacts:,} BareBroadcast workflows")
-                        result["bare"] = await measured(
-                            meter, "bare", options.contacts,
-                            bare_side(sessions, client, options.contacts, options.concurrency,
-                                      options.within),
-                        )  # fmt: skip
-                    else:
-                        log(f"Nurture: publishing {JOURNEY['key']} over {options.contacts:,}")
-                        result["nurture"] = await measured(
-                            meter, "Nurture", options.contacts,
-                            nurture_side(sessions, http, options.contacts, options.within),
-                        )  # fmt: skip
-                result["order"] = list(_sides(options.nurture_first))
+
+                async def bare() -> dict[str, Any]:
+                    log(f"bare: starting {options.contacts:,} BareBroadcast workflows")
+                    return await measured(
+                        meter, "bare", options.contacts,
+                        bare_side(sessions, client, options.contacts, options.concurrency,
+                                  options.within),
+                    )  # fmt: skip
+
+                async def nurture() -> dict[str, Any]:
+                    log(f"Nurture: publishing {JOURNEY['key']} over {options.contacts:,} contacts")
+                    return await measured(
+                        meter, "Nurture", options.contacts,
+                        nurture_side(sessions, http, options.contacts, options.within),
+                    )  # fmt: skip
+
+                # The side that runs second finds the first one's workflows on the server (its
+                # SQLite one broadcast larger); a run of each order brackets the ratio.
+                order = [("bare", bare), ("nurture", nurture)]
+                if options.nurture_first:
+                    order.reverse()
+                for name, side in order:
+                    result[name] = await side()
+                result["order"] = [name for name, _ in order]
                 result["ratio"] = round(
                     result["nurture"]["sends_per_second"] / result["bare"]["sends_per_second"], 3
                 )
@@ -403,13 +412,6 @@ async def _with_stack(
                 )
             }
     return result
-
-
-def _sides(nurture_first: bool) -> tuple[str, str]:
-    """The order the two sides run in. The second runs on a server that already holds the
-    first's workflows (the dev server's SQLite grows by one broadcast), so each order favours
-    its first side; a run of each order brackets the fair ratio."""
-    return ("nurture", "bare") if nurture_first else ("bare", "nurture")
 
 
 async def measured(

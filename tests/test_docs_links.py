@@ -4,6 +4,7 @@ leaves its links dead without a word (two links to benchmarks.md sections were, 
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from pathlib import Path
@@ -22,6 +23,7 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@functools.cache  # a page is linked to many times (benchmarks.md from every section table)
 def anchors(page: Path) -> set[str]:
     """The anchors of a page's headings; a repeated one gets -1, -2... as on GitHub."""
     tokens = _PARSER.parse(page.read_text())
@@ -68,7 +70,7 @@ def test_every_link_leads_somewhere(page: Path) -> None:
         path, _, fragment = href.partition("#")
         target = (page.parent / path).resolve() if path else page
         if not target.exists():
-            dead.append(f"{href}: no file {target.relative_to(ROOT)}")
+            dead.append(f"{href}: no file {path} next to {page.name}")
         elif fragment and target.suffix == ".md" and fragment not in anchors(target):
             dead.append(f"{href}: no heading in {target.name} has the anchor #{fragment}")
     assert not dead, f"{page.relative_to(ROOT)} has dead links:\n" + "\n".join(dead)

@@ -15,6 +15,8 @@ Keys are revoked, never deleted: the row stays, listed with its `revoked_at`.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import secrets
 import time
@@ -133,29 +135,57 @@ async def authenticate(sessions: SessionFactory, secret: str) -> ApiKey | None:
 
 @dataclass
 class KeyCache:
-    """Keys this process authenticated lately (by digest), each trusted for `ttl` seconds."""
+    """Keys this process authenticated lately (by digest), each trusted for `ttl` seconds.
+
+    Requests that miss the cache for the same key at the same time share one lookup: when a
+    busy key's entry expires, the requests in flight would otherwise each read the key and
+    each write its `last_used_at`, all on the same row."""
 
     ttl: float = KEY_CACHE_SECONDS
     clock: Callable[[], float] = time.monotonic
     _keys: dict[str, tuple[ApiKey, float]] = field(default_factory=dict)
+    _lookups: dict[str, asyncio.Task[ApiKey | None]] = field(default_factory=dict)
+    # Bumped by `forget`: a lookup that started before is answered but not remembered (it
+    # may have read the key before its revocation committed).
+    _generation: int = 0
 
     async def authenticate(self, sessions: SessionFactory, secret: str) -> ApiKey | None:
         key_digest = digest(secret)
         cached = self._keys.get(key_digest)
-        now = self.clock()
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > self.clock():
             return cached[0]
+        lookup = self._lookups.get(key_digest)
+        if lookup is None:
+            lookup = asyncio.create_task(self._look_up(sessions, secret, key_digest))
+            self._lookups[key_digest] = lookup
+            lookup.add_done_callback(functools.partial(self._done, key_digest))
+        # Shielded: a caller that goes away (its client hung up) leaves the others' lookup.
+        return await asyncio.shield(lookup)
+
+    def _done(self, key_digest: str, lookup: asyncio.Task[ApiKey | None]) -> None:
+        if self._lookups.get(key_digest) is lookup:
+            del self._lookups[key_digest]
+        if not lookup.cancelled():
+            lookup.exception()  # retrieved here too: every caller may have gone away
+
+    async def _look_up(
+        self, sessions: SessionFactory, secret: str, key_digest: str
+    ) -> ApiKey | None:
+        generation = self._generation
         key = await authenticate(sessions, secret)
         if key is None:
             self._keys.pop(key_digest, None)
             return None
+        if generation != self._generation:
+            return key
         if len(self._keys) >= _MAX_CACHED_KEYS:
             self._keys.clear()  # a flood of distinct keys: start over rather than grow
-        self._keys[key_digest] = (key, now + self.ttl)
+        self._keys[key_digest] = (key, self.clock() + self.ttl)
         return key
 
     def forget(self, key_id: uuid.UUID) -> None:
         """Stop trusting this key at once (it was revoked by this process)."""
+        self._generation += 1
         for key_digest, (key, _until) in list(self._keys.items()):
             if key.id == key_id:
                 del self._keys[key_digest]

@@ -58,6 +58,54 @@ async def test_a_key_is_trusted_for_the_cache_time_then_checked_again(
     assert wrong is None
 
 
+async def test_requests_missing_the_cache_together_share_one_lookup(
+    sessions: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a busy key's entry expires, the requests in flight read the key once between them
+    (not once each, each writing `last_used_at` on the same row); one that goes away leaves
+    the others' lookup running; a key forgotten during a lookup is not remembered by it."""
+    new = await create_api_key(sessions, "busy")
+    lookups: list[str] = []
+    release = asyncio.Event()
+    read = asyncio.Event()  # the lookup has read the key
+
+    async def counted(sessions: SessionFactory, secret: str) -> ApiKey | None:
+        lookups.append(secret)
+        key = await authenticate(sessions, secret)
+        read.set()
+        await release.wait()  # every request below arrives while the lookup is on its way
+        return key
+
+    monkeypatch.setattr("nurture.apikeys.authenticate", counted)
+    cache = KeyCache(ttl=10)
+
+    requests = [asyncio.create_task(cache.authenticate(sessions, new.secret)) for _ in range(32)]
+    await asyncio.sleep(0.05)
+    requests[0].cancel()  # its client hung up
+    release.set()
+    answers = await asyncio.gather(*requests[1:])
+
+    assert len(lookups) == 1
+    assert all(a is not None and a.id == new.key.id for a in answers)
+    assert requests[0].cancelled()
+    assert await cache.authenticate(sessions, new.secret) is not None
+    assert len(lookups) == 1  # remembered: no second lookup
+
+    # Revoked by this process while another lookup of the key is on its way, after it read the
+    # key: its caller gets the key, but the process does not keep it.
+    fresh = KeyCache(ttl=10)
+    release.clear()
+    read.clear()
+    during = asyncio.create_task(fresh.authenticate(sessions, new.secret))
+    await read.wait()
+    await revoke_api_key(sessions, new.key.id)
+    fresh.forget(new.key.id)
+    release.set()
+    assert (await during) is not None
+    assert await fresh.authenticate(sessions, new.secret) is None
+    assert len(lookups) == 3
+
+
 async def test_last_used_is_written_at_most_once_a_minute(sessions: SessionFactory) -> None:
     new = await create_api_key(sessions, "ci")
     cache = KeyCache(ttl=0)  # no caching: every call reads the key

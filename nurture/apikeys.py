@@ -155,7 +155,8 @@ class KeyCache:
         if cached is not None and cached[1] > self.clock():
             return cached[0]
         lookup = self._lookups.get(key_digest)
-        if lookup is None:
+        # A lookup left by an event loop that has ended (tests run one loop each) is not shared.
+        if lookup is None or lookup.get_loop() is not asyncio.get_running_loop():
             lookup = asyncio.create_task(self._look_up(sessions, secret, key_digest))
             self._lookups[key_digest] = lookup
             lookup.add_done_callback(functools.partial(self._done, key_digest))

@@ -80,7 +80,7 @@ async def test_requests_missing_the_cache_together_share_one_lookup(
     cache = KeyCache(ttl=10)
 
     requests = [asyncio.create_task(cache.authenticate(sessions, new.secret)) for _ in range(32)]
-    await asyncio.sleep(0.05)
+    await read.wait()  # all 32 asked before the lookup's read (they ran first) and now wait on it
     requests[0].cancel()  # its client hung up
     release.set()
     answers = await asyncio.gather(*requests[1:])
